@@ -1,0 +1,24 @@
+"""What every renderer returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+
+@dataclass
+class RenderOutput:
+    """Images of one batch of cameras, all ``[B, H, W, C]`` float32.
+
+    rgb: ``[B, H, W, 3]`` in [0, 1], composited over the background;
+    opacity: ``[B, H, W, 1]`` accumulated alpha; depth: ``[B, H, W, 1]`` expected distance along the
+    ray (0 where empty); normal: ``[B, H, W, 3]`` world-space unit normals (zero where empty), or None;
+    losses: per-render regularizer terms the renderer can compute cheaply (e.g. ``orientation``).
+    """
+
+    rgb: Tensor
+    opacity: Tensor
+    depth: Tensor
+    normal: Tensor | None = None
+    losses: dict[str, Tensor] = field(default_factory=dict)
