@@ -1,0 +1,196 @@
+"""Multiresolution hash-grid encoding (Instant-NGP, Mueller et al. 2022, Sec. 3).
+
+Two implementations of the same math: a pure PyTorch one (always available, the tested path) and an
+adapter for tiny-cuda-nn used when it is installed and the encoding lives on a CUDA device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+# Instant-NGP's spatial hash primes (pi_1 = 1 keeps the x dimension coherent in memory).
+_PRIMES = (1, 2654435761, 805459861)
+
+
+@dataclass
+class HashGridConfig:
+    n_levels: int = 16
+    """Number of resolution levels."""
+    n_features_per_level: int = 2
+    """Feature channels stored per level."""
+    log2_hashmap_size: int = 19
+    """log2 of the number of entries of each level's table."""
+    base_resolution: int = 16
+    """Grid resolution of the coarsest level."""
+    per_level_scale: float = 1.447269237440378
+    """Resolution growth factor between levels (16 levels from 16 to 2048 by default)."""
+    start_level: int = 16
+    """Levels active at step 0 (progressive training: fewer levels first)."""
+    update_steps: int = 0
+    """Steps between enabling one more level (0: all levels from the start)."""
+
+
+def level_resolutions(config: HashGridConfig) -> list[int]:
+    """Grid resolution of each level, as tiny-cuda-nn computes it."""
+    return [
+        int(math.floor(config.base_resolution * config.per_level_scale**level)) for level in range(config.n_levels)
+    ]
+
+
+def corner_indices(cell: Tensor, resolution: Tensor, table_size: int) -> Tensor:
+    """Table index of the 8 corners of each point's cell.
+
+    cell: ``[L, N, 3]`` integer lower corners; resolution: ``[L]``. Returns ``[L, N, 8]`` with the
+    corner order (x, y, z) = bits (2, 1, 0) of the corner number. Levels whose dense grid fits in the
+    table are indexed densely (no collisions), the others by the spatial hash (low bits, like the
+    uint32 arithmetic of tiny-cuda-nn).
+    """
+    side = (resolution + 1).view(-1, 1, 1, 1, 1)
+    upper = torch.minimum(cell + 1, resolution.view(-1, 1, 1))
+    axes = torch.stack([cell, upper], dim=-1)  # [L, N, 3, 2]: per axis the two corner coordinates
+    x, y, z = axes[:, :, 0], axes[:, :, 1], axes[:, :, 2]  # each [L, N, 2]
+    dense = x[..., :, None, None] + side * (y[..., None, :, None] + side * z[..., None, None, :])
+    hashed = torch.bitwise_xor(
+        torch.bitwise_xor(x[..., :, None, None] * _PRIMES[0], y[..., None, :, None] * _PRIMES[1]),
+        z[..., None, None, :] * _PRIMES[2],
+    ).bitwise_and(table_size - 1)
+    fits = ((resolution + 1) ** 3 <= table_size).view(-1, 1, 1, 1, 1)
+    return torch.where(fits, dense, hashed).flatten(-3)
+
+
+def corner_weights(frac: Tensor) -> Tensor:
+    """Trilinear weights ``[L, N, 8]`` of the 8 corners (same order as ``corner_indices``)."""
+    pairs = torch.stack([1.0 - frac, frac], dim=-1)  # [L, N, 3, 2]
+    wx, wy, wz = pairs[:, :, 0], pairs[:, :, 1], pairs[:, :, 2]
+    return (wx[..., :, None, None] * wy[..., None, :, None] * wz[..., None, None, :]).flatten(-3)
+
+
+class TorchHashGrid(nn.Module):
+    """Pure PyTorch hash grid: ``positions [N, 3] in [0, 1] -> features [N, L * F]``.
+
+    Levels whose dense grid fits in a table are stored densely and interpolated by ``grid_sample``
+    (a fused trilinear kernel, the same math); the finer levels use the spatial hash and a gather.
+    """
+
+    def __init__(self, config: HashGridConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.table_size = 2**config.log2_hashmap_size
+        resolutions = level_resolutions(config)
+        n_features = config.n_features_per_level
+        self.dense_resolutions = [r for r in resolutions if (r + 1) ** 3 <= self.table_size]
+        hashed = resolutions[len(self.dense_resolutions) :]
+        self.dense_grids = nn.ParameterList(
+            nn.Parameter(torch.empty(1, n_features, r + 1, r + 1, r + 1).uniform_(-1e-4, 1e-4))
+            for r in self.dense_resolutions
+        )
+        self.register_buffer("hashed_resolutions", torch.tensor(hashed, dtype=torch.long), persistent=False)
+        self.hash_tables = nn.Parameter(torch.empty(len(hashed), self.table_size, n_features).uniform_(-1e-4, 1e-4))
+
+    @property
+    def n_output_dims(self) -> int:
+        return self.config.n_levels * self.config.n_features_per_level
+
+    def forward(self, positions: Tensor) -> Tensor:
+        positions = positions.clamp(0.0, 1.0)
+        n_points = positions.shape[0]
+        outputs = []
+        if self.dense_resolutions:
+            grid = (positions * 2.0 - 1.0).view(1, n_points, 1, 1, 3)
+            for table in self.dense_grids:
+                sampled = nn.functional.grid_sample(table, grid, mode="bilinear", align_corners=True)
+                outputs.append(sampled.view(-1, n_points).t())  # [N, F]
+        if len(self.hashed_resolutions):
+            outputs.append(self._hashed(positions))
+        return torch.cat(outputs, dim=-1)
+
+    def _hashed(self, positions: Tensor) -> Tensor:
+        scaled = positions[None] * self.hashed_resolutions.view(-1, 1, 1).to(positions.dtype)  # [L, N, 3]
+        cell = scaled.detach().floor()
+        indices = corner_indices(cell.long(), self.hashed_resolutions, self.table_size)  # [L, N, 8]
+        weights = corner_weights(scaled - cell)  # [L, N, 8]
+        n_levels, n_points = indices.shape[:2]
+        level_offset = torch.arange(n_levels, device=positions.device).view(-1, 1, 1) * self.table_size
+        table = self.hash_tables.view(-1, self.config.n_features_per_level)
+        features = table.index_select(0, (indices + level_offset).reshape(-1)).view(*indices.shape, -1)
+        encoded = (features * weights[..., None]).sum(2)  # [L, N, F]
+        return encoded.permute(1, 0, 2).reshape(n_points, -1)
+
+
+class TcnnHashGrid(nn.Module):
+    """tiny-cuda-nn's fused hash grid with the same configuration (CUDA only)."""
+
+    def __init__(self, config: HashGridConfig) -> None:
+        super().__init__()
+        import tinycudann as tcnn
+
+        self.config = config
+        self.encoding = tcnn.Encoding(
+            3,
+            {
+                "otype": "HashGrid",
+                "n_levels": config.n_levels,
+                "n_features_per_level": config.n_features_per_level,
+                "log2_hashmap_size": config.log2_hashmap_size,
+                "base_resolution": config.base_resolution,
+                "per_level_scale": config.per_level_scale,
+            },
+        )
+
+    @property
+    def n_output_dims(self) -> int:
+        return self.config.n_levels * self.config.n_features_per_level
+
+    def forward(self, positions: Tensor) -> Tensor:
+        return self.encoding(positions.clamp(0.0, 1.0)).float()
+
+
+def tcnn_available() -> tuple[bool, str]:
+    """Whether tiny-cuda-nn can be used here, and why (for ``dreamsmith doctor``)."""
+    if not torch.cuda.is_available():
+        return False, "no CUDA device"
+    try:
+        import tinycudann  # noqa: F401
+    except Exception as error:  # an import of a compiled extension can fail in many ways
+        return False, f"tinycudann not importable ({type(error).__name__}: {error})"
+    return True, "tinycudann installed and a CUDA device present"
+
+
+class HashGrid(nn.Module):
+    """Hash-grid encoding with progressive levels, on the fastest backend available.
+
+    ``backend``: "auto" (tiny-cuda-nn on CUDA when installed, else PyTorch), "torch" or "tcnn".
+    """
+
+    def __init__(self, config: HashGridConfig, device: torch.device | str = "cpu", backend: str = "auto") -> None:
+        super().__init__()
+        self.config = config
+        use_tcnn = backend == "tcnn" or (
+            backend == "auto" and torch.device(device).type == "cuda" and tcnn_available()[0]
+        )
+        self.backend = "tcnn" if use_tcnn else "torch"
+        self.grid = TcnnHashGrid(config) if use_tcnn else TorchHashGrid(config)
+        self.register_buffer("level_mask", torch.ones(self.n_output_dims), persistent=False)
+        self.set_step(0)
+
+    @property
+    def n_output_dims(self) -> int:
+        return self.grid.n_output_dims
+
+    def set_step(self, step: int) -> None:
+        """Enable the levels that progressive training allows at ``step``."""
+        config = self.config
+        active = config.n_levels
+        if config.update_steps > 0:
+            active = min(config.n_levels, config.start_level + step // config.update_steps)
+        mask = torch.zeros(config.n_levels, config.n_features_per_level, device=self.level_mask.device)
+        mask[:active] = 1.0
+        self.level_mask.copy_(mask.reshape(-1))
+
+    def forward(self, positions: Tensor) -> Tensor:
+        """positions: ``[N, 3]`` in [0, 1] -> ``[N, n_levels * n_features_per_level]``."""
+        return self.grid(positions) * self.level_mask
