@@ -1,0 +1,81 @@
+"""The toyworld training set: renders of the 44 training captions from random cameras (TOYWORLD.md).
+
+Rendered with the project's own SDF tracer, so renders of a generated asset and of the training
+data are made the same way. The 4 held-out captions never appear.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from dreamsmith.renderers.cameras import Cameras
+from dreamsmith.renderers.sdf_tracer import render_sdf
+from dreamsmith.representations import toyworld as tw
+
+
+@dataclass
+class ToyworldDataset:
+    """images: ``[N, H, W, 3]`` uint8; caption_index: ``[N]`` int64 into ``TRAIN_CAPTIONS``;
+    c2w: ``[N, 4, 4]`` float32 camera-to-world of each render."""
+
+    images: Tensor
+    caption_index: Tensor
+    c2w: Tensor
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def captions(self, index: Tensor) -> list[str]:
+        """The caption strings of the renders at ``index [K]``."""
+        return [tw.TRAIN_CAPTIONS[i] for i in self.caption_index[index].tolist()]
+
+    def save(self, path: str | Path) -> None:
+        """Write the dataset as one safetensors file."""
+        save_file({"images": self.images, "caption_index": self.caption_index, "c2w": self.c2w}, str(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> ToyworldDataset:
+        """Read a dataset written by ``save``."""
+        tensors = load_file(str(path))
+        return cls(tensors["images"], tensors["caption_index"], tensors["c2w"])
+
+
+def sample_toyworld_cameras(n: int, resolution: int, generator: torch.Generator) -> Cameras:
+    """``n`` cameras with elevation U[-10, 50] deg, azimuth U[0, 360) deg, distance 2.0, fovy 40 deg."""
+    el_lo, el_hi = tw.ELEVATION_RANGE_DEG
+    az_lo, az_hi = tw.AZIMUTH_RANGE_DEG
+    elevation = el_lo + (el_hi - el_lo) * torch.rand(n, generator=generator)
+    azimuth = az_lo + (az_hi - az_lo) * torch.rand(n, generator=generator)
+    return Cameras.from_spherical(azimuth, elevation, torch.tensor(tw.CAMERA_DISTANCE),
+                                  torch.tensor(tw.FOVY_DEG), resolution)
+
+
+def render_caption(text: str, cameras: Cameras, chunk: int = 2048) -> Tensor:
+    """Ground-truth renders ``[B, H, W, 3]`` float32 of one caption from ``cameras``."""
+    sdf, albedo = tw.caption_sdf(text)
+    images = []
+    for start in range(0, len(cameras), chunk):
+        out = render_sdf(sdf, cameras[start:start + chunk], albedo, tw.AMBIENT, tw.DIFFUSE, tw.BACKGROUND,
+                         bound_radius=tw.BOUNDING_RADIUS)
+        images.append(out.rgb)
+    return torch.cat(images)
+
+
+def generate_toyworld_dataset(n: int, resolution: int = 32, seed: int = 0) -> ToyworldDataset:
+    """``n`` renders, captions drawn uniformly from the 44 training captions, cameras at random."""
+    generator = torch.Generator().manual_seed(seed)
+    caption_index = torch.randint(len(tw.TRAIN_CAPTIONS), (n,), generator=generator)
+    cameras = sample_toyworld_cameras(n, resolution, generator)
+    images = torch.empty(n, resolution, resolution, 3, dtype=torch.uint8)
+    for i, text in enumerate(tw.TRAIN_CAPTIONS):
+        idx = (caption_index == i).nonzero().squeeze(-1)
+        if idx.numel() == 0:
+            continue
+        rgb = render_caption(text, cameras[idx])
+        images[idx] = (rgb * 255).round().clamp(0, 255).to(torch.uint8)
+    return ToyworldDataset(images, caption_index, cameras.c2w.float())

@@ -1,0 +1,258 @@
+"""Write the toyworld prior's model card: samples.png, loss.png and README.md in the model folder.
+
+Samples every caption (held-out ones marked) from a few cameras with DDIM and text CFG, next to the
+ground-truth render from the first camera, and scores each sample against the ground truth from the
+same camera (silhouette IoU, mean foreground colour error) so the card carries numbers.
+
+    python tools/toyworld_card.py --model dreamsmith/models/toyworld
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, UNet2DConditionModel
+from PIL import Image, ImageDraw
+from transformers import AutoTokenizer, CLIPTextModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dreamsmith.engine.toyworld_data import render_caption  # noqa: E402
+from dreamsmith.renderers.cameras import Cameras  # noqa: E402
+from dreamsmith.representations import toyworld as tw  # noqa: E402
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "dreamsmith" / "models" / "toyworld"
+# (azimuth, elevation) in degrees: spread over the training range
+CARD_VIEWS = ((0.0, 20.0), (60.0, 0.0), (120.0, 40.0), (180.0, 20.0), (240.0, -10.0), (300.0, 50.0))
+
+
+def load_toyworld(model_dir: Path) -> tuple[UNet2DConditionModel, CLIPTextModel, AutoTokenizer, DDIMScheduler]:
+    """The saved prior in fp32, with a DDIM sampler built from its training scheduler config."""
+    unet = UNet2DConditionModel.from_pretrained(model_dir / "unet", torch_dtype=torch.float32).eval()
+    text_encoder = CLIPTextModel.from_pretrained(model_dir / "text_encoder", torch_dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer")
+    scheduler = DDIMScheduler.from_pretrained(model_dir / "scheduler")
+    return unet, text_encoder, tokenizer, scheduler
+
+
+def camera_condition(c2w: torch.Tensor, distance: float) -> torch.Tensor:
+    """``[B, 16]`` from ``c2w [B, 4, 4]`` (row-major, translation / camera distance), as in training."""
+    cond = c2w.clone().float()
+    cond[:, :3, 3] = cond[:, :3, 3] / distance
+    return cond.reshape(-1, 16)
+
+
+@torch.no_grad()
+def sample(model: tuple, captions: list[str], c2w: torch.Tensor, steps: int, cfg: float,
+           generator: torch.Generator, resolution: int) -> torch.Tensor:
+    """DDIM samples ``[B, H, W, 3]`` in [0, 1] for ``captions [B]`` seen from ``c2w [B, 4, 4]``.
+
+    Text classifier-free guidance: eps = eps(cam, "") + cfg * (eps(cam, text) - eps(cam, "")).
+    """
+    unet, text_encoder, tokenizer, scheduler = model
+    ids = tokenizer(captions + [""] * len(captions), padding="max_length",
+                    max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    text = text_encoder(ids).last_hidden_state
+    camera = camera_condition(c2w, tw.CAMERA_DISTANCE).repeat(2, 1)
+    scheduler.set_timesteps(steps)
+    x = torch.randn(len(captions), 3, resolution, resolution, generator=generator)
+    for t in scheduler.timesteps:
+        eps_cond, eps_uncond = unet(x.repeat(2, 1, 1, 1), t, encoder_hidden_states=text,
+                                    class_labels=camera).sample.chunk(2)
+        x = scheduler.step(eps_uncond + cfg * (eps_cond - eps_uncond), t, x).prev_sample
+    return ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
+
+
+def foreground(images: torch.Tensor) -> torch.Tensor:
+    """``[B, H, W]`` mask of pixels visibly darker than the white background."""
+    return (1 - images).amax(dim=-1) > 0.05
+
+
+def score(samples: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
+    """Mean silhouette IoU and mean |mean foreground colour difference| of ``[B, H, W, 3]`` pairs."""
+    fg_s, fg_t = foreground(samples), foreground(truth)
+    iou = ((fg_s & fg_t).sum((1, 2)) / (fg_s | fg_t).sum((1, 2)).clamp(min=1)).mean().item()
+    mean_colour = [(img * m[..., None]).sum((1, 2)) / m.sum((1, 2)).clamp(min=1)[:, None]
+                   for img, m in ((samples, fg_s), (truth, fg_t))]
+    return iou, (mean_colour[0] - mean_colour[1]).abs().mean().item()
+
+
+def to_tile(image: torch.Tensor, scale: int) -> Image.Image:
+    """PIL tile from ``[H, W, 3]`` in [0, 1], enlarged ``scale`` times (nearest)."""
+    array = (image * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    tile = Image.fromarray(array)
+    return tile.resize((tile.width * scale, tile.height * scale), Image.NEAREST)
+
+
+def draw_grid(rows: list[tuple[str, torch.Tensor, torch.Tensor]], scale: int) -> Image.Image:
+    """One row per caption: label, ground truth ``[H, W, 3]``, then samples ``[K, H, W, 3]``."""
+    size = rows[0][1].shape[0] * scale
+    label_w, pad = 150, 2
+    n_cols = 1 + rows[0][2].shape[0]
+    grid = Image.new("RGB", (label_w + n_cols * (size + pad) + 12, len(rows) * (size + pad) + 18), "white")
+    draw = ImageDraw.Draw(grid)
+    draw.text((label_w, 2), "truth | samples (* = held out)", fill="black")
+    for r, (text, truth, samples) in enumerate(rows):
+        y = 16 + r * (size + pad)
+        held = text in tw.HELD_OUT_CAPTIONS
+        draw.text((4, y + size // 2 - 6), ("* " if held else "") + text, fill=(200, 0, 0) if held else "black")
+        grid.paste(to_tile(truth, scale), (label_w, y))
+        for k in range(samples.shape[0]):
+            grid.paste(to_tile(samples[k], scale), (label_w + (k + 1) * (size + pad) + 10, y))
+    return grid
+
+
+def draw_loss(losses: list[float], width: int = 640, height: int = 360, window: int = 50) -> Image.Image:
+    """Training loss per step (light) and its moving average (dark) on a log-scaled y axis."""
+    import math
+
+    values = torch.tensor(losses).clamp(min=1e-6)
+    smooth = torch.nn.functional.avg_pool1d(values[None, None], window, 1, padding=0).flatten()
+    lo, hi = math.log10(values.min().item()), math.log10(values.max().item())
+    left, right, top, bottom = 60, width - 10, 20, height - 30
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+
+    def xy(i: float, v: float) -> tuple[float, float]:
+        x = left + (right - left) * i / max(1, len(values) - 1)
+        return x, bottom - (bottom - top) * (math.log10(v) - lo) / max(hi - lo, 1e-6)
+
+    draw.rectangle((left, top, right, bottom), outline="black")
+    for exponent in range(math.floor(lo), math.ceil(hi) + 1):
+        for mantissa in (1, 2, 5):
+            v = mantissa * 10.0**exponent
+            if 10**lo <= v <= 10**hi:
+                y = xy(0, v)[1]
+                draw.line((left - 4, y, right, y), fill=(225, 225, 225))
+                draw.text((4, y - 6), f"{v:g}", fill="black")
+    draw.line([xy(i, v) for i, v in enumerate(values.tolist())], fill=(170, 190, 230))
+    draw.line([xy(i + window - 1, v) for i, v in enumerate(smooth.tolist())], fill=(20, 40, 160), width=2)
+    draw.text((left, bottom + 8), f"step 0 .. {len(values)}   (mean of {window}: dark)", fill="black")
+    draw.text((left + 4, 4), "training loss (MSE on epsilon, log scale)", fill="black")
+    return image
+
+
+def write_readme(model_dir: Path, log: dict, results: dict[str, tuple[float, float]], args: argparse.Namespace,
+                 sampling_seconds: float) -> None:
+    """The model card's text."""
+    losses = log["losses"]
+    final = sum(losses[-100:]) / len(losses[-100:])
+    minutes = (log["data_seconds"] + log["train_seconds"]) / 60
+    train = [r for c, r in results.items() if c not in tw.HELD_OUT_CAPTIONS]
+    held = [r for c, r in results.items() if c in tw.HELD_OUT_CAPTIONS]
+    mean = lambda rs, i: sum(r[i] for r in rs) / len(rs)  # noqa: E731
+    table = "\n".join(f"| {c}{' (held out)' if c in tw.HELD_OUT_CAPTIONS else ''} | {r[0]:.2f} | {r[1]:.3f} |"
+                      for c, r in results.items())
+    size_mb = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()) / 2**20
+    (model_dir / "README.md").write_text(f"""# toyworld — the embedded prior
+
+A camera-conditioned text-to-image diffusion model of the toyworld (see `TOYWORLD.md` in the project
+docs): 6 shapes x 8 colours, {log['resolution']}x{log['resolution']} sRGB renders, white background.
+It is a plain diffusers/transformers folder: `unet/` (`UNet2DConditionModel`), `text_encoder/`
+(`CLIPTextModel`), `tokenizer/` (word-level `PreTrainedTokenizerFast`), `scheduler/`
+(`DDPMScheduler`), weights in fp16 safetensors (load with `torch_dtype=torch.float32` on a CPU).
+`dreamsmith.json` holds what a loader needs beyond diffusers (camera conditioning, resolution,
+known prompts). Size on disk: {size_mb:.1f} MB.
+
+## Model
+
+- pixel space, 3 channels, epsilon prediction, DDPM 1000 steps, `squaredcos_cap_v2` betas (the
+  linear schedule spends its last steps on pure noise at 32x32 in pixel space; cosine keeps every
+  step informative — Nichol & Dhariwal 2021);
+- UNet block channels {tuple(log['channels'])}, one layer per block, (cross-)attention only at 8x8
+  and below, cross-attention dim 64 ({log['unet_params'] / 1e6:.2f} M parameters);
+- text: `CLIPTextModel` hidden 64, 2 layers, 2 heads ({log['text_encoder_params'] / 1e3:.0f} k
+  parameters) trained jointly from scratch; tokens padded to 6, so `""` is the unconditional prompt;
+  "a"/"an" are swapped at random in training, so either article works;
+- camera: c2w (OpenGL, camera looks down -Z) flattened row-major to 16 numbers, translation divided
+  by the camera distance 2.0, through the UNet's class-embedding projection (`class_labels`);
+- dropout for guidance: text -> `""` with p = 0.1, camera -> zeros with p = 0.1 (independently);
+- the saved weights are the EMA (decay 0.999) of both networks.
+
+## Training
+
+```
+{log['command']}
+```
+
+- data: {log['n_images']} renders of the 44 training captions (the 4 held out never appear),
+  cameras with elevation U[-10, 50] deg, azimuth U[0, 360) deg, distance 2.0, fovy 40 deg, made
+  by `dreamsmith.engine.toyworld_data` with the project's SDF tracer ({log['data_seconds']:.0f} s);
+- {len(losses)} steps at batch {log['batch_size']}, AdamW lr 1e-3, 100 warmup steps then cosine decay,
+  seed {log['seed']}, {log['threads']} CPU threads;
+- wall time {minutes:.1f} min on a 2-core CPU machine shared with other work;
+- final loss (mean of the last 100 steps): {final:.4f}.
+
+![loss](loss.png)
+
+## Samples
+
+`samples.png`: one row per caption (all 48; held-out rows marked `*` in red). First column: the
+ground-truth render from the first camera; then DDIM {args.steps} steps, text CFG {args.cfg}, with camera
+conditioning, from (azimuth, elevation) = {', '.join(f'({a:g}, {e:g})' for a, e in CARD_VIEWS)} deg.
+
+![samples](samples.png)
+
+Each sample is scored against the ground-truth render from its own camera (foreground = visibly
+darker than white): silhouette IoU and mean absolute difference of the mean foreground colour.
+Mean over training captions: IoU {mean(train, 0):.2f}, colour error {mean(train, 1):.3f}; over the
+held-out captions: IoU {mean(held, 0):.2f}, colour error {mean(held, 1):.3f}.
+(Sampling all rows took {sampling_seconds:.0f} s.)
+
+| caption | IoU | colour error |
+|---|---|---|
+{table}
+""")
+
+
+def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
+    """Sample, score and write the card; returns per-caption (IoU, colour error)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--cfg", type=float, default=4.0, help="text guidance scale")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--captions", type=str, default="", help="comma-separated subset (default: all 48)")
+    parser.add_argument("--out-png", type=Path, default=None, help="samples image (default: in the model)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = json.loads((args.model / "dreamsmith.json").read_text())
+    resolution = config["resolution"]
+    captions = args.captions.split(",") if args.captions else list(tw.ALL_CAPTIONS)
+    model = load_toyworld(args.model)
+    azimuth, elevation = torch.tensor(CARD_VIEWS).T
+    cameras = Cameras.from_spherical(azimuth, elevation, torch.tensor(tw.CAMERA_DISTANCE),
+                                     torch.tensor(tw.FOVY_DEG), resolution)
+    generator = torch.Generator().manual_seed(args.seed)
+    start = time.time()
+    rows, results = [], {}
+    n_views = len(CARD_VIEWS)
+    for first in range(0, len(captions), 16):
+        chunk = captions[first:first + 16]
+        batch_captions = [c for c in chunk for _ in range(n_views)]
+        c2w = cameras.c2w.repeat(len(chunk), 1, 1)
+        images = sample(model, batch_captions, c2w, args.steps, args.cfg, generator, resolution)
+        for i, text in enumerate(chunk):
+            truth = render_caption(text, cameras)
+            samples = images[i * n_views:(i + 1) * n_views]
+            results[text] = score(samples, truth)
+            rows.append((text, truth[0], samples))
+        print(f"sampled {first + len(chunk)}/{len(captions)} captions ({time.time() - start:.0f}s)", flush=True)
+    draw_grid(rows, scale=2).save(args.out_png or args.model / "samples.png")
+    log_path = args.model / "train_log.json"
+    if args.out_png is None and log_path.exists():
+        log = json.loads(log_path.read_text())
+        draw_loss(log["losses"]).save(args.model / "loss.png")
+        write_readme(args.model, log, results, args, time.time() - start)
+    for text, (iou, colour_error) in results.items():
+        print(f"{text:20s} IoU {iou:.2f} colour error {colour_error:.3f}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

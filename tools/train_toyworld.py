@@ -1,0 +1,287 @@
+"""Train the embedded toyworld prior (TOYWORLD.md "The model") and save it as a diffusers folder.
+
+Pixel-space, epsilon-prediction DDPM (1000 steps, cosine schedule) with a small
+``UNet2DConditionModel``; text through a tiny jointly trained ``CLIPTextModel`` with a word-level
+tokenizer; camera as the c2w matrix flattened to 16 numbers (translation / camera distance) through
+the UNet's class-embedding projection. Text and camera are each dropped 10 % of the time so
+classifier-free and camera-free guidance work. Seeded and reproducible (same seed, same threads).
+
+    python tools/train_toyworld.py --steps 3000 --batch-size 48 --n-images 20000
+
+Checkpoints (training state + an exported model folder) are written atomically every
+``--checkpoint-every`` steps; ``--resume`` continues from the last one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dreamsmith.engine.toyworld_data import ToyworldDataset, generate_toyworld_dataset  # noqa: E402
+from dreamsmith.representations import toyworld as tw  # noqa: E402
+
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "dreamsmith" / "models" / "toyworld"
+TEXT_LENGTH = 6  # [BOS] an orange cube [EOS] + one pad; "" pads to the same length
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="model folder to write")
+    parser.add_argument("--state-dir", type=Path, default=Path("runs/toyworld_train"),
+                        help="training checkpoints (for --resume)")
+    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=48)
+    parser.add_argument("--n-images", type=int, default=40000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=100, help="linear warmup steps before cosine decay")
+    parser.add_argument("--channels", type=str, default="32,64,96,128", help="UNet block_out_channels")
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--checkpoint-every", type=int, default=250)
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--resume", action="store_true", help="continue from --state-dir")
+    parser.add_argument("--time-only", action="store_true", help="print seconds per step and exit unsaved")
+    return parser.parse_args(argv)
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over the toyworld's words, padded to ``TEXT_LENGTH``."""
+    words = [*SPECIAL_TOKENS, "a", "an", *tw.COLOURS, *tw.SHAPES]
+    vocab = {word: i for i, word in enumerate(words)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[BOS] $A [EOS]", special_tokens=[("[BOS]", vocab["[BOS]"]), ("[EOS]", vocab["[EOS]"])]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]",
+                                   bos_token="[BOS]", eos_token="[EOS]", model_max_length=TEXT_LENGTH)
+
+
+def build_text_encoder(tokenizer: PreTrainedTokenizerFast) -> CLIPTextModel:
+    """A 2-layer, 64-wide CLIP text transformer (trained from scratch with the UNet)."""
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=8, projection_dim=64,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return CLIPTextModel(config)
+
+
+def build_unet(resolution: int, channels: tuple[int, ...]) -> UNet2DConditionModel:
+    """Pixel-space UNet with (cross-)attention from the third level down (8x8 at 32^2).
+
+    Attention at 32x32/16x16 would cost more than a whole extra level of convolutions on a CPU.
+    """
+    n_plain = min(2, len(channels) - 1)
+    n_attn = len(channels) - n_plain
+    return UNet2DConditionModel(
+        sample_size=resolution, in_channels=3, out_channels=3, layers_per_block=1,
+        block_out_channels=channels,
+        down_block_types=("DownBlock2D",) * n_plain + ("CrossAttnDownBlock2D",) * n_attn,
+        up_block_types=("CrossAttnUpBlock2D",) * n_attn + ("UpBlock2D",) * n_plain,
+        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=8,
+        class_embed_type="projection", projection_class_embeddings_input_dim=16,
+    )
+
+
+def build_scheduler() -> DDPMScheduler:
+    """1000-step DDPM; cosine betas (Nichol & Dhariwal 2021): the linear schedule wastes its last
+    steps on pure noise at 32x32 in pixel space."""
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                         prediction_type="epsilon", clip_sample=True)
+
+
+def camera_condition(c2w: torch.Tensor) -> torch.Tensor:
+    """``[B, 16]`` conditioning from ``c2w [B, 4, 4]``: row-major, translation / camera distance."""
+    cond = c2w.clone().float()
+    cond[:, :3, 3] = cond[:, :3, 3] / tw.CAMERA_DISTANCE
+    return cond.reshape(-1, 16)
+
+
+def swap_articles(captions: list[str], mask: torch.Tensor) -> list[str]:
+    """Swap "a" <-> "an" where ``mask [B]`` is set, so either article works at inference."""
+    swapped = {"a": "an", "an": "a"}
+    return [f"{swapped[c.split(' ', 1)[0]]} {c.split(' ', 1)[1]}" if m else c
+            for c, m in zip(captions, mask.tolist(), strict=True)]
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup, then cosine decay to 1 % of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * model`` over all parameters."""
+    for ema_p, p in zip(ema.parameters(), model.parameters(), strict=True):
+        ema_p.lerp_(p, 1 - decay)
+
+
+def atomic_torch_save(obj: object, path: Path) -> None:
+    """Write a file so a crash never leaves it half written (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def export_model(out: Path, unet: UNet2DConditionModel, text_encoder: CLIPTextModel,
+                 tokenizer: PreTrainedTokenizerFast, scheduler: DDPMScheduler, resolution: int,
+                 train_log: dict) -> None:
+    """Write the diffusers folder next to ``out`` and swap it in, keeping the card's files."""
+    import diffusers
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    # fp16 on disk halves the size; loaders pass torch_dtype=torch.float32 on a CPU
+    copy.deepcopy(unet).half().save_pretrained(tmp / "unet", safe_serialization=True)
+    copy.deepcopy(text_encoder).half().save_pretrained(tmp / "text_encoder", safe_serialization=True)
+    tokenizer.save_pretrained(tmp / "tokenizer")
+    scheduler.save_pretrained(tmp / "scheduler")
+    (tmp / "model_index.json").write_text(json.dumps({
+        "_class_name": "ToyworldPipeline", "_diffusers_version": diffusers.__version__,
+        "unet": ["diffusers", "UNet2DConditionModel"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "PreTrainedTokenizerFast"], "scheduler": ["diffusers", "DDPMScheduler"],
+    }, indent=2) + "\n")
+    (tmp / "dreamsmith.json").write_text(json.dumps({
+        "camera_conditioning": "c2w16", "camera_distance": tw.CAMERA_DISTANCE, "resolution": resolution,
+        "known_prompts": list(tw.ALL_CAPTIONS), "fovy_deg": tw.FOVY_DEG,
+        "elevation_range": list(tw.ELEVATION_RANGE_DEG),
+    }, indent=2) + "\n")
+    (tmp / "train_log.json").write_text(json.dumps(train_log) + "\n")
+    for keep in ("README.md", "loss.png", "samples.png"):  # the card survives a re-export
+        if (out / keep).exists():
+            shutil.copy2(out / keep, tmp / keep)
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def training_batch(data: ToyworldDataset, tokenizer: PreTrainedTokenizerFast, batch_size: int,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """images ``[B, 3, H, W]`` in [-1, 1], token ids ``[B, L]``, camera ``[B, 16]`` with dropout."""
+    index = torch.randint(len(data), (batch_size,), generator=generator)
+    images = data.images[index].permute(0, 3, 1, 2).float() / 127.5 - 1
+    captions = swap_articles(data.captions(index), torch.rand(batch_size, generator=generator) < 0.3)
+    drop_text = torch.rand(batch_size, generator=generator) < 0.1
+    captions = ["" if d else c for c, d in zip(captions, drop_text.tolist(), strict=True)]
+    ids = tokenizer(captions, padding="max_length", max_length=TEXT_LENGTH, return_tensors="pt").input_ids
+    camera = camera_condition(data.c2w[index])
+    keep_camera = torch.rand(batch_size, generator=generator) >= 0.1
+    return images, ids, camera * keep_camera[:, None]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train (or resume), export the model folder, return the training log."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    channels = tuple(int(c) for c in args.channels.split(","))
+    t_start = time.time()
+    data = generate_toyworld_dataset(args.n_images, args.resolution, args.seed)
+    data_seconds = time.time() - t_start
+    print(f"dataset: {len(data)} renders at {args.resolution}^2 in {data_seconds:.1f}s", flush=True)
+
+    tokenizer = build_tokenizer()
+    text_encoder = build_text_encoder(tokenizer)
+    unet = build_unet(args.resolution, channels)
+    scheduler = build_scheduler()
+    # EMA of both networks: the UNet was trained against this text encoder, so they average together
+    ema_unet = copy.deepcopy(unet).requires_grad_(False)
+    ema_text_encoder = copy.deepcopy(text_encoder).requires_grad_(False)
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(args.seed + 1)
+    alphas_cumprod = scheduler.alphas_cumprod
+    log = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+           "n_images": len(data), "resolution": args.resolution, "batch_size": args.batch_size,
+           "steps_planned": args.steps, "channels": list(channels), "seed": args.seed,
+           "threads": args.threads, "data_seconds": data_seconds, "losses": [], "train_seconds": 0.0,
+           "unet_params": sum(p.numel() for p in unet.parameters()),
+           "text_encoder_params": sum(p.numel() for p in text_encoder.parameters())}
+    step = 0
+    state_path = args.state_dir / "state.pt"
+    if args.resume and state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        unet.load_state_dict(state["unet"])
+        ema_unet.load_state_dict(state["ema_unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        ema_text_encoder.load_state_dict(state["ema_text_encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        step, log = state["step"], state["log"]
+        print(f"resumed at step {step}", flush=True)
+
+    unet.train()
+    text_encoder.train()
+    t_loop = time.time() - log["train_seconds"]
+    while step < args.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * lr_factor(step, args.warmup, args.steps)
+        images, ids, camera = training_batch(data, tokenizer, args.batch_size, generator)
+        noise = torch.randn(images.shape, generator=generator)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch_size,), generator=generator)
+        a = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * images + (1 - a).sqrt() * noise
+        text = text_encoder(ids).last_hidden_state
+        eps = unet(noisy, timesteps, encoder_hidden_states=text, class_labels=camera).sample
+        loss = F.mse_loss(eps, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        # warm the EMA up so early checkpoints are not dominated by the random init
+        decay = min(args.ema_decay, (1 + step) / (10 + step))
+        ema_update(ema_unet, unet, decay)
+        ema_update(ema_text_encoder, text_encoder, decay)
+        step += 1
+        log["losses"].append(round(loss.item(), 6))
+        log["train_seconds"] = time.time() - t_loop
+        if step % args.log_every == 0 or step == 1:
+            recent = log["losses"][-args.log_every:]
+            print(f"step {step}/{args.steps} loss {sum(recent) / len(recent):.4f} "
+                  f"{log['train_seconds'] / step:.2f}s/step elapsed {log['train_seconds'] / 60:.1f}min",
+                  flush=True)
+        if args.time_only and step >= args.steps:
+            return log
+        if step % args.checkpoint_every == 0 or step == args.steps:
+            log["steps_done"] = step
+            atomic_torch_save({"unet": unet.state_dict(), "ema_unet": ema_unet.state_dict(),
+                               "text_encoder": text_encoder.state_dict(),
+                               "ema_text_encoder": ema_text_encoder.state_dict(), "optimizer": optimizer.state_dict(),
+                               "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                               "step": step, "log": log}, state_path)
+            export_model(args.out, ema_unet, ema_text_encoder, tokenizer, scheduler, args.resolution, log)
+            print(f"checkpoint at step {step} -> {args.out}", flush=True)
+    return log
+
+
+if __name__ == "__main__":
+    main()
