@@ -1,0 +1,117 @@
+"""The math of score distillation as pure functions of tensors.
+
+Notation (DreamFusion, Poole et al. 2022, section 2): z_t = α_t z + σ_t ε with α_t = √ᾱ_t,
+σ_t = √(1 − ᾱ_t), where ᾱ_t (``alphas_cumprod``) always comes from the model's own scheduler.
+Per-sample quantities are ``[B]`` tensors; images and latents are ``[B, C, H, W]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+SDS_WEIGHTINGS = ("sds", "uniform", "fantasia")
+
+
+def per_sample(values: Tensor, like: Tensor) -> Tensor:
+    """Reshape ``values [B]`` to ``[B, 1, ..., 1]`` so it broadcasts against ``like [B, ...]``."""
+    return values.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def alpha_sigma(alphas_cumprod: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """α_t = √ᾱ_t and σ_t = √(1 − ᾱ_t), each ``[B]``, for integer timesteps ``t [B]`` (DDPM, Ho et al.
+    2020)."""
+    alpha_bar = alphas_cumprod.to(t.device)[t.long()]
+    return alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+
+
+def add_noise(z: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """z_t = α_t z + σ_t ε (DDPM forward process, Ho et al. 2020 eq. 4); ``alpha``, ``sigma``: ``[B]``."""
+    return per_sample(alpha, z) * z + per_sample(sigma, z) * eps
+
+
+def cfg_combine(eps_cond: Tensor, eps_uncond: Tensor, scale: float) -> Tensor:
+    """Classifier-free guidance, diffusers form: ε_u + s(ε_y − ε_u) (Ho & Salimans 2022, eq. 6).
+
+    s = 1 gives the conditional prediction ε_y. threestudio's SDS writes ε_y + s'(ε_y − ε_u), which
+    is this form with s = s' + 1: a threestudio guidance scale of 100 is 101 here.
+    """
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+def eps_from_v(v: Tensor, z_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """ε from a v-prediction: ε = α_t v + σ_t z_t (Salimans & Ho 2022, "Progressive distillation", sec. 4).
+
+    With v = α_t ε − σ_t z and z_t = α_t z + σ_t ε; exact for variance-preserving schedules
+    (α_t² + σ_t² = 1). ``alpha``, ``sigma``: ``[B]``.
+    """
+    return per_sample(alpha, v) * v + per_sample(sigma, v) * z_t
+
+
+def v_from_eps(eps: Tensor, z_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """v from ε: v = (ε − σ_t z_t) / α_t, the inverse of :func:`eps_from_v` (Salimans & Ho 2022, sec. 4)."""
+    return (eps - per_sample(sigma, eps) * z_t) / per_sample(alpha, eps)
+
+
+def sds_weight(kind: str, alphas_cumprod: Tensor, t: Tensor) -> Tensor:
+    """The SDS weighting w(t) ``[B]``.
+
+    ``"sds"``: σ_t² (DreamFusion, Poole et al. 2022, appendix A.4, as in threestudio);
+    ``"uniform"``: 1; ``"fantasia"``: α_t σ_t² (Fantasia3D, Chen et al. 2023, eq. 5).
+    """
+    alpha, sigma = alpha_sigma(alphas_cumprod, t)
+    if kind == "sds":
+        return sigma**2
+    if kind == "uniform":
+        return torch.ones_like(alpha)
+    if kind == "fantasia":
+        return alpha * sigma**2
+    raise ValueError(f"unknown SDS weighting {kind!r}; choose one of {', '.join(SDS_WEIGHTINGS)}")
+
+
+def sds_grad(eps_pred: Tensor, eps: Tensor, w: Tensor) -> Tensor:
+    """The SDS gradient with respect to z: w(t)(ε̂(z_t; y, t) − ε) (DreamFusion, Poole et al. 2022, eq. 3)."""
+    return per_sample(w, eps_pred) * (eps_pred - eps)
+
+
+def inject_gradient(z: Tensor, grad: Tensor) -> Tensor:
+    """A loss whose gradient with respect to ``z [B, ...]`` is ``grad / B``.
+
+    loss = 0.5 ‖z − sg(z − grad)‖² / B, the detached-target trick of threestudio's SDS: autograd then
+    carries the precomputed score-distillation gradient (DreamFusion eq. 3) through the encoder and
+    renderer. The loss value itself is 0.5 ‖grad‖² / B, a diagnostic only.
+    """
+    target = (z - grad).detach()
+    return 0.5 * ((z - target) ** 2).sum() / z.shape[0]
+
+
+def sample_timesteps(
+    batch: int,
+    t_min_frac: float,
+    t_max_frac: float,
+    num_train_timesteps: int,
+    generator: torch.Generator,
+) -> Tensor:
+    """Integer timesteps ``[B]`` ~ U[⌊min·T⌋, ⌈max·T⌉] inclusive, clamped to [0, T − 1].
+
+    DreamFusion (Poole et al. 2022, sec. 3) samples t ~ U(0.02, 0.98). The draw uses ``generator``
+    and lands on the generator's device.
+    """
+    low = max(0, math.floor(t_min_frac * num_train_timesteps))
+    high = min(num_train_timesteps - 1, math.ceil(t_max_frac * num_train_timesteps))
+    if high < low:
+        raise ValueError(f"empty timestep range: min fraction {t_min_frac} > max fraction {t_max_frac}")
+    return torch.randint(low, high + 1, (batch,), generator=generator, device=generator.device)
+
+
+def sanitize_grad(grad: Tensor, clip: float | None) -> Tensor:
+    """Replace NaN and ±inf by 0 (a non-finite gradient carries no direction), then clamp to ±clip if set.
+
+    The nan-guard and gradient clipping of threestudio's SDS (``grad_clip``).
+    """
+    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+    if clip is not None:
+        grad = grad.clamp(-clip, clip)
+    return grad
