@@ -1,0 +1,191 @@
+"""Shared fixtures: tiny random diffusers models, saved like real ones and loaded by the real loader.
+
+Builders (plain functions, usable from any test) write diffusers folders; session fixtures build
+each one once into a temporary directory:
+
+- ``tiny_sd_dir`` / ``tiny_sd_prior``: Stable-Diffusion-shaped (AutoencoderKL, UNet2DConditionModel,
+  CLIPTextModel + CLIPTokenizer, DDIMScheduler), ε-prediction; images 32², latents 4 × 4 × 4.
+- ``tiny_sd_vpred_dir`` / ``tiny_sd_vpred_prior``: the same, v-prediction.
+- ``tiny_pixel_dir`` / ``tiny_pixel_prior``: pixel space (no VAE, DeepFloyd-IF-like), 3-channel UNet
+  at 8², camera-conditioned through ``class_labels`` (a ``dreamsmith.json`` declaring ``c2w16``).
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import pytest
+import torch
+
+TEXT_LENGTH = 16
+TEXT_DIM = 32
+PIXEL_METADATA = {
+    "camera_conditioning": "c2w16",
+    "camera_distance": 2.0,
+    "resolution": 8,
+    "fovy_deg": 40.0,
+    "elevation_range": [-10.0, 45.0],
+    "known_prompts": ["a red cube", "a blue sphere"],
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Test models are tiny: intra-op threads buy nothing, and OpenMP threads spin-waiting on a shared
+    # CPU (background jobs, parallel test workers) made ControlNet calls ~50x slower here.
+    torch.set_num_threads(1)
+
+
+def write_tiny_vocab(folder: Path) -> Path:
+    """A character-level CLIP BPE vocabulary (``vocab.json`` + ``merges.txt``) in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = list(string.ascii_lowercase + string.digits + ",.!?'-")
+    tokens = symbols + [symbol + "</w>" for symbol in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return folder
+
+
+def tiny_text_components(folder: Path) -> tuple[torch.nn.Module, object]:
+    """A 2-layer CLIP text encoder (width 32) and its tokenizer (max length 16)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(
+        write_tiny_vocab(folder / "vocab"), model_max_length=TEXT_LENGTH
+    )
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_DIM,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=TEXT_LENGTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config), tokenizer
+
+
+def tiny_unet(sample_size: int, channels: int, **extra: object) -> torch.nn.Module:
+    """A 2-level UNet2DConditionModel with cross-attention to width-32 text embeddings."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=channels,
+        out_channels=channels,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=2,
+        **extra,
+    )
+
+
+def build_tiny_sd(folder: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
+    """Save a tiny Stable-Diffusion-shaped pipeline (safetensors) into ``folder``; returns it."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(4, 4, 4, 4),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=2,
+            sample_size=32,
+        )
+        unet = tiny_unet(sample_size=4, channels=4)
+        text_encoder, tokenizer = tiny_text_components(folder.parent / f"{folder.name}-src")
+    scheduler = DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_tiny_pixel(folder: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
+    """Save a tiny pixel-space, camera-conditioned pipeline (no VAE) into ``folder``; returns it."""
+    import diffusers
+    from diffusers import DDPMScheduler
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet = tiny_unet(
+            sample_size=8, channels=3, class_embed_type="projection", projection_class_embeddings_input_dim=16
+        )
+        text_encoder, tokenizer = tiny_text_components(folder.parent / f"{folder.name}-src")
+    scheduler = DDPMScheduler(prediction_type=prediction_type)
+    for name, component in [("unet", unet), ("text_encoder", text_encoder), ("tokenizer", tokenizer)]:
+        component.save_pretrained(folder / name)
+    scheduler.save_pretrained(folder / "scheduler")
+    index = {
+        "_class_name": "DiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDPMScheduler"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    (folder / "dreamsmith.json").write_text(json.dumps(PIXEL_METADATA, indent=2))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_vpred_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd-vpred", prediction_type="v_prediction")
+
+
+@pytest.fixture(scope="session")
+def tiny_pixel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_pixel(tmp_path_factory.mktemp("models") / "tiny-pixel")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_prior(tiny_sd_dir: Path):
+    from dreamsmith.guidance.priors import load_prior
+
+    return load_prior(tiny_sd_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_vpred_prior(tiny_sd_vpred_dir: Path):
+    from dreamsmith.guidance.priors import load_prior
+
+    return load_prior(tiny_sd_vpred_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_pixel_prior(tiny_pixel_dir: Path):
+    from dreamsmith.guidance.priors import load_prior
+
+    return load_prior(tiny_pixel_dir)
