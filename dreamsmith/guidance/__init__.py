@@ -1,1 +1,30 @@
-"""guidance."""
+"""guidance: what judges the renders — diffusion priors, prompts, conditioners and guidance methods.
+
+Imports only ``dreamsmith.renderers`` (camera and render types) and ``dreamsmith.errors``.
+"""
+
+from dreamsmith.guidance.base import Guidance, GuidanceOutput, detached
+from dreamsmith.guidance.conditioners import ConditionContext, Conditioner, ControlNetConditioner
+from dreamsmith.guidance.priors import DiffusionPrior, load_prior
+from dreamsmith.guidance.prompts import PromptCache, view_direction, view_prompt
+from dreamsmith.guidance.registry import GUIDANCES
+from dreamsmith.guidance.schedules import schedule_value
+from dreamsmith.guidance.sds import SDSConfig, SDSGuidance
+
+__all__ = [
+    "GUIDANCES",
+    "ConditionContext",
+    "Conditioner",
+    "ControlNetConditioner",
+    "DiffusionPrior",
+    "Guidance",
+    "GuidanceOutput",
+    "PromptCache",
+    "SDSConfig",
+    "SDSGuidance",
+    "detached",
+    "load_prior",
+    "schedule_value",
+    "view_direction",
+    "view_prompt",
+]
