@@ -1,7 +1,8 @@
 """A NeRF field for text-to-3D: hash-grid encoding, a density head with a blob bias, an albedo head.
 
 The field follows DreamFusion (Poole et al. 2022, Sec. 3.1) as implemented with Instant-NGP
-encodings by Magic3D and threestudio: density = softplus(raw + blob bias) with the Magic3D blob bias
+encodings by Magic3D and threestudio: density = exp(raw + blob bias - 1) (threestudio's
+"shifted_trunc_exp": the exponential's gradient is clamped) with the Magic3D blob bias
 ``blob_density * (1 - |x| / blob_radius)`` that starts the optimization from a ball at the centre;
 albedo = sigmoid(raw); normals are the normalized negative density gradient.
 """
@@ -38,6 +39,25 @@ class NeRFConfig:
     backward)."""
     normal_eps: float = 0.005
     """Step of the finite differences (metres)."""
+
+
+class _TruncExp(torch.autograd.Function):
+    """exp(x) whose backward uses exp(min(x, 15)) (Instant-NGP's trick against exploding gradients)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * torch.exp(x.clamp(max=15.0))
+
+
+def density_activation(raw: Tensor) -> Tensor:
+    """threestudio's shifted truncated exponential: exp(raw - 1)."""
+    return _TruncExp.apply(raw - 1.0)
 
 
 def mlp(in_dim: int, out_dim: int, hidden_dim: int, hidden_layers: int) -> nn.Sequential:
@@ -87,7 +107,7 @@ class NeRFField(nn.Module):
     def density(self, points: Tensor) -> Tensor:
         """Volume density ``[N]`` (per metre) at world points ``[N, 3]``."""
         features = self._features(points)
-        return nn.functional.softplus(self.density_head(features)[..., 0] + self.blob_bias(points))
+        return density_activation(self.density_head(features)[..., 0] + self.blob_bias(points))
 
     def albedo(self, points: Tensor) -> Tensor:
         """Albedo ``[N, 3]`` in [0, 1] at world points ``[N, 3]``."""
@@ -100,7 +120,7 @@ class NeRFField(nn.Module):
         differentiable, so shaded renders and the orientation regularizer train the geometry.
         """
         features = self._features(points)
-        density = nn.functional.softplus(self.density_head(features)[..., 0] + self.blob_bias(points))
+        density = density_activation(self.density_head(features)[..., 0] + self.blob_bias(points))
         albedo = torch.sigmoid(self.albedo_head(features))
         normal = None
         if with_normals:

@@ -1,0 +1,133 @@
+"""The ``dreamsmith`` command."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from dreamsmith.errors import DreamsmithError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Text to game-ready 3D assets by score distillation.")
+console = Console(stderr=True)
+
+
+class RichProgress:
+    """Shows stage, step, loss, speed and ETA."""
+
+    def __init__(self) -> None:
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4g}"),
+            TextColumn("{task.fields[speed]:.2f} it/s"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.task = None
+
+    def stage_started(self, name: str, start: int, total: int) -> None:
+        self.bar.start()
+        self.task = self.bar.add_task(name, total=total, completed=start, loss=float("nan"), speed=0.0)
+
+    def step(self, step: int, loss: float, logs: dict[str, float]) -> None:
+        task = self.bar.tasks[-1]
+        self.bar.update(self.task, completed=step, loss=loss, speed=task.speed or 0.0)
+
+    def stage_finished(self, name: str) -> None:
+        self.bar.stop()
+
+    def message(self, text: str) -> None:
+        console.print(text)
+
+
+def _fail(error: Exception) -> None:
+    console.print(f"[red]error:[/red] {error}", highlight=False)
+    raise typer.Exit(1)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="What to make, e.g. \"a red cube\".")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE config overrides, e.g. guidance.guidance_scale=50.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Preset (see `dreamsmith presets`); default: toy without --model, else dreamfusion.")] = None,
+    model: Annotated[str | None, typer.Option(help="Diffusion model: a local diffusers folder or a Hugging Face id.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimization steps of the last stage.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same device: same asset).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<prompt>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Optimize a 3D asset for PROMPT and write it, with previews and a report, to the run directory."""
+    from dreamsmith.engine.generate import Progress as SilentProgress
+    from dreamsmith.engine.generate import generate as run_generate
+    from dreamsmith.engine.setup import make_config
+
+    try:
+        config = make_config(prompt, preset, model, steps, seed, device, overrides or [])
+        out = out or Path("runs") / _slug(prompt)
+        progress = SilentProgress() if quiet else RichProgress()
+        report = run_generate(config, out, resume=resume, progress=progress)
+    except DreamsmithError as error:
+        _fail(error)
+    except KeyboardInterrupt:
+        console.print("interrupted; continue with --resume")
+        raise typer.Exit(130) from None
+    if not quiet:
+        asset = report["asset"]
+        console.print(f"wrote {out / asset['path']} ({asset['faces']} triangles)")
+
+
+@app.command()
+def presets() -> None:
+    """List presets and their stages."""
+    from dreamsmith.engine.presets import load_preset, preset_names
+
+    table = Table("preset", "default model", "stages", "description")
+    for name in preset_names():
+        preset = load_preset(name)
+        stages = " -> ".join(f"{s.get('name')} ({s.get('steps')} steps, {s.get('guidance', {}).get('name', 'sds')})"
+                             for s in preset["stages"])
+        table.add_row(name, str(preset.get("model")), stages, preset.get("description", ""))
+    Console().print(table)
+
+
+@app.command()
+def doctor() -> None:
+    """Print the Python/torch/device and which backend each part of the pipeline uses, and why."""
+    from dreamsmith.engine.backends import backend_report
+
+    table = Table("part", "backend", "why")
+    for row in backend_report():
+        table.add_row(*row)
+    Console().print(table)
+
+
+def _slug(prompt: str) -> str:
+    slug = "".join(c if c.isalnum() else "-" for c in prompt.lower()).strip("-")
+    return "-".join(filter(None, slug.split("-")))[:60] or "run"
+
+
+def main() -> None:
+    """Entry point: user mistakes end in one line, not a traceback."""
+    try:
+        app()
+    except DreamsmithError as error:
+        console.print(f"[red]error:[/red] {error}", highlight=False)
+        sys.exit(1)
+    except Exception as error:
+        if os.environ.get("DREAMSMITH_DEBUG"):
+            raise
+        console.print(f"[red]internal error:[/red] {type(error).__name__}: {error} "
+                      "(set DREAMSMITH_DEBUG=1 for the traceback and report it)", highlight=False)
+        sys.exit(1)

@@ -1,0 +1,242 @@
+"""The main job: a prompt in, a run directory with an asset out (resumable)."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dreamsmith.engine.checkpoint import load_checkpoint, save_checkpoint
+from dreamsmith.engine.config import RunConfig, to_dict
+from dreamsmith.engine.presets import default_model, resolve_model
+from dreamsmith.engine.previews import preview_grid, write_png
+from dreamsmith.engine.prompt_check import check_prompt
+from dreamsmith.engine.run_dir import RunDir, atomic_write, write_json, write_yaml
+from dreamsmith.engine.stage import Stage
+from dreamsmith.errors import DreamsmithError, RunDirError
+from dreamsmith.exporters.glb import write_glb
+from dreamsmith.exporters.isosurface import density_mesh
+from dreamsmith.representations.mesh import Mesh
+
+
+class Progress:
+    """Receives the run's progress; the CLI shows it, tests and libraries ignore it."""
+
+    def stage_started(self, name: str, start: int, total: int) -> None: ...
+
+    def step(self, step: int, loss: float, logs: dict[str, float]) -> None: ...
+
+    def stage_finished(self, name: str) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+@dataclass
+class StageReport:
+    name: str
+    steps: int = 0
+    wall_time_s: float = 0.0
+    final_losses: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; cuda without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise DreamsmithError(f"unknown device '{name}'; use auto, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DreamsmithError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("dreamsmith", "torch", "diffusers", "transformers", "nerfacc", "trimesh", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def load_model(config: RunConfig, device: torch.device) -> Any:
+    """The run's diffusion prior (``config.model``, or the preset's default)."""
+    from dreamsmith.guidance import load_prior
+
+    model = resolve_model(config.model or default_model(config.preset))
+    return load_prior(model, device=device, allow_pickle=config.allow_pickle)
+
+
+def generate(
+    config: RunConfig,
+    out: Path | str,
+    resume: bool = False,
+    prior: Any = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run every stage of ``config`` into the run directory ``out`` and export the asset.
+
+    prior: an already loaded diffusion prior (tests pass exact oracles); by default the model is
+    loaded from ``config.model``. resume: continue from ``out``'s last checkpoint. Returns the report.
+    """
+    progress = progress or Progress()
+    run_dir = RunDir(out)
+    state = _resume_state(run_dir, config) if resume else None
+    run_dir.prepare()
+    device = resolve_device(config.device)
+    prior = prior if prior is not None else load_model(config, device)
+    check_prompt(config.prompt, prior)
+    write_yaml(run_dir.config, to_dict(config))
+
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    reports = [StageReport(stage.name) for stage in config.stages]
+    start_stage, start_step, resumed_from = 0, 0, None
+    if state is not None:
+        start_stage, start_step, resumed_from = state["stage_index"], state["step"], state["global_step"]
+        generator.set_state(state["generator_state"].to(generator.device) if device.type == "cuda"
+                            else state["generator_state"])
+        reports = [StageReport(**r) for r in state["reports"]]
+
+    stage: Stage | None = None
+    for index in range(start_stage, len(config.stages)):
+        stage_config = config.stages[index]
+        previous = stage
+        stage = Stage(stage_config, prior, config.prompt, device)
+        first = 0
+        if state is not None and index == start_stage:
+            stage.load_state_dict(state["stage_state"])
+            first = start_step
+        elif previous is not None:
+            stage.field.load_state_dict(previous.field.state_dict())
+        _run_stage(stage, index, first, config, run_dir, generator, reports, progress)
+
+    assert stage is not None
+    progress.message("extracting the surface")
+    mesh = export_asset(stage, config, run_dir.asset)
+    previews = stage.render_previews()
+    write_png(run_dir.previews / "final.png", preview_grid(previews))
+    report = {
+        "prompt": config.prompt,
+        "preset": config.preset,
+        "model": config.model or default_model(config.preset),
+        "seed": config.seed,
+        "device": str(device),
+        "stages": [vars(r) for r in reports],
+        "final_losses": reports[-1].final_losses,
+        "resumed_from_step": resumed_from,
+        "asset": {"path": run_dir.asset.name, "vertices": mesh.n_vertices, "faces": mesh.n_faces},
+        "versions": package_versions(),
+    }
+    write_json(run_dir.report, report)
+    return report
+
+
+def _run_stage(
+    stage: Stage,
+    index: int,
+    first: int,
+    config: RunConfig,
+    run_dir: RunDir,
+    generator: torch.Generator,
+    reports: list[StageReport],
+    progress: Progress,
+) -> None:
+    stage_config = stage.config
+    report = reports[index]
+    progress.stage_started(stage_config.name, first, stage_config.steps)
+
+    def checkpoint(next_step: int) -> None:
+        save_checkpoint(
+            run_dir.last_checkpoint,
+            {
+                "stage_index": index,
+                "stage_name": stage_config.name,
+                "step": next_step,
+                "global_step": sum(c.steps for c in config.stages[:index]) + next_step,
+                "stage_state": stage.state_dict(),
+                "generator_state": generator.get_state().cpu(),
+                "reports": [vars(r) for r in reports],
+                "config": to_dict(config),
+            },
+        )
+
+    step = first
+    try:
+        for step in range(first, stage_config.steps):
+            started = time.perf_counter()
+            result = stage.step(step, generator)
+            report.wall_time_s += time.perf_counter() - started
+            report.steps = step + 1
+            report.final_losses = {"loss": result.loss, **result.logs}
+            progress.step(step + 1, result.loss, result.logs)
+            done = step + 1
+            if stage_config.preview_every and done % stage_config.preview_every == 0:
+                preview = preview_grid(stage.render_previews())
+                write_png(run_dir.previews / f"{stage_config.name}_{done:06d}.png", preview)
+            if stage_config.checkpoint_every and done % stage_config.checkpoint_every == 0:
+                checkpoint(done)
+        step = stage_config.steps
+    except KeyboardInterrupt:
+        progress.message(f"interrupted: checkpoint at step {step}; continue with --resume")
+        checkpoint(step)
+        raise
+    checkpoint(stage_config.steps)
+    progress.stage_finished(stage_config.name)
+
+
+def _resume_state(run_dir: RunDir, config: RunConfig) -> dict[str, Any]:
+    """The last checkpoint of ``run_dir``, checked against ``config`` (only step counts may differ)."""
+    saved = run_dir.load_config()
+    current = to_dict(config)
+    for key in _differences(_without_steps(saved), _without_steps(current)):
+        raise RunDirError(f"cannot resume: '{key}' differs from the run's config.yaml; resume with the same settings")
+    state = load_checkpoint(run_dir.last_checkpoint)
+    for index, (old, new) in enumerate(zip(saved["stages"], current["stages"], strict=True)):
+        if index < state["stage_index"] and old["steps"] != new["steps"]:
+            raise RunDirError(f"cannot resume: stage '{new['name']}' is finished; only later stages' steps may change")
+    if state["step"] > config.stages[state["stage_index"]].steps:
+        raise RunDirError(
+            f"cannot resume: the checkpoint is at step {state['step']} of stage '{state['stage_name']}', "
+            f"beyond the {config.stages[state['stage_index']].steps} steps asked for"
+        )
+    return state
+
+
+def _without_steps(config: dict[str, Any]) -> dict[str, Any]:
+    return {**config, "stages": [{k: v for k, v in s.items() if k != "steps"} for s in config["stages"]]}
+
+
+def _differences(a: Any, b: Any, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b))
+        return [d for k in keys for d in _differences(a.get(k), b.get(k), f"{path}{k}.")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _differences(x, y, f"{path}{i}.")]
+    return [] if a == b else [path.rstrip(".")]
+
+
+def export_asset(stage: Stage, config: RunConfig, path: Path) -> Mesh:
+    """Marching cubes of the final density field -> GLB with vertex colours, written atomically."""
+    export = config.export
+    mesh = density_mesh(
+        stage.field.density,
+        stage.field.albedo,
+        bound=stage.config.nerf.bound,
+        resolution=export.isosurface_resolution,
+        threshold=export.isosurface_threshold,
+        keep_fraction=export.keep_components_fraction,
+        device=stage.device,
+    )
+    if mesh.n_faces == 0:
+        raise DreamsmithError(
+            f"the optimized field has no surface at density {export.isosurface_threshold}: nothing to export. "
+            "Look at previews/; try more --steps or a lower export.isosurface_threshold=..."
+        )
+    atomic_write(path, lambda temp: write_glb(temp, mesh, extras={"prompt": config.prompt, "preset": config.preset}))
+    return mesh

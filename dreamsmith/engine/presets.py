@@ -1,0 +1,58 @@
+"""Presets: named lists of stages in YAML beside this module, and the model each defaults to."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dreamsmith.errors import ConfigError
+
+EMBEDDED_PREFIX = "embedded:"
+
+
+def _preset_files() -> dict[str, Any]:
+    folder = resources.files("dreamsmith.engine") / "presets"
+    return {entry.name.removesuffix(".yaml"): entry for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def preset_names() -> list[str]:
+    return sorted(_preset_files())
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The raw preset: ``description``, ``model`` and ``stages`` (and optionally ``export``)."""
+    files = _preset_files()
+    if name not in files:
+        raise ConfigError(f"unknown preset '{name}'; available: {', '.join(sorted(files))}")
+    return yaml.safe_load(files[name].read_text(encoding="utf-8"))
+
+
+def embedded_model_path(name: str) -> Path:
+    """Folder of a model shipped inside the package (``dreamsmith/models/<name>``)."""
+    return Path(str(resources.files("dreamsmith") / "models" / name))
+
+
+def resolve_model(model: str) -> str:
+    """``embedded:<name>`` -> the packaged folder; anything else unchanged."""
+    if model.startswith(EMBEDDED_PREFIX):
+        return str(embedded_model_path(model.removeprefix(EMBEDDED_PREFIX)))
+    return model
+
+
+def default_model(preset: str) -> str:
+    """The model a preset uses when no ``--model`` is given."""
+    return load_preset(preset)["model"]
+
+
+def preset_for_model(model: str | None) -> str:
+    """The preset to use when none is named: toy for the embedded prior, dreamfusion-if for a local
+    pixel-space model (a folder without a VAE), dreamfusion otherwise."""
+    if model is None:
+        return "toy"
+    folder = Path(model)
+    if folder.is_dir() and (folder / "model_index.json").exists() and not (folder / "vae").exists():
+        return "dreamfusion-if"
+    return "dreamfusion"

@@ -1,0 +1,30 @@
+"""Prompts a model cannot draw: refused with a message instead of optimized into a blob."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from dreamsmith.errors import DreamsmithError
+
+
+def normalize_prompt(prompt: str) -> str:
+    """Lower case, single spaces, no final full stop, and "an" read as "a"."""
+    text = re.sub(r"\s+", " ", prompt.strip().lower()).rstrip(".")
+    return re.sub(r"\ban\b", "a", text)
+
+
+def check_prompt(prompt: str, prior: Any) -> None:
+    """Refuse an empty prompt, and prompts outside a closed-vocabulary model's known captions."""
+    if not prompt or not prompt.strip():
+        raise DreamsmithError("the prompt is empty; say what to make, e.g. dreamsmith generate \"a red cube\"")
+    known = getattr(prior, "known_prompts", None)
+    if not known:
+        return
+    if normalize_prompt(prompt) not in {normalize_prompt(p) for p in known}:
+        examples = ", ".join(f"'{p}'" for p in known[:3])
+        raise DreamsmithError(
+            f"this model knows only its {len(known)} captions ({examples}, ...; `dreamsmith presets` lists "
+            f"them) and cannot draw '{prompt}'. For other prompts pass --model with a diffusers folder or "
+            "Hugging Face id (e.g. --model stabilityai/stable-diffusion-2-1-base)."
+        )

@@ -1,0 +1,36 @@
+"""From what a user typed to a validated ``RunConfig``."""
+
+from __future__ import annotations
+
+from dreamsmith.engine.config import RunConfig, apply_overrides, deep_merge, resolve
+from dreamsmith.engine.presets import load_preset, preset_for_model
+from dreamsmith.errors import ConfigError
+
+
+def make_config(
+    prompt: str,
+    preset: str | None = None,
+    model: str | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> RunConfig:
+    """The run's config: the preset, then the options, then ``key=value`` overrides.
+
+    steps: the steps of the last stage (earlier stages keep the preset's; ``<stage>.steps=N`` sets one).
+    """
+    if steps is not None and steps < 0:
+        raise ConfigError(f"--steps must be >= 0, got {steps}")
+    preset = preset or preset_for_model(model)
+    raw = load_preset(preset)
+    raw.pop("description", None)
+    preset_model = raw.pop("model", None)
+    raw = deep_merge(raw, {"prompt": prompt, "preset": preset, "model": model or preset_model})
+    if seed is not None:
+        raw["seed"] = seed
+    if device is not None:
+        raw["device"] = device
+    if steps is not None:
+        raw["stages"][-1]["steps"] = steps
+    return resolve(apply_overrides(raw, list(overrides)))

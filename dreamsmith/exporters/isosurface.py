@@ -1,0 +1,69 @@
+"""Surfaces from density fields: marching cubes (Lorensen & Cline 1987) with scikit-image."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from skimage import measure
+from torch import Tensor
+
+from dreamsmith.representations.mesh import Mesh
+
+
+@torch.no_grad()
+def sample_grid(function: Callable[[Tensor], Tensor], bound: float, resolution: int, chunk: int = 262144,
+                device: torch.device | str = "cpu") -> np.ndarray:
+    """``function`` on a ``resolution^3`` grid of points spanning [-bound, bound]^3, as ``[x, y, z]``."""
+    axis = torch.linspace(-bound, bound, resolution, device=device)
+    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    values = torch.cat([function(points[i : i + chunk]).float().cpu() for i in range(0, points.shape[0], chunk)])
+    return values.view(resolution, resolution, resolution).numpy()
+
+
+def marching_cubes(volume: np.ndarray, level: float, bound: float) -> Mesh:
+    """The ``level`` isosurface of ``volume`` (sampled on [-bound, bound]^3, indexed [x, y, z]),
+    faces wound counter-clockwise seen from the low-value side (outside of a density field)."""
+    if not volume.min() < level < volume.max():
+        return Mesh(np.zeros((0, 3)), np.zeros((0, 3)))
+    # Negate the density so the outward side is "below the level", giving outward-facing windings.
+    vertices, faces, _, _ = measure.marching_cubes(-volume, level=-level)
+    spacing = 2.0 * bound / (volume.shape[0] - 1)
+    return Mesh(vertices * spacing - bound, faces)
+
+
+def remove_small_components(mesh: Mesh, keep_fraction: float) -> Mesh:
+    """Drop connected components with fewer faces than ``keep_fraction`` of the largest (floaters)."""
+    if mesh.n_faces == 0 or keep_fraction <= 0:
+        return mesh
+    import trimesh
+
+    labels = trimesh.graph.connected_component_labels(trimesh.graph.face_adjacency(mesh.faces), mesh.n_faces)
+    counts = np.bincount(labels)
+    keep_faces = counts[labels] >= keep_fraction * counts.max()
+    faces = mesh.faces[keep_faces]
+    used = np.unique(faces)
+    remap = np.full(mesh.n_vertices, -1, dtype=np.int64)
+    remap[used] = np.arange(used.size)
+    colors = None if mesh.vertex_colors is None else mesh.vertex_colors[used]
+    return Mesh(mesh.vertices[used], remap[faces], vertex_colors=colors)
+
+
+def density_mesh(
+    density: Callable[[Tensor], Tensor],
+    albedo: Callable[[Tensor], Tensor],
+    bound: float,
+    resolution: int,
+    threshold: float,
+    keep_fraction: float = 0.05,
+    device: torch.device | str = "cpu",
+) -> Mesh:
+    """The ``threshold`` isosurface of a density field, floaters removed, vertex colours from ``albedo``."""
+    volume = sample_grid(density, bound, resolution, device=device)
+    mesh = remove_small_components(marching_cubes(volume, threshold, bound), keep_fraction)
+    if mesh.n_faces == 0:
+        return mesh
+    with torch.no_grad():
+        colors = albedo(torch.from_numpy(mesh.vertices).to(device)).float().cpu().numpy()
+    return mesh.copy(vertex_colors=np.clip(colors, 0.0, 1.0))
