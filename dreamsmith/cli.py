@@ -51,7 +51,7 @@ class RichProgress:
 
 
 def _fail(error: Exception) -> None:
-    console.print(f"[red]error:[/red] {error}", highlight=False)
+    console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -67,6 +67,7 @@ def generate(
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<prompt>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow pickled (.bin/.ckpt) model weights; only for models you trust.")] = False,
 ) -> None:
     """Optimize a 3D asset for PROMPT and write it, with previews and a report, to the run directory."""
     from dreamsmith.engine.generate import Progress as SilentProgress
@@ -74,7 +75,8 @@ def generate(
     from dreamsmith.engine.setup import make_config
 
     try:
-        config = make_config(prompt, preset, model, steps, seed, device, overrides or [])
+        extra = ["allow_pickle=true"] if allow_pickle else []
+        config = make_config(prompt, preset, model, steps, seed, device, [*(overrides or []), *extra])
         out = out or Path("runs") / _slug(prompt)
         progress = SilentProgress() if quiet else RichProgress()
         report = run_generate(config, out, resume=resume, progress=progress)
@@ -118,16 +120,29 @@ def _slug(prompt: str) -> str:
     return "-".join(filter(None, slug.split("-")))[:60] or "run"
 
 
+def _quiet_libraries() -> None:
+    """Model loading prints progress bars and warnings that mean nothing to a user of this CLI."""
+    for variable in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        os.environ.setdefault(variable, "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def main() -> None:
     """Entry point: user mistakes end in one line, not a traceback."""
+    _quiet_libraries()
     try:
         app()
     except DreamsmithError as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False)
+        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except Exception as error:
         if os.environ.get("DREAMSMITH_DEBUG"):
             raise
         console.print(f"[red]internal error:[/red] {type(error).__name__}: {error} "
-                      "(set DREAMSMITH_DEBUG=1 for the traceback and report it)", highlight=False)
+                      "(set DREAMSMITH_DEBUG=1 for the traceback and report it)", highlight=False, soft_wrap=True)
         sys.exit(1)

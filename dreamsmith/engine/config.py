@@ -29,7 +29,7 @@ from dreamsmith.representations.nerf import NeRFConfig
 
 @dataclass
 class StageConfig:
-    name: str = "nerf"
+    name: str = "coarse"
     """Name of the stage (used in logs, checkpoints and per-stage overrides)."""
     steps: int = 10000
     """Optimization steps of this stage."""
@@ -253,7 +253,11 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
     config = build(RunConfig, raw)
     if not config.stages:
         raise ConfigError("a run needs at least one stage")
+    field_names = set(valid_keys(StageConfig))
     for index, stage in enumerate(config.stages):
+        if stage.name in field_names or not stage.name:
+            raise ConfigError(f"stage {index} is named '{stage.name}'; stage names must be non-empty and differ "
+                              "from config fields (they prefix per-stage overrides)")
         validate_guidance(stage, f"stages.{index}.")
         if stage.steps < 0:
             raise ConfigError(f"steps of stage '{stage.name}' must be >= 0, got {stage.steps}")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -86,12 +90,13 @@ def generate(
     loaded from ``config.model``. resume: continue from ``out``'s last checkpoint. Returns the report.
     """
     progress = progress or Progress()
+    check_prompt(config.prompt, None)
     run_dir = RunDir(out)
     state = _resume_state(run_dir, config) if resume else None
-    run_dir.prepare()
     device = resolve_device(config.device)
     prior = prior if prior is not None else load_model(config, device)
     check_prompt(config.prompt, prior)
+    run_dir.prepare()
     write_yaml(run_dir.config, to_dict(config))
 
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -107,7 +112,9 @@ def generate(
     for index in range(start_stage, len(config.stages)):
         stage_config = config.stages[index]
         previous = stage
-        stage = Stage(stage_config, prior, config.prompt, device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed + index)  # parameter initialization is part of "same seed, same asset"
+            stage = Stage(stage_config, prior, config.prompt, device)
         first = 0
         if state is not None and index == start_stage:
             stage.load_state_dict(state["stage_state"])
@@ -166,28 +173,51 @@ def _run_stage(
             },
         )
 
-    step = first
+    completed = first
     try:
-        for step in range(first, stage_config.steps):
-            started = time.perf_counter()
-            result = stage.step(step, generator)
-            report.wall_time_s += time.perf_counter() - started
-            report.steps = step + 1
-            report.final_losses = {"loss": result.loss, **result.logs}
-            progress.step(step + 1, result.loss, result.logs)
-            done = step + 1
-            if stage_config.preview_every and done % stage_config.preview_every == 0:
-                preview = preview_grid(stage.render_previews())
-                write_png(run_dir.previews / f"{stage_config.name}_{done:06d}.png", preview)
-            if stage_config.checkpoint_every and done % stage_config.checkpoint_every == 0:
-                checkpoint(done)
-        step = stage_config.steps
+        with _interrupt_at_step_boundary() as interrupted:
+            for step in range(first, stage_config.steps):
+                started = time.perf_counter()
+                result = stage.step(step, generator)
+                report.wall_time_s += time.perf_counter() - started
+                completed = report.steps = step + 1
+                report.final_losses = {"loss": result.loss, **result.logs}
+                if stage_config.preview_every and completed % stage_config.preview_every == 0:
+                    preview = preview_grid(stage.render_previews())
+                    write_png(run_dir.previews / f"{stage_config.name}_{completed:06d}.png", preview)
+                if stage_config.checkpoint_every and completed % stage_config.checkpoint_every == 0:
+                    checkpoint(completed)
+                progress.step(completed, result.loss, result.logs)
+                if interrupted():
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
-        progress.message(f"interrupted: checkpoint at step {step}; continue with --resume")
-        checkpoint(step)
+        progress.message(f"interrupted: checkpoint at step {completed}; continue with --resume")
+        checkpoint(completed)
         raise
     checkpoint(stage_config.steps)
     progress.stage_finished(stage_config.name)
+
+
+@contextlib.contextmanager
+def _interrupt_at_step_boundary() -> Iterator[Callable[[], bool]]:
+    """Defer a first Ctrl-C to the end of the current step, so the checkpoint is a step boundary
+    (a second Ctrl-C interrupts at once). Outside the main thread, signals are left alone."""
+    flag = {"set": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: object) -> None:
+        if flag["set"]:
+            raise KeyboardInterrupt
+        flag["set"] = True
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: flag["set"]
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _resume_state(run_dir: RunDir, config: RunConfig) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Two samplers give the same image:
 - ``dense`` (any device): stratified samples between the ray's entry and exit of the field's cube,
   weights from nerfacc's batched ``render_weight_from_density``. While training, densities are first
   evaluated without gradients and only samples with a visible weight are re-evaluated with them;
-  the others keep their (detached) density, so the forward pass is exact and backward skips samples
+  the others keep their (detached) density, so transmittance stays exact, and are left out of the
+  colour sums: a pixel changes by less than n_samples x prune_threshold, and backward skips samples
   that cannot matter.
 - ``occupancy_grid`` (CUDA): nerfacc's ``OccGridEstimator`` marches only through occupied cells
   (Instant-NGP's occupancy grid), packed samples.

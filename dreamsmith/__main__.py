@@ -1,0 +1,5 @@
+"""``python -m dreamsmith`` runs the CLI."""
+
+from dreamsmith.cli import main
+
+main()

@@ -1,0 +1,61 @@
+"""Presets, overrides and their errors."""
+
+import pytest
+
+from dreamsmith.engine.config import parse_override
+from dreamsmith.engine.presets import preset_for_model, preset_names
+from dreamsmith.engine.setup import make_config
+from dreamsmith.errors import ConfigError
+
+
+def test_every_preset_resolves():
+    for name in preset_names():
+        config = make_config("a red cube", preset=name)
+        assert config.preset == name and config.stages and all(s.steps > 0 for s in config.stages)
+
+
+def test_overrides_reach_every_stage_or_one_named_stage():
+    config = make_config("x", preset="dreamfusion", overrides=["guidance.guidance_scale=50", "camera.resolution=32"])
+    assert config.stages[0].guidance["guidance_scale"] == 50
+    assert config.stages[0].camera.resolution == 32
+    config = make_config("x", preset="dreamfusion", overrides=["coarse.loss.lambda_opaque=[0, 0.0, 1.0, 100]", "nerf.hash_grid.n_levels=8"])
+    assert config.stages[0].loss.lambda_opaque == [0, 0.0, 1.0, 100]
+    assert config.stages[0].nerf.hash_grid.n_levels == 8
+    config = make_config("x", preset="dreamfusion", overrides=["seed=7", "export.isosurface_resolution=64"], steps=12)
+    assert config.seed == 7 and config.export.isosurface_resolution == 64 and config.stages[-1].steps == 12
+
+
+@pytest.mark.parametrize(
+    ("override", "named", "suggested"),
+    [
+        ("guidance.guidanse_scale=3", "guidance.guidanse_scale", "guidance.guidance_scale"),
+        ("camera.resolutoin=3", "camera.resolutoin", "camera.resolution"),
+        ("sed=3", "sed", "seed"),
+        ("nerf.hash_grid.n_level=3", "nerf.hash_grid.n_level", "nerf.hash_grid.n_levels"),
+    ],
+)
+def test_unknown_key_names_itself_and_the_nearest_valid_key(override, named, suggested):
+    with pytest.raises(ConfigError) as error:
+        make_config("x", preset="dreamfusion", overrides=[override])
+    message = str(error.value)
+    assert f"'{named}'" in message and f"'{suggested}'" in message
+
+
+def test_bad_values_and_steps_are_refused():
+    with pytest.raises(ConfigError, match="steps"):
+        make_config("x", preset="dreamfusion", steps=-1)
+    with pytest.raises(ConfigError, match="camera.resolution"):
+        make_config("x", preset="dreamfusion", overrides=["camera.resolution=big"])
+    with pytest.raises(ConfigError, match="unknown preset"):
+        make_config("x", preset="dreamfussion")
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("justakey")
+
+
+def test_default_preset_follows_the_model(tmp_path):
+    assert preset_for_model(None) == "toy"
+    assert preset_for_model("stabilityai/stable-diffusion-2-1-base") == "dreamfusion"
+    (tmp_path / "model_index.json").write_text("{}")
+    assert preset_for_model(str(tmp_path)) == "dreamfusion-if"
+    (tmp_path / "vae").mkdir()
+    assert preset_for_model(str(tmp_path)) == "dreamfusion"
