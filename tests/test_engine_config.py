@@ -18,7 +18,8 @@ def test_overrides_reach_every_stage_or_one_named_stage():
     config = make_config("x", preset="dreamfusion", overrides=["guidance.guidance_scale=50", "camera.resolution=32"])
     assert config.stages[0].guidance["guidance_scale"] == 50
     assert config.stages[0].camera.resolution == 32
-    config = make_config("x", preset="dreamfusion", overrides=["coarse.loss.lambda_opaque=[0, 0.0, 1.0, 100]", "nerf.hash_grid.n_levels=8"])
+    overrides = ["coarse.loss.lambda_opaque=[0, 0.0, 1.0, 100]", "nerf.hash_grid.n_levels=8"]
+    config = make_config("x", preset="dreamfusion", overrides=overrides)
     assert config.stages[0].loss.lambda_opaque == [0, 0.0, 1.0, 100]
     assert config.stages[0].nerf.hash_grid.n_levels == 8
     config = make_config("x", preset="dreamfusion", overrides=["seed=7", "export.isosurface_resolution=64"], steps=12)
