@@ -39,6 +39,9 @@ class NeRFConfig:
     backward)."""
     normal_eps: float = 0.005
     """Step of the finite differences (metres)."""
+    normal_gradients: bool = True
+    """Backpropagate through the normals, so shading trains the geometry directly; False detaches
+    them (shading then trains geometry only through where the surface is; several times cheaper)."""
 
 
 class _TruncExp(torch.autograd.Function):
@@ -133,11 +136,14 @@ class NeRFField(nn.Module):
         if self.config.normals == "finite_difference":
             eps = self.config.normal_eps
             offsets = torch.eye(3).to(points) * eps
-            shifted = self.density((points[:, None] + offsets).reshape(-1, 3)).view(-1, 3)
-            return (shifted - density[:, None]) / eps
+            grad = torch.is_grad_enabled() and self.config.normal_gradients
+            with torch.set_grad_enabled(grad):
+                shifted = self.density((points[:, None] + offsets).reshape(-1, 3)).view(-1, 3)
+                centre = density if grad else density.detach()
+                return (shifted - centre[:, None]) / eps
         if self.config.normals != "analytic":
             raise ValueError(f"normals must be finite_difference or analytic, not {self.config.normals!r}")
-        training = torch.is_grad_enabled()
+        training = torch.is_grad_enabled() and self.config.normal_gradients
         with torch.enable_grad():
             if not points.requires_grad:
                 points = points.detach().requires_grad_(True)
