@@ -22,9 +22,9 @@ def check_prompt(prompt: str, prior: Any) -> None:
     if not known:
         return
     if normalize_prompt(prompt) not in {normalize_prompt(p) for p in known}:
-        examples = ", ".join(f"'{p}'" for p in known[:3])
+        examples = ", ".join(f"'{p}'" for p in known[:: max(1, len(known) // 4)][:4])
         raise DreamsmithError(
-            f"this model knows only its {len(known)} captions ({examples}, ...; `dreamsmith presets` lists "
-            f"them) and cannot draw '{prompt}'. For other prompts pass --model with a diffusers folder or "
-            "Hugging Face id (e.g. --model stabilityai/stable-diffusion-2-1-base)."
+            f"this model knows only its {len(known)} captions (e.g. {examples}) and cannot draw '{prompt}'. "
+            "For other prompts pass --model with a diffusers folder or Hugging Face id "
+            "(e.g. --model stabilityai/stable-diffusion-2-1-base)."
         )
