@@ -1,0 +1,243 @@
+"""The export pipeline: cleanup -> decimation -> UV unwrap -> texture bake -> placement -> writers, LODs,
+QA report and previews.
+
+Everything is written into a hidden staging folder inside the output folder and renamed into place at
+the end, so a failure (or Ctrl-C) never leaves a partial asset where the asset should be.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dreamsmith.errors import DreamsmithError
+from dreamsmith.exporters.bake import AlbedoFn, bake_base_color, vertex_color_albedo
+from dreamsmith.exporters.cleanup import cleanup
+from dreamsmith.exporters.decimate import check_budget, decimate
+from dreamsmith.exporters.gltf import Material, write_glb, write_gltf
+from dreamsmith.exporters.lod import lod_meshes, lod_texture_size
+from dreamsmith.exporters.obj import write_obj
+from dreamsmith.exporters.qa import is_power_of_two, profile, qa_report
+from dreamsmith.exporters.usdz import write_usdz
+from dreamsmith.representations.mesh import Mesh
+
+Writer = Callable[[Path, Mesh, dict, Material], list[Path]]
+
+WRITERS: dict[str, tuple[str, Writer]] = {
+    "glb": (".glb", write_glb),
+    "gltf": (".gltf", write_gltf),
+    "obj": (".obj", write_obj),
+    "usdz": (".usdz", write_usdz),
+}
+"""Format name -> (file suffix, writer)."""
+
+ORIGINS = ("center", "base")
+TEXTURE_SIZE_RANGE = (64, 8192)
+
+
+@dataclass
+class ExportOptions:
+    """What to write and how."""
+
+    formats: tuple[str, ...] = ("glb",)
+    """Any of glb, gltf, obj, usdz."""
+    texture_size: int = 1024
+    """Side of the square base-colour texture in texels (a power of two)."""
+    max_triangles: int | None = None
+    """Triangle budget of the asset (quadric decimation); None keeps every triangle."""
+    lods: int = 0
+    """Further levels of detail, each about half the triangles of the one before."""
+    origin: str = "center"
+    """center: the bounding box centred on the origin; base: resting on y = 0, centred in x and z."""
+    scale: float | None = None
+    """Longest bounding-box side in metres; None keeps the field's metres."""
+    profile: str = "pc"
+    """QA budgets: mobile, pc or hero."""
+    name: str = "asset"
+    """File stem: <name>.glb, <name>_lod1.glb, ..."""
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Written into the files' metadata (the prompt, preset, seed)."""
+    material: Material = field(default_factory=Material)
+    """Metallic and roughness factors."""
+    preview_resolution: int = 256
+    """Turntable frame size in pixels (the poster is twice as large); 0 writes no previews."""
+    keep_fraction: float = 0.05
+    """Cleanup drops pieces with fewer faces than this fraction of the largest (floaters)."""
+
+
+@dataclass
+class ExportResult:
+    """What ``export_mesh`` wrote."""
+
+    paths: list[Path]
+    """Every file written, in the output folder."""
+    qa: dict[str, Any]
+    """The QA report (also written to qa.json)."""
+    timings: dict[str, float]
+    """Wall seconds per step: cleanup, decimate, unwrap, bake, write, lods, qa, previews."""
+    mesh: Mesh
+    """The level-0 asset as written (placed, UV-textured)."""
+
+
+def check_options(options: ExportOptions) -> None:
+    """Refuse unusable options before any work, with one-line messages."""
+    unknown = [f for f in options.formats if f not in WRITERS]
+    if unknown or not options.formats:
+        name = unknown[0] if unknown else ""
+        raise DreamsmithError(f"unknown export format '{name}'; choose from {', '.join(WRITERS)}")
+    low, high = TEXTURE_SIZE_RANGE
+    if not (is_power_of_two(options.texture_size) and low <= options.texture_size <= high):
+        raise DreamsmithError(f"--texture-size {options.texture_size} is not a power of two between {low} and {high} "
+                              "(e.g. 512, 1024, 2048, 4096)")
+    if options.max_triangles is not None:
+        check_budget(options.max_triangles)
+    if options.lods < 0:
+        raise DreamsmithError(f"--lods {options.lods} must be 0 or more")
+    if options.origin not in ORIGINS:
+        raise DreamsmithError(f"--origin {options.origin} is unknown; choose center or base")
+    if options.scale is not None and not options.scale > 0:
+        raise DreamsmithError(f"--scale {options.scale} must be a positive size in metres")
+    if options.preview_resolution and not (options.preview_resolution >= 32 and options.preview_resolution % 16 == 0):
+        raise DreamsmithError(f"--preview-size {options.preview_resolution} must be 0 (no previews) or a multiple "
+                              "of 16 from 32 (video encoders need whole macro blocks)")
+    profile(options.profile)
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` and prove a file can be written in it, or fail with a clear message."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise DreamsmithError(f"cannot write to {folder}: {error.strerror or error}; choose another --out") from None
+
+
+def placement(mesh: Mesh, origin: str, scale: float | None) -> tuple[np.ndarray, float]:
+    """``(anchor [3], factor)`` such that ``(v - anchor) * factor`` puts ``mesh`` where asked."""
+    low, high = mesh.bounds().astype(np.float64)
+    anchor = (low + high) / 2
+    if origin == "base":
+        anchor[1] = low[1]
+    factor = 1.0 if scale is None else scale / max(float((high - low).max()), 1e-12)
+    return anchor, factor
+
+
+def place(mesh: Mesh, anchor: np.ndarray, factor: float) -> Mesh:
+    """``mesh`` moved and uniformly scaled (normals unchanged, as the scale is uniform and positive)."""
+    return mesh.copy(vertices=((mesh.vertices - anchor) * factor).astype(np.float32))
+
+
+def textured(geometry: Mesh, albedo: AlbedoFn, texture_size: int, timings: dict[str, float]) -> Mesh:
+    """Unwrap and bake one level (adds the time of each to ``timings``)."""
+    from dreamsmith.exporters.uv import unwrap
+
+    with _timed(timings, "unwrap"):
+        mesh = unwrap(geometry, texture_size)
+    with _timed(timings, "bake"):
+        return bake_base_color(mesh, albedo, texture_size)
+
+
+def export_mesh(mesh: Mesh, albedo: AlbedoFn | None, out_dir: Path | str, options: ExportOptions | None = None,
+                ) -> ExportResult:
+    """Export ``mesh`` (world frame of the field ``albedo`` is defined in) into ``out_dir``.
+
+    albedo: sRGB albedo of surface points (e.g. the run's ``NeRFField.albedo``); None bakes ``mesh``'s
+    vertex colours. Writes ``<name>.<format>`` per format (with sidecar .mtl/.bin/PNG files),
+    ``<name>_lod<k>.<format>`` per LOD, ``qa.json`` and the previews; returns the paths, QA and timings.
+    """
+    options = options or ExportOptions()
+    check_options(options)
+    out_dir = Path(out_dir)
+    check_writable(out_dir)
+    albedo = albedo or vertex_color_albedo(mesh)
+    timings: dict[str, float] = {}
+
+    with _timed(timings, "cleanup"):
+        geometry = cleanup(mesh, keep_fraction=options.keep_fraction)
+    if geometry.n_faces == 0:
+        raise DreamsmithError("the mesh has no faces left after cleanup: nothing to export")
+    with _timed(timings, "decimate"):
+        if options.max_triangles is not None and geometry.n_faces > options.max_triangles:
+            geometry = cleanup(decimate(geometry, options.max_triangles), keep_fraction=options.keep_fraction)
+    anchor, factor = placement(geometry, options.origin, options.scale)
+
+    with _staging(out_dir) as staging:
+        written: list[Path] = []
+        asset = place(textured(geometry, albedo, options.texture_size, timings), anchor, factor)
+        with _timed(timings, "write"):
+            written += _write_level(asset, staging / options.name, options)
+        with _timed(timings, "qa"):
+            report = {"asset": qa_report(asset, options.profile), "lods": []}
+        with _timed(timings, "lods"):
+            for level, lod_geometry in enumerate(lod_meshes(geometry, options.lods) if options.lods else [], start=1):
+                size = lod_texture_size(options.texture_size, level)
+                lod = place(textured(lod_geometry, albedo, size, {}), anchor, factor)
+                written += _write_level(lod, staging / f"{options.name}_lod{level}", options)
+                lod_qa = qa_report(lod, options.profile, level)
+                report["lods"].append({"level": level, "triangles": lod.n_faces, "texture_size": size,
+                                       "status": lod_qa["status"], "checks": lod_qa["checks"]})
+        if options.preview_resolution:
+            from dreamsmith.exporters.previews import write_previews
+
+            with _timed(timings, "previews"):
+                written += write_previews(asset, staging, options.name, options.preview_resolution)
+        report["files"] = sorted({p.name for p in written} | {"qa.json"})
+        report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+        (staging / "qa.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        final = _publish(staging, out_dir, [*written, staging / "qa.json"])
+    return ExportResult(paths=final, qa=report, timings=timings, mesh=asset)
+
+
+def _write_level(mesh: Mesh, stem: Path, options: ExportOptions) -> list[Path]:
+    paths: list[Path] = []
+    for name in dict.fromkeys(options.formats):
+        suffix, writer = WRITERS[name]
+        paths += writer(stem.with_name(stem.name + suffix), mesh, options.extras, options.material)
+    return paths
+
+
+@contextmanager
+def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[step] = timings.get(step, 0.0) + time.perf_counter() - started
+
+
+@contextmanager
+def _staging(out_dir: Path) -> Iterator[Path]:
+    """A hidden folder inside ``out_dir`` (same file system: renames are atomic), removed at the end;
+    a failed write (disk full, permissions) becomes a one-line error."""
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    try:
+        yield staging
+    except OSError as error:
+        raise DreamsmithError(f"writing the export into {out_dir} failed: {error.strerror or error}; "
+                              "nothing was changed there") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(staging: Path, out_dir: Path, paths: list[Path]) -> list[Path]:
+    """Rename the staged files into ``out_dir`` (sidecars first, the main files last); returns their paths."""
+    unique = list(dict.fromkeys(paths))
+    sidecar_suffixes = (".png", ".bin", ".mtl", ".gif", ".mp4", ".json")
+    ordered = sorted(unique, key=lambda p: p.suffix not in sidecar_suffixes)
+    final = []
+    for path in ordered:
+        target = out_dir / path.relative_to(staging)
+        os.replace(path, target)
+        final.append(target)
+    return final

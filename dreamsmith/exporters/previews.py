@@ -1,0 +1,96 @@
+"""Previews of the exported asset, rendered by the project's mesh rasterizer from its UV texture:
+a 36-frame turntable (GIF and MP4) and a poster PNG."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from dreamsmith.exporters.bake import sample_texture
+from dreamsmith.renderers.cameras import Cameras, orbit_cameras
+from dreamsmith.renderers.mesh_renderer import MeshRenderer, TextureField
+from dreamsmith.representations.mesh import Mesh
+
+TURNTABLE_FRAMES = 36
+FRAMES_PER_SECOND = 12
+
+
+def texture_albedo(mesh: Mesh) -> TextureField:
+    """The albedo of surface points read from ``mesh``'s UV texture: the point's triangle and
+    barycentrics by a closest-point query (Open3D), its UV interpolated, the texture sampled bilinearly."""
+    import open3d as o3d
+
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(mesh.vertices.astype(np.float32)),
+                        o3d.core.Tensor(mesh.faces.astype(np.uint32)))
+
+    def albedo(points: Tensor) -> Tensor:
+        closest = scene.compute_closest_points(o3d.core.Tensor(points.detach().cpu().numpy().astype(np.float32)))
+        triangle = closest["primitive_ids"].numpy().astype(np.int64)
+        weight_b, weight_c = closest["primitive_uvs"].numpy().astype(np.float64).T
+        corner_uvs = mesh.uvs[mesh.faces[triangle]]
+        uvs = (1 - weight_b - weight_c)[:, None] * corner_uvs[:, 0] + weight_b[:, None] * corner_uvs[:, 1] \
+            + weight_c[:, None] * corner_uvs[:, 2]
+        return torch.from_numpy(sample_texture(mesh.base_color_texture, uvs).astype(np.float32)).to(points)
+
+    return albedo
+
+
+def framing(mesh: Mesh, fovy_deg: float, margin: float = 1.1) -> tuple[np.ndarray, float]:
+    """The bounding-box centre ``[3]`` and the camera distance at which the sphere around it holding
+    every vertex fills the view (times ``margin``)."""
+    low, high = mesh.bounds()
+    centre = (low + high) / 2
+    radius = float(np.linalg.norm(mesh.vertices - centre, axis=-1).max())
+    return centre, margin * max(radius, 1e-6) / math.sin(math.radians(fovy_deg) / 2)
+
+
+@torch.no_grad()
+def render_views(mesh: Mesh, cameras: Cameras, centre: np.ndarray, batch: int = 6) -> np.ndarray:
+    """uint8 ``[B, H, W, 3]`` lambertian renders (headlight, white background) of the textured ``mesh``
+    moved by ``-centre`` (the cameras look at the origin)."""
+    vertices = torch.from_numpy(mesh.vertices - centre.astype(np.float32))
+    faces = torch.from_numpy(mesh.faces)
+    textured = mesh.uvs is not None and mesh.base_color_texture is not None
+    albedo = texture_albedo(mesh.copy(vertices=vertices.numpy())) if textured else None
+    if albedo is None and mesh.vertex_colors is not None:
+        albedo = torch.from_numpy(mesh.vertex_colors)
+    renderer = MeshRenderer()
+    frames = [renderer(vertices, faces, cameras[i : i + batch], albedo=albedo, shading="lambertian").rgb
+              for i in range(0, len(cameras), batch)]
+    return (torch.cat(frames).clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def turntable(mesh: Mesh, resolution: int = 256, elevation_deg: float = 20.0, fovy_deg: float = 40.0,
+              n_frames: int = TURNTABLE_FRAMES) -> np.ndarray:
+    """uint8 ``[n_frames, H, W, 3]``: one full turn starting at the front (azimuth 0)."""
+    centre, distance = framing(mesh, fovy_deg)
+    return render_views(mesh, orbit_cameras(n_frames, elevation_deg, distance, fovy_deg, resolution), centre)
+
+
+def poster(mesh: Mesh, resolution: int = 512, azimuth_deg: float = 30.0, elevation_deg: float = 20.0,
+           fovy_deg: float = 40.0) -> np.ndarray:
+    """uint8 ``[H, W, 3]``: the asset seen from the front-right, a little above."""
+    centre, distance = framing(mesh, fovy_deg)
+    cameras = Cameras.from_spherical(torch.tensor(azimuth_deg), torch.tensor(elevation_deg), torch.tensor(distance),
+                                     torch.tensor(fovy_deg), resolution)
+    return render_views(mesh, cameras, centre)[0]
+
+
+def write_previews(mesh: Mesh, folder: Path, stem: str, resolution: int = 256) -> list[Path]:
+    """Write ``<stem>_turntable.gif``, ``<stem>_turntable.mp4`` and ``<stem>_poster.png`` into ``folder``."""
+    import imageio.v3 as iio
+
+    folder = Path(folder)
+    frames = turntable(mesh, resolution)
+    gif, mp4, png = (folder / f"{stem}_turntable.gif", folder / f"{stem}_turntable.mp4", folder / f"{stem}_poster.png")
+    iio.imwrite(gif, frames, extension=".gif", duration=round(1000 / FRAMES_PER_SECOND), loop=0)
+    iio.imwrite(mp4, frames, extension=".mp4", plugin="FFMPEG", fps=FRAMES_PER_SECOND, codec="libx264",
+                macro_block_size=16)
+    Image.fromarray(poster(mesh, 2 * resolution)).save(png)
+    return [gif, mp4, png]
