@@ -91,6 +91,45 @@ def generate(
 
 
 @app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (written by `dreamsmith generate`).")],
+    more_formats: Annotated[list[str] | None, typer.Argument(help="Further formats after --format, e.g. --format glb obj usdz.", show_default=False)] = None,
+    format: Annotated[list[str] | None, typer.Option("--format", help="glb, gltf, obj or usdz; repeat, or list after it (default glb).")] = None,
+    texture_size: Annotated[int, typer.Option(help="Base-colour texture side in texels: 512, 1024, 2048 or 4096.")] = 1024,
+    max_triangles: Annotated[int | None, typer.Option(help="Triangle budget (quadric decimation, at least 100); default: keep all.")] = None,
+    lods: Annotated[int, typer.Option(help="Further levels of detail, each ~50 % of the triangles (asset_lod1.glb, ...).")] = 0,
+    origin: Annotated[str, typer.Option(help="center: bounding box centred on the origin; base: resting on y = 0.")] = "center",
+    scale: Annotated[float | None, typer.Option(help="Longest bounding-box side in metres; default: the run's metres.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: the run directory).")] = None,
+    profile: Annotated[str, typer.Option(help="QA budgets: mobile, pc or hero.")] = "pc",
+    preview_size: Annotated[int, typer.Option(help="Turntable frame size in pixels (poster: twice); 0: no previews.")] = 256,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing but errors.")] = False,
+) -> None:
+    """Write RUN_DIR's asset as UV-textured PBR GLB/glTF/OBJ/USDZ with LODs, a QA report and previews."""
+    from dreamsmith.engine.export_run import export_run
+
+    formats = [name.strip().lower() for value in [*(format or ["glb"]), *(more_formats or [])] for name in value.split(",")]
+    try:
+        result = export_run(run_dir, formats=formats, texture_size=texture_size, max_triangles=max_triangles, lods=lods,
+                            origin=origin, scale=scale, out=out, profile=profile, preview_resolution=preview_size)
+    except DreamsmithError as error:
+        _fail(error)
+    except KeyboardInterrupt:
+        console.print("interrupted; nothing was written")
+        raise typer.Exit(130) from None
+    if quiet:
+        return
+    report = result.qa["asset"]
+    table = Table("check", "value", "limit", f"{report['profile']}", title=f"QA: {report['status'].upper()}")
+    for check, value, limit, status in [(c["check"], str(c["value"]), c["limit"], c["status"]) for c in report["checks"]]:
+        colour = {"pass": "green", "warn": "yellow", "fail": "red"}[status]
+        table.add_row(check, value, limit, f"[{colour}]{status}[/{colour}]")
+    Console().print(table)
+    for path in result.paths:
+        Console().print(f"wrote {path}", highlight=False)
+
+
+@app.command()
 def presets() -> None:
     """List presets and their stages."""
     from dreamsmith.engine.presets import load_preset, preset_names

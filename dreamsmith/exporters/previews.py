@@ -12,6 +12,7 @@ from PIL import Image
 from torch import Tensor
 
 from dreamsmith.exporters.bake import sample_texture
+from dreamsmith.exporters.cleanup import weld_index
 from dreamsmith.renderers.cameras import Cameras, orbit_cameras
 from dreamsmith.renderers.mesh_renderer import MeshRenderer, TextureField
 from dreamsmith.representations.mesh import Mesh
@@ -53,9 +54,12 @@ def framing(mesh: Mesh, fovy_deg: float, margin: float = 1.1) -> tuple[np.ndarra
 @torch.no_grad()
 def render_views(mesh: Mesh, cameras: Cameras, centre: np.ndarray, batch: int = 6) -> np.ndarray:
     """uint8 ``[B, H, W, 3]`` lambertian renders (headlight, white background) of the textured ``mesh``
-    moved by ``-centre`` (the cameras look at the origin)."""
+    moved by ``-centre`` (the cameras look at the origin).
+
+    The rasterized faces index welded vertices, so the renderer's smooth normals are continuous across
+    UV seams (as the exported normals are); the texture is looked up on the unwelded mesh."""
     vertices = torch.from_numpy(mesh.vertices - centre.astype(np.float32))
-    faces = torch.from_numpy(mesh.faces)
+    faces = torch.from_numpy(weld_index(mesh.vertices)[mesh.faces])
     textured = mesh.uvs is not None and mesh.base_color_texture is not None
     albedo = texture_albedo(mesh.copy(vertices=vertices.numpy())) if textured else None
     if albedo is None and mesh.vertex_colors is not None:
