@@ -17,8 +17,15 @@ const externalResourceFunction = (uri) =>
       error ? reject(error.toString()) : resolve(new Uint8Array(data)));
   });
 
+let bytes;
+try {
+  bytes = new Uint8Array(fs.readFileSync(file));
+} catch (error) {
+  console.error(`cannot read ${file}: ${error.message}`);
+  process.exit(2);
+}
 validator
-  .validateBytes(new Uint8Array(fs.readFileSync(file)), {
+  .validateBytes(bytes, {
     uri: path.basename(file),
     externalResourceFunction,
     maxIssues: 100,
