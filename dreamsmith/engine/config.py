@@ -22,9 +22,13 @@ from dreamsmith.engine.losses import LossConfig
 from dreamsmith.engine.optim import OptimConfig
 from dreamsmith.engine.shading_choice import ShadingConfig
 from dreamsmith.errors import ConfigError
+from dreamsmith.renderers.mesh_renderer import MeshRendererConfig
 from dreamsmith.renderers.volume import VolumeRendererConfig
 from dreamsmith.representations.background import BackgroundConfig
+from dreamsmith.representations.dmtet import DMTetConfig
 from dreamsmith.representations.nerf import NeRFConfig
+
+REPRESENTATION_NAMES = ("nerf", "dmtet")
 
 
 @dataclass
@@ -34,13 +38,17 @@ class StageConfig:
     steps: int = 10000
     """Optimization steps of this stage."""
     representation: str = "nerf"
-    """What is optimized: nerf."""
+    """What is optimized: nerf (a NeRF field) or dmtet (a DMTet surface textured by the nerf field's albedo)."""
     nerf: NeRFConfig = field(default_factory=NeRFConfig)
-    """The NeRF field (representation nerf)."""
+    """The NeRF field (representation nerf), or the texture field (dmtet: must match the NeRF stage before)."""
+    dmtet: DMTetConfig = field(default_factory=DMTetConfig)
+    """The DMTet grid (representation dmtet)."""
     background: BackgroundConfig = field(default_factory=BackgroundConfig)
     """The background."""
     renderer: VolumeRendererConfig = field(default_factory=VolumeRendererConfig)
-    """The volume renderer."""
+    """The volume renderer (representation nerf)."""
+    mesh_renderer: MeshRendererConfig = field(default_factory=MeshRendererConfig)
+    """The mesh rasterizer (representation dmtet); its ambient and diffuse come from ``shading``."""
     camera: CameraConfig = field(default_factory=CameraConfig)
     """Training and preview cameras."""
     shading: ShadingConfig = field(default_factory=ShadingConfig)
@@ -261,4 +269,33 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
         validate_guidance(stage, f"stages.{index}.")
         if stage.steps < 0:
             raise ConfigError(f"steps of stage '{stage.name}' must be >= 0, got {stage.steps}")
+        validate_representation(stage, config.stages[index - 1] if index else None)
     return config
+
+
+def validate_representation(stage: StageConfig, previous: StageConfig | None) -> None:
+    """Check that ``stage``'s representation exists and can start from the ``previous`` stage's."""
+    if stage.representation not in REPRESENTATION_NAMES:
+        raise ConfigError(f"unknown representation '{stage.representation}' in stage '{stage.name}'; "
+                          f"choose one of {list(REPRESENTATION_NAMES)}")
+    if previous is None:
+        return
+    if stage.representation == "nerf" and previous.representation != "nerf":
+        raise ConfigError(f"stage '{stage.name}' (nerf) cannot start from stage '{previous.name}' "
+                          f"({previous.representation}); put nerf stages first")
+    copied = ["nerf"] + (["dmtet"] if stage.representation == previous.representation == "dmtet" else [])
+    for section in copied:
+        differing = differences(to_dict(getattr(previous, section)), to_dict(getattr(stage, section)), f"{section}.")
+        if differing:
+            raise ConfigError(f"stage '{stage.name}' starts from stage '{previous.name}''s {section}, but their "
+                              f"'{differing[0]}' differ; set it for every stage (without the stage prefix)")
+
+
+def differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Dotted keys where two plain configs (nested dicts and lists) differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b))
+        return [d for k in keys for d in differences(a.get(k), b.get(k), f"{path}{k}.")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{path}{i}.")]
+    return [] if a == b else [path.rstrip(".")]

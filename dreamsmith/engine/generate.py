@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from dreamsmith.engine.checkpoint import load_checkpoint, save_checkpoint
-from dreamsmith.engine.config import RunConfig, to_dict
+from dreamsmith.engine.config import RunConfig, differences, to_dict
 from dreamsmith.engine.presets import default_model, resolve_model
 from dreamsmith.engine.previews import preview_grid, write_png
 from dreamsmith.engine.prompt_check import check_prompt
@@ -24,7 +24,6 @@ from dreamsmith.engine.run_dir import RunDir, atomic_write, write_json, write_ya
 from dreamsmith.engine.stage import Stage
 from dreamsmith.errors import DreamsmithError, RunDirError
 from dreamsmith.exporters.glb import write_glb
-from dreamsmith.exporters.isosurface import density_mesh
 from dreamsmith.representations.mesh import Mesh
 
 
@@ -120,7 +119,7 @@ def generate(
             stage.load_state_dict(state["stage_state"])
             first = start_step
         elif previous is not None:
-            stage.field.load_state_dict(previous.field.state_dict())
+            stage.representation.init_from(previous.representation, config.export)
         _run_stage(stage, index, first, config, run_dir, generator, reports, progress)
 
     assert stage is not None
@@ -224,7 +223,7 @@ def _resume_state(run_dir: RunDir, config: RunConfig) -> dict[str, Any]:
     """The last checkpoint of ``run_dir``, checked against ``config`` (only step counts may differ)."""
     saved = run_dir.load_config()
     current = to_dict(config)
-    for key in _differences(_without_steps(saved), _without_steps(current)):
+    for key in differences(_without_steps(saved), _without_steps(current)):
         raise RunDirError(f"cannot resume: '{key}' differs from the run's config.yaml; resume with the same settings")
     state = load_checkpoint(run_dir.last_checkpoint)
     for index, (old, new) in enumerate(zip(saved["stages"], current["stages"], strict=True)):
@@ -242,31 +241,11 @@ def _without_steps(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "stages": [{k: v for k, v in s.items() if k != "steps"} for s in config["stages"]]}
 
 
-def _differences(a: Any, b: Any, path: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        keys = sorted(set(a) | set(b))
-        return [d for k in keys for d in _differences(a.get(k), b.get(k), f"{path}{k}.")]
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _differences(x, y, f"{path}{i}.")]
-    return [] if a == b else [path.rstrip(".")]
-
-
 def export_asset(stage: Stage, config: RunConfig, path: Path) -> Mesh:
-    """Marching cubes of the final density field -> GLB with vertex colours, written atomically."""
-    export = config.export
-    mesh = density_mesh(
-        stage.field.density,
-        stage.field.albedo,
-        bound=stage.config.nerf.bound,
-        resolution=export.isosurface_resolution,
-        threshold=export.isosurface_threshold,
-        keep_fraction=export.keep_components_fraction,
-        device=stage.device,
-    )
-    if mesh.n_faces == 0:
-        raise DreamsmithError(
-            f"the optimized field has no surface at density {export.isosurface_threshold}: nothing to export. "
-            "Look at previews/; try more --steps or a lower export.isosurface_threshold=..."
-        )
+    """The final stage's surface -> GLB with vertex colours, written atomically.
+
+    A NeRF stage's surface is marching cubes of its density; a DMTet stage's is the DMTet's own.
+    """
+    mesh = stage.representation.export_mesh(config.export)
     atomic_write(path, lambda temp: write_glb(temp, mesh, extras={"prompt": config.prompt, "preset": config.preset}))
     return mesh

@@ -5,14 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from dreamsmith.guidance.schedules import schedule_value
 from dreamsmith.renderers.outputs import RenderOutput
+from dreamsmith.representations.mesh_regularizers import laplacian_smoothness, normal_consistency
 
 
 @dataclass
 class LossConfig:
+    """Regularizer weights: orient, sparsity and opaque act on NeRF renders; normal_consistency,
+    laplacian and sdf_sign on DMTets."""
+
     lambda_orient: Any = (0, 10.0, 1000.0, 5000)
     """Orientation loss weight (DreamFusion: visible normals must not face away from the camera);
     a number or [start_step, start_value, end_value, end_step]."""
@@ -20,6 +25,12 @@ class LossConfig:
     """Weight of the opacity sparsity loss mean(sqrt(opacity^2 + 0.01)) (threestudio)."""
     lambda_opaque: Any = 0.0
     """Weight of the binary-entropy loss pushing opacity to 0 or 1 (removes haze)."""
+    lambda_normal_consistency: Any = 0.0
+    """Weight of the mesh normal consistency, mean(1 - cos) of neighbouring face normals (Magic3D)."""
+    lambda_laplacian: Any = 0.0
+    """Weight of the mesh's uniform Laplacian smoothness."""
+    lambda_sdf_sign: Any = 0.0
+    """Weight of nvdiffrec's SDF sign regularizer: removes surfaces no view sees (bubbles inside the shape)."""
 
 
 def sparsity_loss(opacity: Tensor) -> Tensor:
@@ -45,6 +56,40 @@ def regularizer_losses(render: RenderOutput, config: LossConfig, step: int) -> d
     weight = schedule_value(config.lambda_opaque, step)
     if weight:
         losses["opaque"] = weight * opaque_loss(render.opacity)
+    return losses
+
+
+def sdf_sign_loss(sdf: Tensor, edges: Tensor) -> Tensor:
+    """nvdiffrec's SDF regularizer (Munkberg et al. 2022, Sec. 3), a scalar.
+
+    Over grid edges ``[E, 2]`` whose ends' SDF ``[N]`` differ in sign, the mean binary cross-entropy
+    between the sigmoid of each end's SDF and the other end's sign. A surface no render sees (a bubble
+    inside the shape) gets no other gradient, so this alone removes it.
+    """
+    ends = sdf[edges]
+    crossing = (ends[:, 0] > 0) != (ends[:, 1] > 0)
+    if not bool(crossing.any()):
+        return sdf.new_zeros(())
+    ends = ends[crossing]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    return bce(ends[:, 0], (ends[:, 1] > 0).to(sdf)) + bce(ends[:, 1], (ends[:, 0] > 0).to(sdf))
+
+
+def dmtet_regularizer_losses(
+    vertices: Tensor, faces: Tensor, sdf: Tensor, edges: Tensor, config: LossConfig, step: int
+) -> dict[str, Tensor]:
+    """Weighted regularizers of a DMTet: its surface (``vertices [V, 3]``, ``faces [F, 3]``) and its grid's
+    SDF ``[N]`` on edges ``[E, 2]``; zero weights cost nothing."""
+    losses: dict[str, Tensor] = {}
+    weight = schedule_value(config.lambda_sdf_sign, step)
+    if weight:
+        losses["sdf_sign"] = weight * sdf_sign_loss(sdf, edges)
+    weight = schedule_value(config.lambda_normal_consistency, step)
+    if weight:
+        losses["normal_consistency"] = weight * normal_consistency(vertices, faces)
+    weight = schedule_value(config.lambda_laplacian, step)
+    if weight:
+        losses["laplacian"] = weight * laplacian_smoothness(vertices, faces)
     return losses
 
 

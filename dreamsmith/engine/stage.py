@@ -1,23 +1,53 @@
-"""One stage at run time: its representation, renderer, guidance and optimizer, and its step."""
+"""One stage at run time: its representation (with its renderer), guidance and optimizer, and its step."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from dreamsmith.engine.camera_sampling import eval_cameras, sample_cameras
-from dreamsmith.engine.config import StageConfig, build
-from dreamsmith.engine.losses import needs_normals, regularizer_losses
+from dreamsmith.engine.config import ExportConfig, StageConfig, build
+from dreamsmith.engine.losses import needs_normals
 from dreamsmith.engine.optim import make_optimizer, update_learning_rates
+from dreamsmith.engine.representation_dmtet import DMTetRepresentation
+from dreamsmith.engine.representation_nerf import NeRFRepresentation
 from dreamsmith.engine.shading_choice import choose_light, choose_shading
 from dreamsmith.guidance import GUIDANCES, Guidance, detached
+from dreamsmith.renderers.cameras import Cameras
 from dreamsmith.renderers.outputs import RenderOutput
-from dreamsmith.renderers.volume import VolumeRenderer
-from dreamsmith.representations.background import Background
-from dreamsmith.representations.nerf import NeRFField
+from dreamsmith.representations.mesh import Mesh
+
+
+class Representation(Protocol):
+    """What a stage optimizes, together with how it is rendered (see ``representation_*.py``)."""
+
+    config: StageConfig
+    renderer: nn.Module
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]: ...
+
+    def set_step(self, step: int) -> None: ...
+
+    def render(self, cameras: Cameras, shading: str, light_dir: Tensor | None, background_color: Tensor | None,
+               generator: torch.Generator | None, need_normals: bool) -> RenderOutput: ...
+
+    def render_previews(self, cameras: Cameras, shading: str) -> RenderOutput: ...
+
+    def regularizers(self, render: RenderOutput, step: int) -> dict[str, Tensor]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def init_from(self, previous: Representation, export: ExportConfig) -> None: ...
+
+    def export_mesh(self, export: ExportConfig) -> Mesh: ...
+
+
+REPRESENTATIONS: dict[str, type] = {"nerf": NeRFRepresentation, "dmtet": DMTetRepresentation}
 
 
 def build_guidance(config: StageConfig, prior: Any, prompt: str) -> Guidance:
@@ -40,62 +70,53 @@ class Stage:
     """Everything one stage optimizes, and how one step of it runs."""
 
     def __init__(self, config: StageConfig, prior: Any, prompt: str, device: torch.device) -> None:
-        if config.representation != "nerf":
-            raise ValueError(f"unknown representation {config.representation!r}; this version supports nerf")
+        if config.representation not in REPRESENTATIONS:
+            raise ValueError(f"unknown representation {config.representation!r}; expected {list(REPRESENTATIONS)}")
         self.config = config
         self.device = device
-        self.field = NeRFField(config.nerf, device=device).to(device)
-        self.background = Background(config.background).to(device)
-        self.renderer = VolumeRenderer(config.renderer, bound=config.nerf.bound, device=device).to(device)
+        self.representation: Representation = REPRESENTATIONS[config.representation](config, device)
         self.guidance = build_guidance(config, prior, prompt).to(device)
-        groups = self.field.parameter_groups()
-        if config.background.kind == "mlp":
-            groups["background"] = list(self.background.parameters())
-        self.optimizer = make_optimizer(groups, config.optim)
+        self.optimizer = make_optimizer(self.representation.parameter_groups(), config.optim)
         extra = self.guidance.trainable_parameters()
         for group in extra:
             self.optimizer.add_param_group({"name": "guidance", **group})
 
+    @property
+    def field(self) -> nn.Module:
+        """The representation's NeRF field (a DMTet stage's texture field)."""
+        representation = self.representation
+        return representation.field if isinstance(representation, NeRFRepresentation) else representation.texture
+
+    @property
+    def renderer(self) -> nn.Module:
+        """The representation's renderer (volume renderer or mesh rasterizer)."""
+        return self.representation.renderer
+
     def state_dict(self) -> dict[str, Any]:
         return {
-            "field": self.field.state_dict(),
-            "background": self.background.state_dict(),
-            "renderer": self.renderer.state_dict(),
+            **self.representation.state_dict(),
             "guidance": self.guidance.state_dict(),
             "optimizer": self.optimizer.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.field.load_state_dict(state["field"])
-        self.background.load_state_dict(state["background"])
-        self.renderer.load_state_dict(state["renderer"])
+        self.representation.load_state_dict(state)
         self.guidance.load_state_dict(state["guidance"])
         self.optimizer.load_state_dict(state["optimizer"])
 
     def step(self, step: int, generator: torch.Generator) -> StepResult:
         """One optimization step: sample cameras, render, judge, regularize, update."""
         config = self.config
-        self.field.set_step(step)
-        self.renderer.update_occupancy(self.field, step)
+        self.representation.set_step(step)
         update_learning_rates(self.optimizer, config.optim, step)
         cameras = sample_cameras(config.camera, generator, self.guidance.views_per_group).to(self.device)
         shading = choose_shading(config.shading, step, generator)
         light = choose_light(config.shading, cameras, generator)
         background_color = self._random_background(generator)
-        render = self.renderer(
-            self.field,
-            self.background,
-            cameras,
-            shading=shading,
-            light_dir=light,
-            ambient=config.shading.ambient,
-            diffuse=config.shading.diffuse,
-            background_color=background_color,
-            generator=generator,
-            need_normals=needs_normals(config.loss, step),
-        )
+        render = self.representation.render(cameras, shading, light, background_color, generator,
+                                            need_normals=needs_normals(config.loss, step))
         out = self.guidance(render, cameras, step, generator)
-        regularizers = regularizer_losses(render, config.loss, step)
+        regularizers = self.representation.regularizers(render, step)
         total = out.loss + sum(regularizers.values(), torch.zeros((), device=self.device))
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -118,12 +139,4 @@ class Stage:
                         shading: str | None = None) -> RenderOutput:
         """Deterministic renders from the preview cameras."""
         cameras = eval_cameras(self.config.camera, n_views, resolution).to(self.device)
-        return self.renderer.render_chunked(
-            self.field,
-            self.background,
-            cameras,
-            shading=shading or self.config.shading.preview_shading,
-            light_dir=None,
-            ambient=self.config.shading.ambient,
-            diffuse=self.config.shading.diffuse,
-        )
+        return self.representation.render_previews(cameras, shading or self.config.shading.preview_shading)

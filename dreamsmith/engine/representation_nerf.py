@@ -1,0 +1,120 @@
+"""A stage's NeRF: the field, its background and the volume renderer (DreamFusion, Magic3D's coarse stage)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dreamsmith.engine.config import ExportConfig, StageConfig
+from dreamsmith.engine.losses import regularizer_losses
+from dreamsmith.errors import DreamsmithError
+from dreamsmith.exporters.isosurface import density_mesh
+from dreamsmith.renderers.cameras import Cameras
+from dreamsmith.renderers.outputs import RenderOutput
+from dreamsmith.renderers.volume import VolumeRenderer
+from dreamsmith.representations.background import Background
+from dreamsmith.representations.mesh import Mesh
+from dreamsmith.representations.nerf import NeRFField
+
+
+class NeRFRepresentation:
+    """A ``NeRFField`` seen through the volume renderer, over a ``Background``."""
+
+    def __init__(self, config: StageConfig, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        self.field = NeRFField(config.nerf, device=device).to(device)
+        self.background = Background(config.background).to(device)
+        self.renderer = VolumeRenderer(config.renderer, bound=config.nerf.bound, device=device).to(device)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by learning-rate group (``lr_<name>`` of the stage's optimizer config)."""
+        groups = self.field.parameter_groups()
+        if self.config.background.kind == "mlp":
+            groups["background"] = list(self.background.parameters())
+        return groups
+
+    def set_step(self, step: int) -> None:
+        """Progressive hash-grid levels and the occupancy grid's refresh."""
+        self.field.set_step(step)
+        self.renderer.update_occupancy(self.field, step)
+
+    def render(
+        self,
+        cameras: Cameras,
+        shading: str,
+        light_dir: Tensor | None,
+        background_color: Tensor | None,
+        generator: torch.Generator | None,
+        need_normals: bool,
+    ) -> RenderOutput:
+        """A training render (see ``VolumeRenderer.forward``)."""
+        shading_config = self.config.shading
+        return self.renderer(
+            self.field,
+            self.background,
+            cameras,
+            shading=shading,
+            light_dir=light_dir,
+            ambient=shading_config.ambient,
+            diffuse=shading_config.diffuse,
+            background_color=background_color,
+            generator=generator,
+            need_normals=need_normals,
+        )
+
+    @torch.no_grad()
+    def render_previews(self, cameras: Cameras, shading: str) -> RenderOutput:
+        """Deterministic renders of ``cameras`` in chunks, headlight."""
+        shading_config = self.config.shading
+        return self.renderer.render_chunked(
+            self.field,
+            self.background,
+            cameras,
+            shading=shading,
+            light_dir=None,
+            ambient=shading_config.ambient,
+            diffuse=shading_config.diffuse,
+        )
+
+    def regularizers(self, render: RenderOutput, step: int) -> dict[str, Tensor]:
+        """Weighted orientation, sparsity and opacity losses of ``render``."""
+        return regularizer_losses(render, self.config.loss, step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "field": self.field.state_dict(),
+            "background": self.background.state_dict(),
+            "renderer": self.renderer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.field.load_state_dict(state["field"])
+        self.background.load_state_dict(state["background"])
+        self.renderer.load_state_dict(state["renderer"])
+
+    def init_from(self, previous: Any, export: ExportConfig) -> None:
+        """Continue from the previous stage's NeRF: its field's parameters."""
+        if not isinstance(previous, NeRFRepresentation):
+            raise DreamsmithError(f"a nerf stage cannot start from a {type(previous).__name__}")
+        self.field.load_state_dict(previous.field.state_dict())
+
+    def export_mesh(self, export: ExportConfig) -> Mesh:
+        """Marching cubes of the density at ``export.isosurface_threshold``, vertex colours from the albedo."""
+        mesh = density_mesh(
+            self.field.density,
+            self.field.albedo,
+            bound=self.config.nerf.bound,
+            resolution=export.isosurface_resolution,
+            threshold=export.isosurface_threshold,
+            keep_fraction=export.keep_components_fraction,
+            device=self.device,
+        )
+        if mesh.n_faces == 0:
+            raise DreamsmithError(
+                f"the optimized field has no surface at density {export.isosurface_threshold}: nothing to export. "
+                "Look at previews/; try more --steps or a lower export.isosurface_threshold=..."
+            )
+        return mesh
