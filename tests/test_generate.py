@@ -24,6 +24,8 @@ SMALL = [
     "nerf.hash_grid.n_levels=4",
     "nerf.hash_grid.log2_hashmap_size=14",
     "export.isosurface_resolution=40",
+    "export.texture_size=256",
+    "export.preview_resolution=48",
     "preview_every=2",
     "checkpoint_every=2",
     "shading.albedo_steps=2",
@@ -53,6 +55,8 @@ def test_generate_writes_every_file_of_the_run_directory(tiny_sd_dir, tmp_path):
     assert report["resumed_from_step"] is None and report["seed"] == 3 and report["device"] == "cpu"
     assert report["stages"][0]["steps"] == 4 and report["stages"][0]["wall_time_s"] > 0
     assert "loss" in report["final_losses"] and report["versions"]["torch"] == torch.__version__
+    for name in ("asset_turntable.gif", "asset_turntable.mp4", "asset_poster.png", "qa.json"):
+        assert (out / name).stat().st_size > 0, name
     mesh = trimesh.load(out / "asset.glb", force="mesh")
     assert len(mesh.faces) == report["asset"]["faces"] > 0
     extent = mesh.bounds[1] - mesh.bounds[0]

@@ -73,6 +73,16 @@ class ExportConfig:
     """Density at the extracted surface."""
     keep_components_fraction: float = 0.05
     """Drop connected components with fewer faces than this fraction of the largest (floaters)."""
+    formats: list[str] = field(default_factory=lambda: ["glb"])
+    """Files written at the end of generate: any of glb, gltf, obj, usdz."""
+    texture_size: int = 1024
+    """Side of the baked base-colour texture (a power of two)."""
+    max_triangles: int | None = None
+    """Triangle budget (quadric decimation); null keeps every triangle."""
+    lods: int = 0
+    """Further levels of detail, each about half the triangles of the one before."""
+    preview_resolution: int = 256
+    """Turntable frame size beside the asset (GIF, MP4, poster); 0 writes none."""
 
 
 @dataclass

@@ -17,14 +17,14 @@ import torch
 
 from dreamsmith.engine.checkpoint import load_checkpoint, save_checkpoint
 from dreamsmith.engine.config import RunConfig, differences, to_dict
+from dreamsmith.engine.export_run import export_representation
 from dreamsmith.engine.presets import default_model, resolve_model
 from dreamsmith.engine.previews import preview_grid, write_png
 from dreamsmith.engine.prompt_check import check_prompt
-from dreamsmith.engine.run_dir import RunDir, atomic_write, write_json, write_yaml
+from dreamsmith.engine.run_dir import RunDir, write_json, write_yaml
 from dreamsmith.engine.stage import Stage
 from dreamsmith.errors import DreamsmithError, RunDirError
-from dreamsmith.exporters.glb import write_glb
-from dreamsmith.representations.mesh import Mesh
+from dreamsmith.exporters.pipeline import ExportOptions
 
 
 class Progress:
@@ -124,7 +124,11 @@ def generate(
 
     assert stage is not None
     progress.message("extracting the surface")
-    mesh = export_asset(stage, config, run_dir.asset)
+    export = config.export
+    options = ExportOptions(formats=tuple(export.formats), texture_size=export.texture_size,
+                            max_triangles=export.max_triangles, lods=export.lods,
+                            preview_resolution=export.preview_resolution)
+    mesh = export_representation(stage.representation, config, device, run_dir.root, options).mesh
     previews = stage.render_previews()
     write_png(run_dir.previews / "final.png", preview_grid(previews))
     report = {
@@ -239,13 +243,3 @@ def _resume_state(run_dir: RunDir, config: RunConfig) -> dict[str, Any]:
 
 def _without_steps(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "stages": [{k: v for k, v in s.items() if k != "steps"} for s in config["stages"]]}
-
-
-def export_asset(stage: Stage, config: RunConfig, path: Path) -> Mesh:
-    """The final stage's surface -> GLB with vertex colours, written atomically.
-
-    A NeRF stage's surface is marching cubes of its density; a DMTet stage's is the DMTet's own.
-    """
-    mesh = stage.representation.export_mesh(config.export)
-    atomic_write(path, lambda temp: write_glb(temp, mesh, extras={"prompt": config.prompt, "preset": config.preset}))
-    return mesh
