@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -67,14 +68,17 @@ def sample(model: tuple, captions: list[str], c2w: torch.Tensor, steps: int, cfg
     return ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
 
 
-def foreground(images: torch.Tensor) -> torch.Tensor:
-    """``[B, H, W]`` mask of pixels visibly darker than the white background."""
-    return (1 - images).amax(dim=-1) > 0.05
+def foreground(images: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
+    """``[B, H, W]`` mask of pixels darker than the white background by ``threshold`` in some channel."""
+    return (1 - images).amax(dim=-1) > threshold
 
 
 def score(samples: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
-    """Mean silhouette IoU and mean |mean foreground colour difference| of ``[B, H, W, 3]`` pairs."""
-    fg_s, fg_t = foreground(samples), foreground(truth)
+    """Mean silhouette IoU and mean |mean foreground colour difference| of ``[B, H, W, 3]`` pairs.
+
+    The truth's background is exactly white, so its mask is exact; the samples' uses ``foreground``.
+    """
+    fg_s, fg_t = foreground(samples), foreground(truth, threshold=1e-6)
     iou = ((fg_s & fg_t).sum((1, 2)) / (fg_s | fg_t).sum((1, 2)).clamp(min=1)).mean().item()
     mean_colour = [(img * m[..., None]).sum((1, 2)) / m.sum((1, 2)).clamp(min=1)[:, None]
                    for img, m in ((samples, fg_s), (truth, fg_t))]
@@ -108,8 +112,6 @@ def draw_grid(rows: list[tuple[str, torch.Tensor, torch.Tensor]], scale: int) ->
 
 def draw_loss(losses: list[float], width: int = 640, height: int = 360, window: int = 50) -> Image.Image:
     """Training loss per step (light) and its moving average (dark) on a log-scaled y axis."""
-    import math
-
     values = torch.tensor(losses).clamp(min=1e-6)
     smooth = torch.nn.functional.avg_pool1d(values[None, None], window, 1, padding=0).flatten()
     lo, hi = math.log10(values.min().item()), math.log10(values.max().item())
@@ -136,6 +138,17 @@ def draw_loss(losses: list[float], width: int = 640, height: int = 360, window: 
     return image
 
 
+def _mean(rows: list[tuple[float, float]], column: int) -> float:
+    return sum(r[column] for r in rows) / max(1, len(rows))
+
+
+def resumed_text(log: dict) -> str:
+    """Markdown for the resumed parts of a run (none: empty)."""
+    parts = [f"then, stopped after step {r['step']} and resumed (the learning-rate schedule follows the "
+             f"new `--steps`):\n\n```\n{r['command']}\n```\n" for r in log.get("resumes", [])]
+    return "\n".join(parts)
+
+
 def write_readme(model_dir: Path, log: dict, results: dict[str, tuple[float, float]], args: argparse.Namespace,
                  sampling_seconds: float) -> None:
     """The model card's text."""
@@ -144,7 +157,6 @@ def write_readme(model_dir: Path, log: dict, results: dict[str, tuple[float, flo
     minutes = (log["data_seconds"] + log["train_seconds"]) / 60
     train = [r for c, r in results.items() if c not in tw.HELD_OUT_CAPTIONS]
     held = [r for c, r in results.items() if c in tw.HELD_OUT_CAPTIONS]
-    mean = lambda rs, i: sum(r[i] for r in rs) / len(rs)  # noqa: E731
     table = "\n".join(f"| {c}{' (held out)' if c in tw.HELD_OUT_CAPTIONS else ''} | {r[0]:.2f} | {r[1]:.3f} |"
                       for c, r in results.items())
     size_mb = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()) / 2**20
@@ -178,6 +190,7 @@ known prompts). Size on disk: {size_mb:.1f} MB.
 ```
 {log['command']}
 ```
+{resumed_text(log)}
 
 - data: {log['n_images']} renders of the 44 training captions (the 4 held out never appear),
   cameras with elevation U[-10, 50] deg, azimuth U[0, 360) deg, distance 2.0, fovy 40 deg, made
@@ -197,10 +210,12 @@ conditioning, from (azimuth, elevation) = {', '.join(f'({a:g}, {e:g})' for a, e 
 
 ![samples](samples.png)
 
-Each sample is scored against the ground-truth render from its own camera (foreground = visibly
-darker than white): silhouette IoU and mean absolute difference of the mean foreground colour.
-Mean over training captions: IoU {mean(train, 0):.2f}, colour error {mean(train, 1):.3f}; over the
-held-out captions: IoU {mean(held, 0):.2f}, colour error {mean(held, 1):.3f}.
+Each sample is scored against the ground-truth render from its own camera (a sample's foreground:
+pixels darker than white by more than 0.1 in some channel, so background blotches count against it
+and the brightest faces of white objects are missed): silhouette IoU and mean absolute difference
+of the mean foreground colour.
+Mean over training captions: IoU {_mean(train, 0):.2f}, colour error {_mean(train, 1):.3f}; over the
+held-out captions: IoU {_mean(held, 0):.2f}, colour error {_mean(held, 1):.3f}.
 (Sampling all rows took {sampling_seconds:.0f} s.)
 
 | caption | IoU | colour error |

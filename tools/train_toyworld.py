@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(args.seed + 1)
     alphas_cumprod = scheduler.alphas_cumprod
-    log = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+    command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    log = {"command": command, "resumes": [],
            "n_images": len(data), "resolution": args.resolution, "batch_size": args.batch_size,
            "steps_planned": args.steps, "channels": list(channels), "seed": args.seed,
            "threads": args.threads, "data_seconds": data_seconds, "losses": [], "train_seconds": 0.0,
@@ -237,6 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         step, log = state["step"], state["log"]
+        log.setdefault("resumes", []).append({"step": step, "command": command})
+        log["data_seconds"] += data_seconds  # the resumed run rendered its data again
         print(f"resumed at step {step}", flush=True)
 
     unet.train()
