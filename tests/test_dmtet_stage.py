@@ -3,10 +3,12 @@ two-stage run (NeRF -> DMTet) that exports the DMTet surface and resumes inside 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
+import open3d as o3d
 import pytest
 import torch
 import trimesh
@@ -14,6 +16,7 @@ import trimesh
 from dreamsmith.engine.checkpoint import load_checkpoint
 from dreamsmith.engine.config import ExportConfig
 from dreamsmith.engine.generate import Progress, generate
+from dreamsmith.engine.representation_dmtet import max_over_cell
 from dreamsmith.engine.setup import make_config
 from dreamsmith.engine.stage import Stage
 from dreamsmith.errors import ConfigError
@@ -61,6 +64,14 @@ def silhouette_iou(vertices: torch.Tensor, faces: torch.Tensor) -> float:
     return float(((predicted & truth).sum((1, 2)) / (predicted | truth).sum((1, 2))).mean())
 
 
+def signed_distance(points: np.ndarray, mesh: trimesh.Trimesh) -> np.ndarray:
+    """Signed distances ``[N]`` of ``points`` to a closed mesh, negative inside (Open3D)."""
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(np.asarray(mesh.vertices, np.float32)),
+                        o3d.core.Tensor(np.asarray(mesh.faces, np.uint32)))
+    return scene.compute_signed_distance(o3d.core.Tensor(np.asarray(points, np.float32))).numpy()
+
+
 def as_trimesh(vertices: torch.Tensor, faces: torch.Tensor) -> trimesh.Trimesh:
     return trimesh.Trimesh(vertices.detach().numpy(), faces.numpy(), process=False)
 
@@ -89,14 +100,14 @@ def test_mesh_presets_are_a_nerf_stage_then_a_dmtet_stage_at_the_priors_resoluti
 
 def test_stage_orders_a_dmtet_cannot_follow_are_refused_by_name():
     with pytest.raises(ConfigError, match="'nerf.hidden_dim' differ"):
-        make_config("x", preset="toy-mesh", overrides=["coarse.nerf.hidden_dim=32"])
+        make_config("x", preset="toy-mesh", overrides=["coarse.nerf.hidden_dim=16"])
     with pytest.raises(ConfigError, match="stage 'fine' \\(nerf\\) cannot start from stage 'coarse'"):
         make_config("x", preset="toy-mesh", overrides=["coarse.representation=dmtet", "fine.representation=nerf"])
     with pytest.raises(ConfigError, match="unknown representation 'mesh'"):
         make_config("x", preset="toy-mesh", overrides=["fine.representation=mesh"])
 
 
-def test_dmtet_stage_starts_from_the_nerf_density_level_set_and_takes_its_albedo_as_texture():
+def test_dmtet_stage_starts_around_the_nerf_density_level_set_and_takes_its_albedo_as_texture():
     config = make_config("a blue cube", preset="toy-mesh", overrides=["fine.dmtet.resolution=24"])
     export = config.export
     torch.manual_seed(0)
@@ -106,23 +117,48 @@ def test_dmtet_stage_starts_from_the_nerf_density_level_set_and_takes_its_albedo
 
     level_set = density_mesh(nerf.field.density, nerf.field.albedo, bound=nerf.config.nerf.bound,
                              resolution=export.isosurface_resolution, threshold=export.isosurface_threshold)
-    vertices, faces = dmtet.surface()
-    surface = as_trimesh(vertices, faces)
+    level_set = trimesh.Trimesh(level_set.vertices, level_set.faces)
+    surface = as_trimesh(*dmtet.surface())
     assert surface.is_watertight
-    cell = dmtet.dmtet.cell_size
-    # measured 1.5e-3 m: the blob's level set, cut by a 5 cm tet grid and a 1.6 cm marching-cubes grid
-    assert chamfer(surface, trimesh.Trimesh(level_set.vertices, level_set.faces)) < 0.1 * cell
+    # the density is pooled over a cell around each grid vertex: the surface encloses the level set and
+    # lies at most half a cell diagonal (0.87 cells) outside it; measured 0.72 cells for this blob
+    assert (signed_distance(level_set.vertices, surface) <= 1e-6).all()
+    assert chamfer(surface, level_set) < 0.87 * dmtet.dmtet.cell_size
     points = torch.rand(256, 3) - 0.5
     assert torch.equal(dmtet.texture.albedo(points), nerf.field.albedo(points))
+
+
+def test_a_nerf_shell_thinner_than_a_cell_becomes_a_solid_dmtet():
+    """NeRFs trained with SDS are often hollow: a dense shell thinner than the tet grid's cells around
+    low density. Sampled at the grid vertices alone, the shell falls between them."""
+    config = make_config("a blue sphere", preset="toy-mesh", overrides=["fine.dmtet.resolution=24"])
+    dmtet = Stage(config.stages[1], cube_oracle(), config.prompt, CPU).representation
+    thickness = 0.1 * dmtet.dmtet.cell_size
+
+    def shell(points: torch.Tensor) -> torch.Tensor:
+        return 50.0 * ((points.norm(dim=-1) - 0.3).abs() < thickness / 2).float()
+
+    ball_volume = 4 / 3 * np.pi * 0.3**3
+    dmtet.dmtet.init_from_density(shell, threshold=10.0)
+    fragments = as_trimesh(*dmtet.surface())
+    assert fragments.volume < 0.1 * ball_volume  # measured 7 %: a few vertices land inside the shell
+
+    dmtet.dmtet.init_from_density(max_over_cell(shell, dmtet.dmtet.cell_size), threshold=10.0)
+    solid = as_trimesh(*dmtet.surface())
+    assert solid.is_watertight and len(solid.split(only_watertight=False)) == 1  # the hollow inside is filled
+    on_shell = trimesh.creation.icosphere(subdivisions=3, radius=0.3).vertices
+    assert (signed_distance(on_shell, solid) < 0).all() and solid.volume > ball_volume
 
 
 @pytest.mark.slow
 def test_dmtet_stage_with_an_exact_oracle_moves_a_coarse_sphere_to_the_reference_cube():
     """SDS with the exact denoiser of the cube's renders, views over the whole sphere of directions.
 
-    Measured: Chamfer 0.160 -> 0.017 m (9.5x), silhouette IoU 0.23 -> 0.98 in 200 steps (~30 s here).
+    Measured: Chamfer 0.160 -> 0.021 m (7.5x), silhouette IoU 0.23 -> 0.97, surface area 1.41x the
+    cube's (a rough, not bubbly, surface: 2.6x without the cavity fill and SDF sign loss) in 200 steps.
     """
-    overrides = ["fine.camera.elevation_range=[-89, 89]", *NO_FILES]
+    # growing a sphere into the cube is a longer way than refining a NeRF's surface: 4x the preset's lr
+    overrides = ["fine.camera.elevation_range=[-89, 89]", "fine.optim.lr_geometry=0.02", *NO_FILES]
     config = make_config("a blue cube", preset="toy-mesh", overrides=overrides)
     torch.manual_seed(0)
     stage = Stage(config.stages[1], cube_oracle(), config.prompt, CPU)
@@ -142,7 +178,7 @@ def test_dmtet_stage_with_an_exact_oracle_moves_a_coarse_sphere_to_the_reference
     assert chamfer_start / chamfer_end >= 5.0, (chamfer_start, chamfer_end)
     assert iou_end >= 0.9, iou_end
     assert mesh.is_watertight
-    assert mesh.area < 1.3 * cube.area  # no bubbles left inside
+    assert mesh.area < 1.6 * cube.area
 
 
 class StopInStage(Progress):
@@ -162,7 +198,8 @@ class StopInStage(Progress):
 def small_two_stage_config():
     overrides = ["coarse.steps=16", "fine.steps=12", "fine.dmtet.resolution=24", "camera.batch_size=2",
                  "camera.eval_views=4", "camera.eval_resolution=32", "renderer.n_samples=32",
-                 "export.isosurface_resolution=48", "preview_every=6", "checkpoint_every=0"]
+                 "export.isosurface_resolution=48", "export.texture_size=256",
+                 "export.preview_resolution=48", "preview_every=6", "checkpoint_every=0"]
     return make_config("a blue cube", preset="toy-mesh", seed=1, overrides=overrides)
 
 
@@ -171,18 +208,21 @@ def test_two_stage_run_exports_the_watertight_dmtet_surface_and_resumes_in_its_s
     straight = generate(small_two_stage_config(), tmp_path / "straight", prior=cube_oracle())
     assert [s["steps"] for s in straight["stages"]] == [16, 12]
 
-    # the asset is the DMTet surface the last checkpoint holds, floaters aside, coloured by the texture
+    # the asset is the DMTet surface the last checkpoint holds (cleaned, UV-unwrapped and centred by the
+    # export pipeline), not a marching-cubes re-extraction of a density
     final = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
     assert (final["stage_name"], final["step"]) == ("fine", 12)
     stage = Stage(small_two_stage_config().stages[1], cube_oracle(), "a blue cube", CPU)
     stage.load_state_dict(final["stage_state"])
-    expected = stage.representation.export_mesh(ExportConfig())
+    surface = stage.representation.export_mesh(ExportConfig())
+    expected = trimesh.Trimesh(surface.vertices, surface.faces)
     asset = trimesh.load(tmp_path / "straight" / "asset.glb", force="mesh")
-    assert asset.is_watertight
-    assert len(asset.faces) == straight["asset"]["faces"] == expected.n_faces
-    assert np.array_equal(asset.vertices, expected.vertices)
-    colours = asset.visual.vertex_colors[:, :3].astype(float) / 255
-    assert np.abs(colours - expected.vertex_colors).max() <= 0.5 / 255 + 1e-6  # 8-bit rounding
+    asset.merge_vertices(merge_tex=True, merge_norm=True)  # weld the UV seams: the geometry is closed
+    qa = json.loads((tmp_path / "straight" / "qa.json").read_text())
+    assert asset.is_watertight and qa["asset"]["metrics"]["watertight"]
+    assert len(asset.faces) == straight["asset"]["faces"] == len(expected.faces)
+    assert np.allclose(asset.extents, expected.extents, atol=1e-6)
+    assert abs(asset.area / expected.area - 1) < 1e-5 and abs(asset.volume / expected.volume - 1) < 1e-5
     previews = sorted(p.name for p in (tmp_path / "straight" / "previews").iterdir())
     assert "fine_000012.png" in previews and "final.png" in previews
 

@@ -25,11 +25,10 @@ from dreamsmith.renderers.cameras import Cameras
 from dreamsmith.renderers.mesh_renderer import MeshRenderer
 from dreamsmith.renderers.outputs import RenderOutput
 from dreamsmith.representations.background import Background
-from dreamsmith.representations.dmtet import DMTet, sphere_sdf
+from dreamsmith.representations.dmtet import DMTet, PointFunction, sphere_sdf
 from dreamsmith.representations.marching_tets import TET_EDGES, marching_tets
 from dreamsmith.representations.mesh import Mesh
 from dreamsmith.representations.nerf import NeRFField
-from dreamsmith.representations.tets import tet_grid
 
 
 def grid_edges(tets: Tensor) -> Tensor:
@@ -38,31 +37,33 @@ def grid_edges(tets: Tensor) -> Tensor:
     return torch.unique(torch.sort(edges, dim=1).values, dim=0)
 
 
-def _tet_edge_neighbourhood() -> np.ndarray:
-    """``[3, 3, 3]`` bool: the grid offsets a vertex of ``tet_grid`` shares a tet edge with (and itself)."""
-    corners, tets = tet_grid(1, 1.0)
-    corner_index = (corners > 0).long()  # [8, 3] (i, j, k) of each corner of the one cell
-    neighbourhood = np.zeros((3, 3, 3), dtype=bool)
-    neighbourhood[1, 1, 1] = True
-    for a, b in grid_edges(tets).tolist():
-        offset = (corner_index[b] - corner_index[a]).numpy()
-        neighbourhood[tuple(1 + offset)] = neighbourhood[tuple(1 - offset)] = True
-    return neighbourhood
-
-
-TET_EDGE_NEIGHBOURHOOD = _tet_edge_neighbourhood()
-
-
 def cavities(outside: Tensor, resolution: int) -> Tensor:
-    """Outside vertices ``[N]`` of a ``tet_grid`` that no path of outside vertices along tet edges links
-    to the grid's boundary: bubbles enclosed by the surface. ``outside``: ``[N]`` bool."""
+    """Outside vertices ``[N]`` of a ``tet_grid`` that no axis-aligned path of outside vertices links to
+    the grid's boundary: bubbles enclosed by the surface. ``outside``: ``[N]`` bool.
+
+    Axis steps only (not every tet edge): a layer of inside vertices one vertex thick, as a thin shell
+    sampled on the grid gives, lets tet diagonals through but encloses what is behind it for these.
+    """
     n = resolution + 1
     grid = outside.view(n, n, n).cpu().numpy()
-    labels, _ = ndimage.label(grid, structure=TET_EDGE_NEIGHBOURHOOD)
+    labels, _ = ndimage.label(grid)
     faces_of_cube = [labels[[0, -1]], labels[:, [0, -1]], labels[:, :, [0, -1]]]
     open_labels = np.unique(np.concatenate([face.ravel() for face in faces_of_cube]))
     enclosed = grid & ~np.isin(labels, open_labels[open_labels > 0])
     return torch.from_numpy(enclosed.reshape(-1)).to(outside.device)
+
+
+def max_over_cell(density: PointFunction, cell_size: float, samples_per_axis: int = 3) -> PointFunction:
+    """``points [N, 3] -> [N]``: the largest ``density`` on a ``samples_per_axis``^3 lattice spanning
+    one cell centred on each point (a NeRF's surface can be a shell thinner than the grid's cells)."""
+    steps = torch.linspace(-0.5, 0.5, samples_per_axis) * cell_size
+    offsets = torch.stack(torch.meshgrid(steps, steps, steps, indexing="ij"), dim=-1).reshape(-1, 3)
+
+    def pooled(points: Tensor) -> Tensor:
+        shifted = points[:, None] + offsets.to(points)
+        return density(shifted.reshape(-1, 3)).view(points.shape[0], -1).amax(dim=1)
+
+    return pooled
 
 
 class DMTetRepresentation:
@@ -188,11 +189,14 @@ class DMTetRepresentation:
         """Continue from the previous stage.
 
         From a NeRF: the SDF from its density at ``export.isosurface_threshold`` (the level its own
-        export would extract), the texture field is its field; from a DMTet: its parameters. The
-        background is carried over when both stages configure the same one.
+        export would extract), the density taken as its maximum around each grid vertex so that
+        shells thinner than a cell are not missed (their inside then fills as a cavity), and the
+        texture field is its field; from a DMTet: its parameters. The background is carried over
+        when both stages configure the same one.
         """
         if isinstance(previous, NeRFRepresentation):
-            self.dmtet.init_from_density(previous.field.density, threshold=export.isosurface_threshold)
+            density = max_over_cell(previous.field.density, self.dmtet.cell_size)
+            self.dmtet.init_from_density(density, threshold=export.isosurface_threshold)
             self.texture.load_state_dict(previous.field.state_dict())
         elif isinstance(previous, DMTetRepresentation):
             self.dmtet.load_state_dict(previous.dmtet.state_dict())
