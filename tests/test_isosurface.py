@@ -29,3 +29,25 @@ def test_small_floaters_are_removed():
 
     mesh = density_mesh(two_balls, lambda p: torch.zeros(p.shape[0], 3), bound=1.0, resolution=64, threshold=25.0)
     assert np.linalg.norm(mesh.vertices, axis=1).max() < 0.35
+
+
+def test_smoothing_closes_pinholes_in_a_thin_noisy_shell():
+    generator = torch.Generator().manual_seed(0)
+    holes = torch.rand(60, 3, generator=generator) * 2 - 1
+    holes = 0.4 * holes / holes.norm(dim=-1, keepdim=True)
+
+    def holey_shell(points):
+        shell = 30.0 * ((points.norm(dim=-1) - 0.4).abs() < 0.04).float()
+        near_hole = torch.cdist(points, holes).min(dim=-1).values < 0.035
+        return torch.where(near_hole, torch.zeros_like(shell), shell)
+
+    def grey(points):
+        return torch.full((points.shape[0], 3), 0.5)
+
+    def euler(mesh):
+        return trimesh.Trimesh(mesh.vertices, mesh.faces).euler_number
+
+    # Each pinhole is a tunnel between the shell's outer and inner surface (a handle: Euler number
+    # drops by 2); closed, the shell is two nested spheres (Euler number 2 + 2).
+    assert euler(density_mesh(holey_shell, grey, 1.0, 48, 5.0)) < -10
+    assert euler(density_mesh(holey_shell, grey, 1.0, 48, 5.0, smoothing=1.0)) == 4

@@ -71,6 +71,8 @@ class ExportConfig:
     """Marching-cubes grid cells per side."""
     isosurface_threshold: float = 25.0
     """Density at the extracted surface."""
+    isosurface_smoothing: float = 0.0
+    """Gaussian blur of the density grid before marching cubes (standard deviation in cells)."""
     keep_components_fraction: float = 0.05
     """Drop connected components with fewer faces than this fraction of the largest (floaters)."""
     formats: list[str] = field(default_factory=lambda: ["glb"])

@@ -111,6 +111,7 @@ class NeRFRepresentation:
             threshold=export.isosurface_threshold,
             keep_fraction=export.keep_components_fraction,
             device=self.device,
+            smoothing=export.isosurface_smoothing,
         )
         if mesh.n_faces == 0:
             raise DreamsmithError(

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from scipy import ndimage
 from skimage import measure
 from torch import Tensor
 
@@ -58,9 +59,16 @@ def density_mesh(
     threshold: float,
     keep_fraction: float = 0.05,
     device: torch.device | str = "cpu",
+    smoothing: float = 0.0,
 ) -> Mesh:
-    """The ``threshold`` isosurface of a density field, floaters removed, vertex colours from ``albedo``."""
+    """The ``threshold`` isosurface of a density field, floaters removed, vertex colours from ``albedo``.
+
+    smoothing: standard deviation (grid cells) of a Gaussian blur of the sampled density; it closes
+    the pinholes marching cubes finds in the thin, noisy shells SDS tends to make.
+    """
     volume = sample_grid(density, bound, resolution, device=device)
+    if smoothing > 0:
+        volume = ndimage.gaussian_filter(volume, smoothing)
     mesh = remove_small_components(marching_cubes(volume, threshold, bound), keep_fraction)
     if mesh.n_faces == 0:
         return mesh
