@@ -18,7 +18,8 @@ from pathlib import Path
 
 from dreamsmith.engine.generate import generate
 from dreamsmith.engine.setup import make_config
-from dreamsmith.engine.toyworld_score import load_mesh, score_mesh
+from dreamsmith.engine.toyworld_score import Score, load_mesh, score_mesh
+from dreamsmith.errors import DreamsmithError
 from dreamsmith.representations import toyworld
 
 
@@ -39,12 +40,15 @@ def main() -> None:
             config = make_config(text, preset=args.preset, steps=args.steps, seed=seed, overrides=args.overrides)
             out = root / f"{text.replace(' ', '-')}-seed{seed}"
             started = time.perf_counter()
-            generate(config, out)
+            try:
+                generate(config, out)
+                score, error = score_mesh(load_mesh(out / "asset.glb"), text), None
+            except DreamsmithError as failure:  # e.g. an empty field: scored as no asset at all
+                score, error = Score(0.0, 1.0, []), str(failure)
             wall = time.perf_counter() - started
-            score = score_mesh(load_mesh(out / "asset.glb"), text)
             results.append({"caption": text, "seed": seed, "iou": round(score.iou, 4),
                             "colour_error": round(score.colour_error, 4), "wall_time_s": round(wall, 1),
-                            "held_out": text in toyworld.HELD_OUT_CAPTIONS})
+                            "held_out": text in toyworld.HELD_OUT_CAPTIONS, "error": error})
             print(json.dumps(results[-1]), flush=True)
 
     def summary(rows: list[dict]) -> dict:
