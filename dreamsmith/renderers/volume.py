@@ -69,8 +69,8 @@ def resolve_sampler(name: str, device: torch.device) -> str:
 
 @dataclass
 class Samples:
-    """Packed samples along rays: ``ray_indices [S]``, ``t_starts [S]``, ``t_ends [S]``, ``weights [S]``,
-    and the field's outputs at them."""
+    """Packed samples along rays: ``ray_indices [S]``, ``weights [S]``, distances ``t_mid [S]``, and
+    the field's ``albedo [S, 3]`` and ``normal [S, 3]`` (or None) at them."""
 
     ray_indices: Tensor
     weights: Tensor
