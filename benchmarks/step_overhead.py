@@ -201,7 +201,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     timings = Timings(device)
     unet_forward = prior.unet.forward
     prior.unet.forward = timings.wrap("model_call", unet_forward)
-    stage.renderer.forward = timings.wrap("render", stage.renderer.forward)
+    stage.representation.renderer.forward = timings.wrap("render", stage.representation.renderer.forward)
     prior.encode_images = timings.wrap("encode", prior.encode_images)
 
     first = args.start_step
@@ -234,8 +234,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "image_size": prior.image_size,
         "batch": stage_config.camera.batch_size,
         "model_input": list(sample.shape),
-        "sampler": stage.renderer.sampler,
-        "hash_grid": stage.field.encoding.backend,
+        "sampler": stage.representation.renderer.sampler,
+        "hash_grid": stage.representation.field.encoding.backend,
         "steps": steps,
         "warmup": args.warmup,
         "start_step": first,

@@ -81,17 +81,6 @@ class Stage:
         for group in extra:
             self.optimizer.add_param_group({"name": "guidance", **group})
 
-    @property
-    def field(self) -> nn.Module:
-        """The representation's NeRF field (a DMTet stage's texture field)."""
-        representation = self.representation
-        return representation.field if isinstance(representation, NeRFRepresentation) else representation.texture
-
-    @property
-    def renderer(self) -> nn.Module:
-        """The representation's renderer (volume renderer or mesh rasterizer)."""
-        return self.representation.renderer
-
     def state_dict(self) -> dict[str, Any]:
         return {
             **self.representation.state_dict(),
