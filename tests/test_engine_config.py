@@ -53,6 +53,22 @@ def test_bad_values_and_steps_are_refused():
         parse_override("justakey")
 
 
+@pytest.mark.parametrize(
+    "override",
+    ["guidance.guidance_scale=[0,7.5,2.5]", "loss.lambda_opaque=lots", "optim.lr_mlp=[0,1,2,x]", "guidance.grad_clip=true"],
+)
+def test_malformed_schedules_are_refused_when_the_config_resolves(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"stages.0.{key}' must be a number or \\[start_step"):
+        make_config("x", preset="toy", overrides=[override])
+
+
+def test_schedules_and_plain_numbers_are_accepted_for_scheduled_fields():
+    config = make_config("x", preset="toy", overrides=["guidance.guidance_scale=[0,7.5,2.5,400]", "guidance.grad_clip=null"])
+    assert config.stages[0].guidance["guidance_scale"] == [0, 7.5, 2.5, 400]
+    assert make_config("x", preset="toy", overrides=["loss.lambda_opaque=2"]).stages[0].loss.lambda_opaque == 2
+
+
 def test_default_preset_follows_the_model(tmp_path):
     assert preset_for_model(None) == "toy"
     assert preset_for_model("stabilityai/stable-diffusion-2-1-base") == "dreamfusion"

@@ -79,7 +79,7 @@ def test_sds_runs_one_batched_cfg_call_and_reaches_the_render_through_the_vae(ti
         hook.remove()
     assert calls == [6]
     assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
-    assert set(out.logs) == {"loss", "timestep", "grad_norm"}
+    assert set(out.logs) == {"loss", "timestep", "grad_norm", "guidance_scale"}
     assert 20 <= out.logs["timestep"] <= 980
     assert out.logs["loss"] == pytest.approx(0.5 * out.logs["grad_norm"] ** 2 / 3, rel=1e-4)
 
@@ -227,3 +227,17 @@ def test_unknown_weighting_is_a_config_error():
     _, oracle = single_target()
     with pytest.raises(ConfigError, match="fantasia"):
         SDSGuidance(oracle, SDSConfig(weighting="sigma"))
+
+
+def test_guidance_scale_schedule_uses_the_scale_of_the_current_step(tiny_pixel_prior):
+    cameras = cameras_at([0.0], [20.0])
+    rgb = torch.rand(1, 8, 8, 3, generator=torch.Generator().manual_seed(5))
+    scheduled = SDSGuidance(tiny_pixel_prior, SDSConfig(prompt="a red cube", guidance_scale=[0, 7.5, 2.0, 100]))
+
+    def grad_at(guidance: SDSGuidance, step: int) -> torch.Tensor:
+        return rgb_grad_of(guidance, rgb, cameras, seed=11, step=step)
+
+    for step, scale in ((0, 7.5), (50, 4.75), (100, 2.0), (400, 2.0)):
+        constant = SDSGuidance(tiny_pixel_prior, SDSConfig(prompt="a red cube", guidance_scale=scale))
+        torch.testing.assert_close(grad_at(scheduled, step), grad_at(constant, step))
+    assert not torch.allclose(grad_at(scheduled, 0), grad_at(scheduled, 100))

@@ -22,6 +22,7 @@ from dreamsmith.engine.losses import LossConfig
 from dreamsmith.engine.optim import OptimConfig
 from dreamsmith.engine.shading_choice import ShadingConfig
 from dreamsmith.errors import ConfigError
+from dreamsmith.guidance.schedules import ScheduleSpec, check_schedule
 from dreamsmith.renderers.mesh_renderer import MeshRendererConfig
 from dreamsmith.renderers.volume import VolumeRendererConfig
 from dreamsmith.representations.background import BackgroundConfig
@@ -108,7 +109,7 @@ class RunConfig:
 
 
 def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    return typing.get_type_hints(cls, include_extras=True)
 
 
 def _dataclass_of(annotation: Any) -> type | None:
@@ -156,6 +157,9 @@ def build(cls: type, values: dict[str, Any], path: str = "", extra_keys: typing.
 
 
 def _convert(annotation: Any, value: Any, path: str) -> Any:
+    if annotation == ScheduleSpec:
+        check_schedule(value, path)
+        return value
     inner = _dataclass_of(annotation)
     if inner is not None and isinstance(value, dict):
         return build(inner, value, path + ".")

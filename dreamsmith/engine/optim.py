@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from dreamsmith.guidance.schedules import schedule_value
+from dreamsmith.guidance.schedules import ScheduleSpec, schedule_value
 
 
 @dataclass
 class OptimConfig:
-    lr_encoding: Any = 0.01
+    lr_encoding: ScheduleSpec = 0.01
     """Learning rate of the hash-grid tables (number or schedule); in a dmtet stage, the texture field's."""
-    lr_mlp: Any = 0.001
+    lr_mlp: ScheduleSpec = 0.001
     """Learning rate of the density and albedo MLPs; in a dmtet stage, the texture field's albedo MLP."""
-    lr_geometry: Any = 0.01
+    lr_geometry: ScheduleSpec = 0.01
     """Learning rate of a DMTet's SDF (metre-like values) and vertex deformation (dmtet stages)."""
-    lr_background: Any = 0.001
+    lr_background: ScheduleSpec = 0.001
     """Learning rate of a learned background."""
     betas: tuple[float, float] = (0.9, 0.99)
     """Adam betas."""

@@ -7,13 +7,23 @@ here, and the engine reuses it for learning rates, regularizer weights and the r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from dreamsmith.errors import ConfigError
 
-ScheduleSpec = Any
-"""A number, ``None``, or ``[start_step, start_value, end_value, end_step]`` (configs type it as Any:
-OmegaConf cannot validate a union of a number and a list)."""
+ScheduleSpec = Annotated[Any, "schedule"]
+"""A number, ``None``, or ``[start_step, start_value, end_value, end_step]``. Config fields typed with
+it are checked when the config is resolved (:func:`check_schedule`), before any model loads."""
+
+
+def check_schedule(spec: ScheduleSpec, key: str) -> None:
+    """Raise a ConfigError naming ``key`` unless ``spec`` is a valid schedule."""
+    try:
+        value = schedule_value(spec, 0)
+    except (ConfigError, TypeError, ValueError):
+        value = spec
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ConfigError(f"'{key}' must be a number or [start_step, start_value, end_value, end_step], got {spec!r}")
 
 
 def schedule_value(spec: ScheduleSpec, step: int) -> float | None:

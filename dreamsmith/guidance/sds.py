@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -28,7 +27,7 @@ from dreamsmith.guidance.math import (
 )
 from dreamsmith.guidance.priors import DiffusionPrior
 from dreamsmith.guidance.prompts import PromptCache, view_direction
-from dreamsmith.guidance.schedules import schedule_value
+from dreamsmith.guidance.schedules import ScheduleSpec, schedule_value
 from dreamsmith.renderers.cameras import Cameras
 from dreamsmith.renderers.outputs import RenderOutput
 
@@ -41,15 +40,16 @@ class SDSConfig:
     """The text prompt the renders should match."""
     negative_prompt: str = ""
     """Prompt of the unconditional branch of classifier-free guidance ("" = unconditional)."""
-    guidance_scale: float = 100.0
-    """Classifier-free guidance scale s in ε_u + s(ε_y − ε_u) (threestudio's 100 is 101 here)."""
+    guidance_scale: ScheduleSpec = 100.0
+    """Classifier-free guidance scale s in ε_u + s(ε_y − ε_u) (threestudio's 100 is 101 here): a number
+    or [start_step, start_value, end_value, end_step] (high early for shape, lower late for colour)."""
     weighting: str = "sds"
     """w(t): "sds" (σ_t²), "uniform" (1) or "fantasia" (α_t σ_t²)."""
-    min_step_percent: Any = 0.02
+    min_step_percent: ScheduleSpec = 0.02
     """Lowest timestep as a fraction of T: a number or [start_step, start_value, end_value, end_step]."""
-    max_step_percent: Any = 0.98
+    max_step_percent: ScheduleSpec = 0.98
     """Highest timestep as a fraction of T: a number or [start_step, start_value, end_value, end_step]."""
-    grad_clip: Any = None
+    grad_clip: ScheduleSpec = None
     """Clamp the gradient on z to ±this (null: no clamp): a number or a schedule."""
     view_dependent_prompting: bool = True
     """Append ", front/side/back/overhead view" to the prompt depending on the camera."""
@@ -133,12 +133,13 @@ class SDSGuidance(Guidance):
         )
         eps_cond, eps_uncond = eps_pred.chunk(2)
         w = sds_weight(config.weighting, prior.alphas_cumprod, t)
-        grad = sds_grad(cfg_combine(eps_cond, eps_uncond, config.guidance_scale), eps, w)
+        grad = sds_grad(cfg_combine(eps_cond, eps_uncond, schedule_value(config.guidance_scale, step)), eps, w)
         grad = sanitize_grad(grad, schedule_value(config.grad_clip, step))
         loss = inject_gradient(z, grad)
         logs = {
             "loss": float(loss.detach()),
             "timestep": float(t.float().mean()),
             "grad_norm": float(grad.norm()),
+            "guidance_scale": float(schedule_value(config.guidance_scale, step)),
         }
         return GuidanceOutput(loss=loss, logs=logs)
