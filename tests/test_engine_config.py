@@ -55,7 +55,12 @@ def test_bad_values_and_steps_are_refused():
 
 @pytest.mark.parametrize(
     "override",
-    ["guidance.guidance_scale=[0,7.5,2.5]", "loss.lambda_opaque=lots", "optim.lr_mlp=[0,1,2,x]", "guidance.grad_clip=true"],
+    [
+        "guidance.guidance_scale=[0,7.5,2.5]",
+        "loss.lambda_opaque=lots",
+        "optim.lr_mlp=[0,1,2,x]",
+        "guidance.grad_clip=true",
+    ],
 )
 def test_malformed_schedules_are_refused_when_the_config_resolves(override):
     key = override.split("=")[0]
@@ -64,7 +69,8 @@ def test_malformed_schedules_are_refused_when_the_config_resolves(override):
 
 
 def test_schedules_and_plain_numbers_are_accepted_for_scheduled_fields():
-    config = make_config("x", preset="toy", overrides=["guidance.guidance_scale=[0,7.5,2.5,400]", "guidance.grad_clip=null"])
+    overrides = ["guidance.guidance_scale=[0,7.5,2.5,400]", "guidance.grad_clip=null"]
+    config = make_config("x", preset="toy", overrides=overrides)
     assert config.stages[0].guidance["guidance_scale"] == [0, 7.5, 2.5, 400]
     assert make_config("x", preset="toy", overrides=["loss.lambda_opaque=2"]).stages[0].loss.lambda_opaque == 2
 

@@ -70,8 +70,9 @@ class StageConfig:
 class ExportConfig:
     isosurface_resolution: int = 128
     """Marching-cubes grid cells per side."""
-    isosurface_threshold: float = 25.0
-    """Density at the extracted surface."""
+    isosurface_threshold: float | str = 25.0
+    """Density at the extracted surface, or "auto": the density whose silhouettes best match the NeRF's
+    rendered opacity (faint fields export, haze does not)."""
     isosurface_smoothing: float = 0.0
     """Gaussian blur of the density grid before marching cubes (standard deviation in cells)."""
     keep_components_fraction: float = 0.05
@@ -286,6 +287,9 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
         if stage.steps < 0:
             raise ConfigError(f"steps of stage '{stage.name}' must be >= 0, got {stage.steps}")
         validate_representation(stage, config.stages[index - 1] if index else None)
+    threshold = config.export.isosurface_threshold
+    if threshold != "auto" and (isinstance(threshold, (bool, str)) or not threshold > 0):
+        raise ConfigError(f"export.isosurface_threshold must be a density > 0 or \"auto\", got {threshold!r}")
     return config
 
 

@@ -188,15 +188,15 @@ class DMTetRepresentation:
     def init_from(self, previous: Any, export: ExportConfig) -> None:
         """Continue from the previous stage.
 
-        From a NeRF: the SDF from its density at ``export.isosurface_threshold`` (the level its own
-        export would extract), the density taken as its maximum around each grid vertex so that
+        From a NeRF: the SDF from its density at its surface threshold (the level its own export
+        would extract), the density taken as its maximum around each grid vertex so that
         shells thinner than a cell are not missed (their inside then fills as a cavity), and the
         texture field is its field; from a DMTet: its parameters. The background is carried over
         when both stages configure the same one.
         """
         if isinstance(previous, NeRFRepresentation):
             density = max_over_cell(previous.field.density, self.dmtet.cell_size)
-            self.dmtet.init_from_density(density, threshold=export.isosurface_threshold)
+            self.dmtet.init_from_density(density, threshold=previous.surface_threshold(export))
             self.texture.load_state_dict(previous.field.state_dict())
         elif isinstance(previous, DMTetRepresentation):
             self.dmtet.load_state_dict(previous.dmtet.state_dict())

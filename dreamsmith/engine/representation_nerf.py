@@ -4,19 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dreamsmith.engine.camera_sampling import eval_cameras
 from dreamsmith.engine.config import ExportConfig, StageConfig
 from dreamsmith.engine.losses import regularizer_losses
 from dreamsmith.errors import DreamsmithError
-from dreamsmith.exporters.isosurface import density_mesh
-from dreamsmith.renderers.cameras import Cameras
+from dreamsmith.exporters.isosurface import density_volume, volume_mesh
+from dreamsmith.exporters.threshold import candidate_thresholds, ray_max_density, silhouette_threshold
+from dreamsmith.renderers.cameras import Cameras, orbit_cameras
 from dreamsmith.renderers.outputs import RenderOutput
 from dreamsmith.renderers.volume import VolumeRenderer
 from dreamsmith.representations.background import Background
 from dreamsmith.representations.mesh import Mesh
 from dreamsmith.representations.nerf import NeRFField
+
+AUTO_VIEWS = 8
+"""Views per ring when the export threshold is "auto" (the preview ring, half as many from above)."""
+AUTO_RESOLUTION = 64
+AUTO_HIGH_ELEVATION = 60.0
 
 
 class NeRFRepresentation:
@@ -102,20 +110,44 @@ class NeRFRepresentation:
         self.field.load_state_dict(previous.field.state_dict())
 
     def export_mesh(self, export: ExportConfig) -> Mesh:
-        """Marching cubes of the density at ``export.isosurface_threshold``, vertex colours from the albedo."""
-        mesh = density_mesh(
-            self.field.density,
-            self.field.albedo,
-            bound=self.config.nerf.bound,
-            resolution=export.isosurface_resolution,
-            threshold=export.isosurface_threshold,
-            keep_fraction=export.keep_components_fraction,
-            device=self.device,
-            smoothing=export.isosurface_smoothing,
-        )
+        """Marching cubes of the density at the surface threshold, vertex colours from the albedo."""
+        volume = density_volume(self.field.density, self.config.nerf.bound, export.isosurface_resolution,
+                                self.device, export.isosurface_smoothing)
+        threshold = self.surface_threshold(export, volume)
+        mesh = volume_mesh(volume, self.field.albedo, self.config.nerf.bound, threshold,
+                           export.keep_components_fraction, self.device)
         if mesh.n_faces == 0:
             raise DreamsmithError(
-                f"the optimized field has no surface at density {export.isosurface_threshold}: nothing to export. "
+                f"the optimized field has no surface at density {threshold:g}: nothing to export. "
                 "Look at previews/; try more --steps or a lower export.isosurface_threshold=..."
             )
         return mesh
+
+    @torch.no_grad()
+    def surface_threshold(self, export: ExportConfig, volume: np.ndarray | None = None) -> float:
+        """``export.isosurface_threshold``; for "auto", the density whose silhouettes best match the
+        field's own rendered opacity (> 0.5) from the preview ring and a ring from above
+        (:mod:`dreamsmith.exporters.threshold`)."""
+        if export.isosurface_threshold != "auto":
+            return float(export.isosurface_threshold)
+        bound = self.config.nerf.bound
+        if volume is None:
+            volume = density_volume(self.field.density, bound, export.isosurface_resolution, self.device,
+                                    export.isosurface_smoothing)
+        camera = self.config.camera
+        rings = [eval_cameras(camera, AUTO_VIEWS, AUTO_RESOLUTION),
+                 orbit_cameras(AUTO_VIEWS // 2, AUTO_HIGH_ELEVATION, camera.eval_distance, camera.eval_fovy,
+                               AUTO_RESOLUTION, start_azimuth_deg=360.0 / AUTO_VIEWS)]
+        ray_max, target = [], []
+        for cameras in rings:
+            cameras = cameras.to(self.device)
+            target.append(self.render_previews(cameras, "albedo").opacity[..., 0].flatten() > 0.5)
+            ray_max.append(ray_max_density(volume, bound, cameras).flatten())
+        candidates = candidate_thresholds(volume)
+        if not torch.cat(target).any() or candidates.numel() == 0:
+            raise DreamsmithError(
+                "the optimized field renders nothing opaque: there is no surface to export. "
+                "Look at previews/; try more --steps"
+            )
+        threshold, _ = silhouette_threshold(torch.cat(ray_max), torch.cat(target), candidates.to(self.device))
+        return threshold

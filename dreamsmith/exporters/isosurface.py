@@ -51,6 +51,28 @@ def remove_small_components(mesh: Mesh, keep_fraction: float) -> Mesh:
     return Mesh(mesh.vertices[used], remap[faces], vertex_colors=colors)
 
 
+def density_volume(density: Callable[[Tensor], Tensor], bound: float, resolution: int,
+                   device: torch.device | str = "cpu", smoothing: float = 0.0) -> np.ndarray:
+    """A density field sampled on a ``resolution^3`` grid over [-bound, bound]^3, then blurred.
+
+    smoothing: standard deviation (grid cells) of a Gaussian blur of the sampled density; it closes
+    the pinholes marching cubes finds in the thin, noisy shells SDS tends to make.
+    """
+    volume = sample_grid(density, bound, resolution, device=device)
+    return ndimage.gaussian_filter(volume, smoothing) if smoothing > 0 else volume
+
+
+def volume_mesh(volume: np.ndarray, albedo: Callable[[Tensor], Tensor], bound: float, threshold: float,
+                keep_fraction: float = 0.05, device: torch.device | str = "cpu") -> Mesh:
+    """The ``threshold`` isosurface of a sampled density, floaters removed, vertex colours from ``albedo``."""
+    mesh = remove_small_components(marching_cubes(volume, threshold, bound), keep_fraction)
+    if mesh.n_faces == 0:
+        return mesh
+    with torch.no_grad():
+        colors = albedo(torch.from_numpy(mesh.vertices).to(device)).float().cpu().numpy()
+    return mesh.copy(vertex_colors=np.clip(colors, 0.0, 1.0))
+
+
 def density_mesh(
     density: Callable[[Tensor], Tensor],
     albedo: Callable[[Tensor], Tensor],
@@ -61,17 +83,6 @@ def density_mesh(
     device: torch.device | str = "cpu",
     smoothing: float = 0.0,
 ) -> Mesh:
-    """The ``threshold`` isosurface of a density field, floaters removed, vertex colours from ``albedo``.
-
-    smoothing: standard deviation (grid cells) of a Gaussian blur of the sampled density; it closes
-    the pinholes marching cubes finds in the thin, noisy shells SDS tends to make.
-    """
-    volume = sample_grid(density, bound, resolution, device=device)
-    if smoothing > 0:
-        volume = ndimage.gaussian_filter(volume, smoothing)
-    mesh = remove_small_components(marching_cubes(volume, threshold, bound), keep_fraction)
-    if mesh.n_faces == 0:
-        return mesh
-    with torch.no_grad():
-        colors = albedo(torch.from_numpy(mesh.vertices).to(device)).float().cpu().numpy()
-    return mesh.copy(vertex_colors=np.clip(colors, 0.0, 1.0))
+    """The ``threshold`` isosurface of a density field (see :func:`density_volume`, :func:`volume_mesh`)."""
+    volume = density_volume(density, bound, resolution, device, smoothing)
+    return volume_mesh(volume, albedo, bound, threshold, keep_fraction, device)

@@ -1,0 +1,60 @@
+"""Choose the density of a NeRF's exported surface from its own renders.
+
+A fixed density threshold fails both ways: a faint, translucent object (white on white) never
+reaches it and exports nothing, while a dense field with haze exports the haze. The surface that
+matches what the NeRF shows is the one whose silhouettes agree with its rendered opacity masks.
+
+For a ray, the thresholded volume ``density > τ`` is hit exactly when the maximum density along the
+ray exceeds τ, so one pass over the rays gives every candidate threshold's silhouette at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dreamsmith.renderers.cameras import Cameras
+
+
+def ray_max_density(volume: np.ndarray, bound: float, cameras: Cameras, n_samples: int | None = None) -> Tensor:
+    """Per pixel ``[B, H, W]``, the largest trilinearly interpolated density of ``volume`` (sampled on
+    [-bound, bound]^3, indexed [x, y, z]) along the pixel's ray through the bounding box."""
+    resolution = volume.shape[0]
+    n_samples = n_samples or 2 * resolution
+    origins, directions = cameras.generate_rays()
+    distance = cameras.distance.float().view(-1, 1, 1, 1, 1).to(origins.device)
+    half = bound * 3**0.5
+    t = torch.linspace(0.0, 1.0, n_samples, device=origins.device).view(1, 1, 1, -1, 1)
+    t = distance - half + 2 * half * t  # the sphere around the box, seen from each camera's distance
+    points = origins[..., None, :] + directions[..., None, :] * t  # [B, H, W, S, 3]
+    grid = torch.from_numpy(np.ascontiguousarray(volume)).float().to(origins.device)
+    # grid_sample reads [D, H, W] = [z, y, x] with x the last coordinate: permute the [x, y, z] volume.
+    grid = grid.permute(2, 1, 0)[None, None]
+    batch, height, width = points.shape[:3]
+    coords = (points / bound).reshape(1, 1, 1, -1, 3)
+    values = F.grid_sample(grid, coords, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return values.view(batch, height, width, n_samples).amax(dim=-1)
+
+
+def silhouette_threshold(
+    ray_max: Tensor, target: Tensor, candidates: Tensor
+) -> tuple[float, float]:
+    """The candidate threshold whose silhouettes ``ray_max > τ`` best match the boolean ``target``
+    masks (intersection over union over all pixels), and that IoU. Ties go to the higher threshold."""
+    masks = ray_max.reshape(1, -1) > candidates.view(-1, 1)
+    target = target.reshape(1, -1)
+    intersection = (masks & target).sum(dim=1).float()
+    union = (masks | target).sum(dim=1).float().clamp_min(1.0)
+    iou = intersection / union
+    best = int(torch.nonzero(iou == iou.max()).max())
+    return float(candidates[best]), float(iou[best])
+
+
+def candidate_thresholds(volume: np.ndarray, count: int = 48, lowest: float = 0.5) -> Tensor:
+    """``count`` log-spaced densities from ``lowest`` to just under the volume's maximum."""
+    top = float(volume.max())
+    if top <= lowest:
+        return torch.tensor([], dtype=torch.float32)
+    return torch.logspace(np.log10(lowest), np.log10(top * 0.99), count)
