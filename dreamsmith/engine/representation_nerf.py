@@ -13,7 +13,12 @@ from dreamsmith.engine.config import ExportConfig, StageConfig
 from dreamsmith.engine.losses import regularizer_losses
 from dreamsmith.errors import DreamsmithError
 from dreamsmith.exporters.isosurface import density_volume, volume_mesh
-from dreamsmith.exporters.threshold import candidate_thresholds, ray_max_density, silhouette_threshold
+from dreamsmith.exporters.threshold import (
+    candidate_thresholds,
+    opacity_silhouette,
+    ray_max_density,
+    silhouette_threshold,
+)
 from dreamsmith.renderers.cameras import Cameras, orbit_cameras
 from dreamsmith.renderers.outputs import RenderOutput
 from dreamsmith.renderers.volume import VolumeRenderer
@@ -126,7 +131,8 @@ class NeRFRepresentation:
     @torch.no_grad()
     def surface_threshold(self, export: ExportConfig, volume: np.ndarray | None = None) -> float:
         """``export.isosurface_threshold``; for "auto", the density whose silhouettes best match the
-        field's own rendered opacity (> 0.5) from the preview ring and a ring from above
+        field's own rendered silhouettes (opacity above half its peak) from the preview ring and a ring
+        from above
         (:mod:`dreamsmith.exporters.threshold`)."""
         if export.isosurface_threshold != "auto":
             return float(export.isosurface_threshold)
@@ -138,16 +144,17 @@ class NeRFRepresentation:
         rings = [eval_cameras(camera, AUTO_VIEWS, AUTO_RESOLUTION),
                  orbit_cameras(AUTO_VIEWS // 2, AUTO_HIGH_ELEVATION, camera.eval_distance, camera.eval_fovy,
                                AUTO_RESOLUTION, start_azimuth_deg=360.0 / AUTO_VIEWS)]
-        ray_max, target = [], []
+        ray_max, opacity = [], []
         for cameras in rings:
             cameras = cameras.to(self.device)
-            target.append(self.render_previews(cameras, "albedo").opacity[..., 0].flatten() > 0.5)
+            opacity.append(self.render_previews(cameras, "albedo").opacity[..., 0].flatten())
             ray_max.append(ray_max_density(volume, bound, cameras).flatten())
         candidates = candidate_thresholds(volume)
-        if not torch.cat(target).any() or candidates.numel() == 0:
+        target = opacity_silhouette(torch.cat(opacity))
+        if not target.any() or candidates.numel() == 0:
             raise DreamsmithError(
                 "the optimized field renders nothing opaque: there is no surface to export. "
                 "Look at previews/; try more --steps"
             )
-        threshold, _ = silhouette_threshold(torch.cat(ray_max), torch.cat(target), candidates.to(self.device))
+        threshold, _ = silhouette_threshold(torch.cat(ray_max), target, candidates.to(self.device))
         return threshold

@@ -2,7 +2,7 @@
 
 A fixed density threshold fails both ways: a faint, translucent object (white on white) never
 reaches it and exports nothing, while a dense field with haze exports the haze. The surface that
-matches what the NeRF shows is the one whose silhouettes agree with its rendered opacity masks.
+matches what the NeRF shows is the one whose silhouettes agree with its rendered opacity.
 
 For a ray, the thresholded volume ``density > τ`` is hit exactly when the maximum density along the
 ray exceeds τ, so one pass over the rays gives every candidate threshold's silhouette at once.
@@ -38,9 +38,18 @@ def ray_max_density(volume: np.ndarray, bound: float, cameras: Cameras, n_sample
     return values.view(batch, height, width, n_samples).amax(dim=-1)
 
 
-def silhouette_threshold(
-    ray_max: Tensor, target: Tensor, candidates: Tensor
-) -> tuple[float, float]:
+def opacity_silhouette(opacity: Tensor, faint: float = 0.2, quantile: float = 0.9) -> Tensor:
+    """The pixels where rendered ``opacity`` is above half its peak: the peak is the ``quantile`` of
+    the pixels above ``faint``. A solid object's peak is 1, so its silhouette is opacity > 0.5 and
+    faint haze around it stays out; a uniformly translucent one (white on white) still has one.
+    Nothing above ``faint`` gives an empty silhouette."""
+    seen = opacity[opacity > faint]
+    if seen.numel() == 0:
+        return torch.zeros_like(opacity, dtype=torch.bool)
+    return opacity > 0.5 * torch.quantile(seen.float(), quantile)
+
+
+def silhouette_threshold(ray_max: Tensor, target: Tensor, candidates: Tensor) -> tuple[float, float]:
     """The candidate threshold whose silhouettes ``ray_max > τ`` best match the boolean ``target``
     masks (intersection over union over all pixels), and that IoU. Ties go to the higher threshold."""
     masks = ray_max.reshape(1, -1) > candidates.view(-1, 1)
