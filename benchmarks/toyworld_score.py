@@ -72,6 +72,9 @@ def main() -> None:
     args = parser.parse_args()
 
     root = args.out or Path(tempfile.mkdtemp(prefix="toyworld-score-"))
+    unknown = [text for text in args.captions if text not in toyworld.ALL_CAPTIONS]
+    if unknown:
+        raise SystemExit(f"error: not toyworld captions: {unknown} (KEY=VALUE overrides go before --captions)")
     try:  # a bad preset or override fails here, once, before any run
         make_config(args.captions[0], preset=args.preset, steps=args.steps, overrides=args.overrides)
     except DreamsmithError as error:
