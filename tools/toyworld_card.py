@@ -68,9 +68,13 @@ def sample(model: tuple, captions: list[str], c2w: torch.Tensor, steps: int, cfg
     return ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
 
 
-def foreground(images: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
-    """``[B, H, W]`` mask of pixels darker than the white background by ``threshold`` in some channel."""
-    return (1 - images).amax(dim=-1) > threshold
+def foreground(images: torch.Tensor, threshold: float = 0.15) -> torch.Tensor:
+    """``[B, H, W]`` mask of pixels that differ from the image's own background (the median colour
+    of its border pixels) by more than ``threshold`` in some channel, so that a tinted background
+    is not taken for the object."""
+    border = torch.cat([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], dim=1)
+    background = border.median(dim=1).values
+    return (images - background[:, None, None]).abs().amax(dim=-1) > threshold
 
 
 def score(samples: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
@@ -196,8 +200,9 @@ known prompts). Size on disk: {size_mb:.1f} MB.
   cameras with elevation U[-10, 50] deg, azimuth U[0, 360) deg, distance 2.0, fovy 40 deg, made
   by `dreamsmith.engine.toyworld_data` with the project's SDF tracer ({log['data_seconds']:.0f} s);
 - {len(losses)} steps at batch {log['batch_size']}, AdamW lr 1e-3, 100 warmup steps then cosine decay,
-  seed {log['seed']}, {log['threads']} CPU threads;
-- wall time {minutes:.1f} min on a 2-core CPU machine shared with other work;
+  seed {log['seed']}, {log['threads']} CPU threads (resumed runs: their own `--threads`);
+- wall time {minutes:.1f} min of rendering and training, summed over the runs above, on a 2-core CPU
+  machine shared with other work;
 - final loss (mean of the last 100 steps): {final:.4f}.
 
 ![loss](loss.png)
@@ -211,9 +216,9 @@ conditioning, from (azimuth, elevation) = {', '.join(f'({a:g}, {e:g})' for a, e 
 ![samples](samples.png)
 
 Each sample is scored against the ground-truth render from its own camera (a sample's foreground:
-pixels darker than white by more than 0.1 in some channel, so background blotches count against it
-and the brightest faces of white objects are missed): silhouette IoU and mean absolute difference
-of the mean foreground colour.
+pixels that differ from its own background, the median of its border pixels, by more than 0.15 in
+some channel, so blotches count against it and the brightest faces of white objects are missed):
+silhouette IoU and mean absolute difference of the mean foreground colour.
 Mean over training captions: IoU {_mean(train, 0):.2f}, colour error {_mean(train, 1):.3f}; over the
 held-out captions: IoU {_mean(held, 0):.2f}, colour error {_mean(held, 1):.3f}.
 (Sampling all rows took {sampling_seconds:.0f} s.)
