@@ -116,8 +116,7 @@ class NeRFRepresentation:
 
     def export_mesh(self, export: ExportConfig) -> Mesh:
         """Marching cubes of the density at the surface threshold, vertex colours from the albedo."""
-        volume = density_volume(self.field.density, self.config.nerf.bound, export.isosurface_resolution,
-                                self.device, export.isosurface_smoothing)
+        volume = self.density_volume(export)
         threshold = self.surface_threshold(export, volume)
         mesh = volume_mesh(volume, self.field.albedo, self.config.nerf.bound, threshold,
                            export.keep_components_fraction, self.device)
@@ -127,6 +126,11 @@ class NeRFRepresentation:
                 "Look at previews/; try more --steps or a lower export.isosurface_threshold=..."
             )
         return mesh
+
+    def density_volume(self, export: ExportConfig) -> np.ndarray:
+        """The field's density on the export grid, blurred as ``export`` says."""
+        return density_volume(self.field.density, self.config.nerf.bound, export.isosurface_resolution,
+                              self.device, export.isosurface_smoothing)
 
     @torch.no_grad()
     def surface_threshold(self, export: ExportConfig, volume: np.ndarray | None = None) -> float:
@@ -138,8 +142,7 @@ class NeRFRepresentation:
             return float(export.isosurface_threshold)
         bound = self.config.nerf.bound
         if volume is None:
-            volume = density_volume(self.field.density, bound, export.isosurface_resolution, self.device,
-                                    export.isosurface_smoothing)
+            volume = self.density_volume(export)
         camera = self.config.camera
         rings = [eval_cameras(camera, AUTO_VIEWS, AUTO_RESOLUTION),
                  orbit_cameras(AUTO_VIEWS // 2, AUTO_HIGH_ELEVATION, camera.eval_distance, camera.eval_fovy,

@@ -133,13 +133,14 @@ class SDSGuidance(Guidance):
         )
         eps_cond, eps_uncond = eps_pred.chunk(2)
         w = sds_weight(config.weighting, prior.alphas_cumprod, t)
-        grad = sds_grad(cfg_combine(eps_cond, eps_uncond, schedule_value(config.guidance_scale, step)), eps, w)
+        scale = schedule_value(config.guidance_scale, step)
+        grad = sds_grad(cfg_combine(eps_cond, eps_uncond, scale), eps, w)
         grad = sanitize_grad(grad, schedule_value(config.grad_clip, step))
         loss = inject_gradient(z, grad)
         logs = {
             "loss": float(loss.detach()),
             "timestep": float(t.float().mean()),
             "grad_norm": float(grad.norm()),
-            "guidance_scale": float(schedule_value(config.guidance_scale, step)),
+            "guidance_scale": float(scale),
         }
         return GuidanceOutput(loss=loss, logs=logs)
