@@ -1,1 +1,27 @@
-"""engine."""
+"""engine: wires representations, renderers, guidance and exporters into runs.
+
+Public names (imported lazily, so ``import dreamsmith.engine`` and the CLI's ``--help`` do not load
+torch): ``make_config`` (a validated ``RunConfig`` from what a user typed), ``generate`` (a run
+directory with an asset), ``Progress`` (the run's progress callbacks) and ``export_run`` (re-export a
+finished run).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "make_config": "dreamsmith.engine.setup",
+    "generate": "dreamsmith.engine.generate",
+    "Progress": "dreamsmith.engine.generate",
+    "export_run": "dreamsmith.engine.export_run",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'dreamsmith.engine' has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)
