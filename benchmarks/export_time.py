@@ -51,7 +51,7 @@ def albedo(points: torch.Tensor) -> torch.Tensor:
 def export_once(budget: int, args: argparse.Namespace, out: str) -> dict:
     started = time.perf_counter()
     if args.run:
-        from dreamsmith.engine.export_run import export_run
+        from dreamsmith.engine.export import export_run
 
         result = export_run(args.run, formats=args.formats, texture_size=args.texture_size, max_triangles=budget,
                             out=out, preview_resolution=0, device="cpu")

@@ -296,7 +296,7 @@ def fp16_prior():
     sys.path.insert(0, "tests")
     from conftest import build_tiny_sd
 
-    from dreamsmith.guidance.priors import load_prior
+    from dreamsmith.guidance.loading import load_prior
 
     with tempfile.TemporaryDirectory() as folder:
         prior = load_prior(build_tiny_sd(Path(folder) / "tiny-sd"), device=device)

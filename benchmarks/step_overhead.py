@@ -33,11 +33,12 @@ from typing import Any
 
 import torch
 
-from dreamsmith.engine.generate import resolve_device
+from dreamsmith.engine.overrides import make_config
 from dreamsmith.engine.presets import preset_for_model
-from dreamsmith.engine.setup import make_config
+from dreamsmith.engine.run import resolve_device
 from dreamsmith.engine.stage import Stage
-from dreamsmith.guidance.priors import DiffusionPrior, load_prior
+from dreamsmith.guidance.loading import load_prior
+from dreamsmith.guidance.priors import DiffusionPrior
 from dreamsmith.guidance.prompts import VIEW_DIRECTIONS, view_prompt
 
 ROOT = Path(__file__).resolve().parents[1]

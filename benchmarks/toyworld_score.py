@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from dreamsmith.engine.generate import generate
-from dreamsmith.engine.setup import make_config
-from dreamsmith.engine.toyworld_score import Score, load_mesh, score_mesh
+from dreamsmith.engine.overrides import make_config
+from dreamsmith.engine.run import generate
 from dreamsmith.errors import DreamsmithError
-from dreamsmith.representations import toyworld
+from dreamsmith.toyworld import world as toyworld
+from dreamsmith.toyworld.score import Score, load_mesh, score_mesh
 
 
 def score_run(text: str, seed: int, root: Path, preset: str, steps: int | None, overrides: list[str]) -> dict:

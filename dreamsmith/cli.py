@@ -70,9 +70,9 @@ def generate(
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow pickled (.bin/.ckpt) model weights; only for models you trust.")] = False,
 ) -> None:
     """Optimize a 3D asset for PROMPT and write it, with previews and a report, to the run directory."""
-    from dreamsmith.engine.generate import Progress as SilentProgress
-    from dreamsmith.engine.generate import generate as run_generate
-    from dreamsmith.engine.setup import make_config
+    from dreamsmith.engine.overrides import make_config
+    from dreamsmith.engine.run import Progress as SilentProgress
+    from dreamsmith.engine.run import generate as run_generate
 
     try:
         extra = ["allow_pickle=true"] if allow_pickle else []
@@ -106,7 +106,7 @@ def export(
     quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing but errors.")] = False,
 ) -> None:
     """Write RUN_DIR's asset as UV-textured PBR GLB/glTF/OBJ/USDZ with LODs, a QA report and previews."""
-    from dreamsmith.engine.export_run import export_run
+    from dreamsmith.engine.export import export_run
 
     formats = [name.strip().lower() for value in [*(format or ["glb"]), *(more_formats or [])] for name in value.split(",")]
     try:
@@ -160,15 +160,11 @@ def _slug(prompt: str) -> str:
 
 
 def _quiet_libraries() -> None:
-    """Model loading prints progress bars and warnings that mean nothing to a user of this CLI."""
+    """Model loading prints progress bars and warnings that mean nothing to a user of this CLI. Set
+    through the environment, which the libraries read when (and only if) a command imports them."""
     for variable in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
         os.environ.setdefault(variable, "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
 
 
 def main() -> None:

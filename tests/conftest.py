@@ -172,20 +172,20 @@ def tiny_pixel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_sd_prior(tiny_sd_dir: Path):
-    from dreamsmith.guidance.priors import load_prior
+    from dreamsmith.guidance.loading import load_prior
 
     return load_prior(tiny_sd_dir)
 
 
 @pytest.fixture(scope="session")
 def tiny_sd_vpred_prior(tiny_sd_vpred_dir: Path):
-    from dreamsmith.guidance.priors import load_prior
+    from dreamsmith.guidance.loading import load_prior
 
     return load_prior(tiny_sd_vpred_dir)
 
 
 @pytest.fixture(scope="session")
 def tiny_pixel_prior(tiny_pixel_dir: Path):
-    from dreamsmith.guidance.priors import load_prior
+    from dreamsmith.guidance.loading import load_prior
 
     return load_prior(tiny_pixel_dir)

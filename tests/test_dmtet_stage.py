@@ -15,17 +15,17 @@ import trimesh
 
 from dreamsmith.engine.checkpoint import load_checkpoint
 from dreamsmith.engine.config import ExportConfig
-from dreamsmith.engine.generate import Progress, generate
-from dreamsmith.engine.representation_dmtet import max_over_cell
-from dreamsmith.engine.setup import make_config
+from dreamsmith.engine.overrides import make_config
+from dreamsmith.engine.run import Progress, generate
 from dreamsmith.engine.stage import Stage
+from dreamsmith.engine.stages.dmtet import max_over_cell
 from dreamsmith.errors import ConfigError
 from dreamsmith.exporters.isosurface import density_mesh
 from dreamsmith.renderers.cameras import Cameras
 from dreamsmith.renderers.rasterizer import rasterize
 from dreamsmith.renderers.sdf_tracer import render_sdf
-from dreamsmith.representations import toyworld
 from dreamsmith.representations.dmtet import sphere_sdf
+from dreamsmith.toyworld import world as toyworld
 
 sys.path.insert(0, str(Path(__file__).parent))
 from oracles import SingleTargetOracle  # noqa: E402

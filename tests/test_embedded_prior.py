@@ -13,7 +13,7 @@ from dreamsmith.engine.presets import embedded_model_path
 from dreamsmith.guidance import load_prior
 from dreamsmith.renderers.cameras import orbit_cameras
 from dreamsmith.renderers.sdf_tracer import render_sdf
-from dreamsmith.representations import toyworld
+from dreamsmith.toyworld import world as toyworld
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 import pytest
 
 from dreamsmith.engine.config import parse_override
+from dreamsmith.engine.overrides import make_config
 from dreamsmith.engine.presets import preset_for_model, preset_names
-from dreamsmith.engine.setup import make_config
 from dreamsmith.errors import ConfigError
 
 

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from dreamsmith.cli import app
 from dreamsmith.engine.checkpoint import save_checkpoint
 from dreamsmith.engine.config import to_dict
-from dreamsmith.engine.export_run import export_run
+from dreamsmith.engine.export import export_run
+from dreamsmith.engine.overrides import make_config
 from dreamsmith.engine.run_dir import RunDir, write_yaml
-from dreamsmith.engine.setup import make_config
 from dreamsmith.engine.stage import REPRESENTATIONS
 from dreamsmith.errors import RunDirError
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from dreamsmith.engine.representation_nerf import NeRFRepresentation
-from dreamsmith.engine.setup import make_config
+from dreamsmith.engine.overrides import make_config
+from dreamsmith.engine.stages.nerf import NeRFRepresentation
 from dreamsmith.errors import ConfigError, DreamsmithError
 from dreamsmith.exporters.isosurface import sample_grid
 from dreamsmith.exporters.threshold import (
@@ -19,7 +19,7 @@ from dreamsmith.exporters.threshold import (
 from dreamsmith.renderers.cameras import orbit_cameras
 from dreamsmith.renderers.rasterizer import rasterize
 from dreamsmith.renderers.sdf_tracer import render_sdf
-from dreamsmith.representations import toyworld
+from dreamsmith.toyworld import world as toyworld
 
 CPU = torch.device("cpu")
 

@@ -12,8 +12,8 @@ import trimesh
 import yaml
 
 from dreamsmith.engine.checkpoint import load_checkpoint
-from dreamsmith.engine.generate import Progress, generate
-from dreamsmith.engine.setup import make_config
+from dreamsmith.engine.overrides import make_config
+from dreamsmith.engine.run import Progress, generate
 
 # A NeRF and renders small enough that a step takes a fraction of a second on the CPU.
 SMALL = [

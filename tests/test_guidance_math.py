@@ -19,7 +19,7 @@ from dreamsmith.guidance.math import (
     sds_weight,
     v_from_eps,
 )
-from dreamsmith.guidance.schedules import schedule_value
+from dreamsmith.schedules import schedule_value
 
 
 def test_injected_loss_has_gradient_grad_over_batch():

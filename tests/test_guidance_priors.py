@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dreamsmith.errors import ModelLoadError
-from dreamsmith.guidance.priors import DiffusionPrior, c2w16_labels, load_prior
+from dreamsmith.guidance.loading import load_prior
+from dreamsmith.guidance.priors import DiffusionPrior, c2w16_labels
 from dreamsmith.renderers.cameras import Cameras
 
 

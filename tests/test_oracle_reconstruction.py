@@ -12,12 +12,12 @@ import pytest
 import torch
 import trimesh
 
-from dreamsmith.engine.generate import generate
-from dreamsmith.engine.setup import make_config
+from dreamsmith.engine.overrides import make_config
+from dreamsmith.engine.run import generate
 from dreamsmith.renderers.cameras import orbit_cameras
 from dreamsmith.renderers.rasterizer import rasterize
 from dreamsmith.renderers.sdf_tracer import render_sdf
-from dreamsmith.representations import toyworld
+from dreamsmith.toyworld import world as toyworld
 
 sys.path.insert(0, str(Path(__file__).parent))
 from oracles import SingleTargetOracle  # noqa: E402

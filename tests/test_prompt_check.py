@@ -2,8 +2,8 @@
 
 import pytest
 
-from dreamsmith.engine.prompt_check import check_prompt, normalize_prompt
 from dreamsmith.errors import DreamsmithError
+from dreamsmith.guidance.prompt_check import check_prompt, normalize_prompt
 
 
 class Closed:

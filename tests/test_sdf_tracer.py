@@ -9,7 +9,7 @@ import torch
 
 from dreamsmith.renderers.cameras import Cameras
 from dreamsmith.renderers.sdf_tracer import render_sdf
-from dreamsmith.representations import toyworld as tw
+from dreamsmith.toyworld import world as tw
 
 RED = torch.tensor([0.85, 0.10, 0.10])
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from dreamsmith.engine.toyworld_score import ground_truth_mesh, score_mesh
+from dreamsmith.toyworld.score import ground_truth_mesh, score_mesh
 
 
 def test_ground_truth_scores_perfectly_against_itself():

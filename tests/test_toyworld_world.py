@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dreamsmith.representations import toyworld as tw
+from dreamsmith.toyworld import world as tw
 
 
 def _ring(radius: float, y: float, n: int = 16) -> torch.Tensor:

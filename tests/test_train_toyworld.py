@@ -11,8 +11,8 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from transformers import AutoTokenizer, CLIPTextModel
 
-from dreamsmith.engine.toyworld_data import generate_toyworld_dataset
-from dreamsmith.representations import toyworld as tw
+from dreamsmith.toyworld import world as tw
+from dreamsmith.toyworld.data import generate_toyworld_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,9 +22,9 @@ from PIL import Image, ImageDraw
 from transformers import AutoTokenizer, CLIPTextModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dreamsmith.engine.toyworld_data import render_caption  # noqa: E402
 from dreamsmith.renderers.cameras import Cameras  # noqa: E402
-from dreamsmith.representations import toyworld as tw  # noqa: E402
+from dreamsmith.toyworld import world as tw  # noqa: E402
+from dreamsmith.toyworld.data import render_caption  # noqa: E402
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "dreamsmith" / "models" / "toyworld"
 # (azimuth, elevation) in degrees: spread over the training range
@@ -198,7 +198,7 @@ known prompts). Size on disk: {size_mb:.1f} MB.
 
 - data: {log['n_images']} renders of the 44 training captions (the 4 held out never appear),
   cameras with elevation U[-10, 50] deg, azimuth U[0, 360) deg, distance 2.0, fovy 40 deg, made
-  by `dreamsmith.engine.toyworld_data` with the project's SDF tracer ({log['data_seconds']:.0f} s);
+  by `dreamsmith.toyworld.data` with the project's SDF tracer ({log['data_seconds']:.0f} s);
 - {len(losses)} steps at batch {log['batch_size']}, AdamW lr 1e-3, 100 warmup steps then cosine decay,
   seed {log['seed']}, {log['threads']} CPU threads (resumed runs: their own `--threads`);
 - wall time {minutes:.1f} min of rendering and training, summed over the runs above, on a 2-core CPU

@@ -31,8 +31,8 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dreamsmith.engine.toyworld_data import ToyworldDataset, generate_toyworld_dataset  # noqa: E402
-from dreamsmith.representations import toyworld as tw  # noqa: E402
+from dreamsmith.toyworld import world as tw  # noqa: E402
+from dreamsmith.toyworld.data import ToyworldDataset, generate_toyworld_dataset  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "dreamsmith" / "models" / "toyworld"
 TEXT_LENGTH = 6  # [BOS] an orange cube [EOS] + one pad; "" pads to the same length

@@ -12,10 +12,10 @@ import importlib
 from typing import Any
 
 _PUBLIC = {
-    "make_config": "dreamsmith.engine.setup",
-    "generate": "dreamsmith.engine.generate",
-    "Progress": "dreamsmith.engine.generate",
-    "export_run": "dreamsmith.engine.export_run",
+    "make_config": "dreamsmith.engine.overrides",
+    "generate": "dreamsmith.engine.run",
+    "Progress": "dreamsmith.engine.run",
+    "export_run": "dreamsmith.engine.export",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -20,14 +20,14 @@ import yaml
 from dreamsmith.engine.camera_sampling import CameraConfig
 from dreamsmith.engine.losses import LossConfig
 from dreamsmith.engine.optim import OptimConfig
-from dreamsmith.engine.shading_choice import ShadingConfig
+from dreamsmith.engine.shading_sampling import ShadingConfig
 from dreamsmith.errors import ConfigError
-from dreamsmith.guidance.schedules import ScheduleSpec, check_schedule
 from dreamsmith.renderers.mesh_renderer import MeshRendererConfig
 from dreamsmith.renderers.volume import VolumeRendererConfig
 from dreamsmith.representations.background import BackgroundConfig
 from dreamsmith.representations.dmtet import DMTetConfig
 from dreamsmith.representations.nerf import NeRFConfig
+from dreamsmith.schedules import ScheduleSpec, check_schedule
 
 REPRESENTATION_NAMES = ("nerf", "dmtet")
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dreamsmith.guidance.schedules import ScheduleSpec, schedule_value
 from dreamsmith.renderers.outputs import RenderOutput
 from dreamsmith.representations.mesh_regularizers import laplacian_smoothness, normal_consistency
+from dreamsmith.schedules import ScheduleSpec, schedule_value
 
 
 @dataclass

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dreamsmith.guidance.schedules import ScheduleSpec, schedule_value
+from dreamsmith.schedules import ScheduleSpec, schedule_value
 
 
 @dataclass

@@ -3,51 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from dreamsmith.engine.camera_sampling import eval_cameras, sample_cameras
-from dreamsmith.engine.config import ExportConfig, StageConfig, build
+from dreamsmith.engine.config import StageConfig, build
 from dreamsmith.engine.losses import needs_normals
 from dreamsmith.engine.optim import make_optimizer, update_learning_rates
-from dreamsmith.engine.representation_dmtet import DMTetRepresentation
-from dreamsmith.engine.representation_nerf import NeRFRepresentation
-from dreamsmith.engine.shading_choice import choose_light, choose_shading
+from dreamsmith.engine.shading_sampling import choose_light, choose_shading
+from dreamsmith.engine.stages import REPRESENTATIONS, Representation
 from dreamsmith.guidance import GUIDANCES, Guidance, detached
-from dreamsmith.renderers.cameras import Cameras
 from dreamsmith.renderers.outputs import RenderOutput
-from dreamsmith.representations.mesh import Mesh
-
-
-class Representation(Protocol):
-    """What a stage optimizes, together with how it is rendered (see ``representation_*.py``)."""
-
-    config: StageConfig
-    renderer: nn.Module
-
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]: ...
-
-    def set_step(self, step: int) -> None: ...
-
-    def render(self, cameras: Cameras, shading: str, light_dir: Tensor | None, background_color: Tensor | None,
-               generator: torch.Generator | None, need_normals: bool) -> RenderOutput: ...
-
-    def render_previews(self, cameras: Cameras, shading: str) -> RenderOutput: ...
-
-    def regularizers(self, render: RenderOutput, step: int) -> dict[str, Tensor]: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-    def init_from(self, previous: Representation, export: ExportConfig) -> None: ...
-
-    def export_mesh(self, export: ExportConfig) -> Mesh: ...
-
-
-REPRESENTATIONS: dict[str, type] = {"nerf": NeRFRepresentation, "dmtet": DMTetRepresentation}
 
 
 def build_guidance(config: StageConfig, prior: Any, prompt: str) -> Guidance:

@@ -5,11 +5,12 @@ Imports only ``dreamsmith.renderers`` (camera and render types) and ``dreamsmith
 
 from dreamsmith.guidance.base import Guidance, GuidanceOutput, detached
 from dreamsmith.guidance.conditioners import ConditionContext, Conditioner, ControlNetConditioner
-from dreamsmith.guidance.priors import DiffusionPrior, load_prior
+from dreamsmith.guidance.loading import load_prior
+from dreamsmith.guidance.priors import DiffusionPrior
 from dreamsmith.guidance.prompts import PromptCache, view_direction, view_prompt
 from dreamsmith.guidance.registry import GUIDANCES
-from dreamsmith.guidance.schedules import schedule_value
 from dreamsmith.guidance.sds import SDSConfig, SDSGuidance
+from dreamsmith.schedules import schedule_value
 
 __all__ = [
     "GUIDANCES",

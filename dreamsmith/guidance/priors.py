@@ -1,25 +1,14 @@
 """Diffusion priors: any diffusers text-to-image model behind one interface.
 
-:func:`load_prior` reads a diffusers-format folder (or a Hugging Face id, resolved to a folder of
-the local cache) and returns a frozen :class:`DiffusionPrior`: text in, ε out, with the
-scheduler's ᾱ_t, the prediction type (ε or v) and latent vs pixel space. Weights load from
-safetensors only unless the caller allows pickles explicitly.
+A frozen :class:`DiffusionPrior` (made by :func:`dreamsmith.guidance.loading.load_prior`): text in,
+ε out, with the scheduler's ᾱ_t, the prediction type (ε or v) and latent vs pixel space.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
-import json
-import os
-import re
-import socket
-import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from torch import Tensor
@@ -37,19 +26,6 @@ from dreamsmith.renderers.cameras import Cameras
 
 METADATA_FILE = "dreamsmith.json"
 CAMERA_CONDITIONINGS = ("c2w16",)
-COMPONENT_LIBRARIES = ("diffusers", "transformers")
-# Only what a prior loads: the five components and the two index files.
-HUB_PATTERNS = [
-    "model_index.json",
-    METADATA_FILE,
-    "unet/*",
-    "vae/*",
-    "text_encoder/*",
-    "tokenizer/*",
-    "scheduler/*",
-]
-PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _UNET_RESERVED = ("sample", "timestep", "encoder_hidden_states", "class_labels", "return_dict")
 
 
@@ -241,189 +217,3 @@ class DiffusionPrior:
 
 def _as_int(size: int | Sequence[int]) -> int:
     return int(size if isinstance(size, int) else size[0])
-
-
-def load_prior(
-    model: str | Path,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-    allow_pickle: bool = False,
-) -> DiffusionPrior:
-    """Load a frozen :class:`DiffusionPrior` from a diffusers folder or a Hugging Face id.
-
-    The folder holds ``model_index.json`` and the subfolders ``unet``, ``text_encoder``,
-    ``tokenizer``, ``scheduler`` and, for latent models, ``vae`` (absent: pixel space), plus an
-    optional ``dreamsmith.json`` (``camera_conditioning``, ``known_prompts``, ``resolution``,
-    ``fovy_deg``, ``elevation_range``, ``camera_distance``). A Hugging Face id is read from the
-    local cache when offline (``HF_HUB_OFFLINE`` set or the Hub unreachable) and fails at once if it
-    is not there. dtype: fp16 on CUDA, fp32 elsewhere unless given. Weights: safetensors only unless
-    ``allow_pickle``. Raises :class:`ModelLoadError` with what to do.
-    """
-    device = torch.device(device)
-    if dtype is None:
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
-    folder = _resolve_folder(model, allow_pickle)
-    index_file = folder / "model_index.json"
-    if not index_file.is_file():
-        raise ModelLoadError(f"{folder} is not a diffusers model folder: it has no model_index.json")
-    index = _read_json(index_file)
-    metadata_file = folder / METADATA_FILE
-    metadata = _read_json(metadata_file) if metadata_file.is_file() else {}
-    for required in ("unet", "text_encoder", "tokenizer", "scheduler"):
-        if not (folder / required).is_dir():
-            raise ModelLoadError(f"{folder} has no {required}/ folder; a prior needs {required}")
-    has_vae = (folder / "vae").is_dir() and (index.get("vae") or [None])[0] is not None
-    unet = _load_weights(folder, index, "unet", dtype, allow_pickle)
-    vae = _load_weights(folder, index, "vae", dtype, allow_pickle) if has_vae else None
-    text_encoder = _load_weights(folder, index, "text_encoder", dtype, allow_pickle)
-    tokenizer = _load_config_only(folder, index, "tokenizer")
-    scheduler = _load_config_only(folder, index, "scheduler")
-    for module in (unet, vae, text_encoder):
-        if module is not None:
-            module.requires_grad_(False).eval().to(device)
-    return DiffusionPrior(unet, scheduler, text_encoder, tokenizer, vae=vae, metadata=metadata)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelLoadError(f"cannot read {path}: {error}") from error
-
-
-def _load_config_only(folder: Path, index: dict[str, Any], name: str) -> Any:
-    """A component without weights (tokenizer, scheduler)."""
-    cls = _component_class(folder, index, name)
-    try:
-        return cls.from_pretrained(folder / name)
-    except (OSError, ValueError, TypeError) as error:
-        raise ModelLoadError(f"cannot load {folder / name}: {error}") from error
-
-
-def _component_class(folder: Path, index: dict[str, Any], name: str) -> type:
-    entry = index.get(name) or [None, None]
-    library, class_name = entry[0], entry[1]
-    if library not in COMPONENT_LIBRARIES:
-        raise ModelLoadError(
-            f"{folder}/model_index.json: component {name!r} comes from {library!r}; "
-            f"dreamsmith loads components from {' and '.join(COMPONENT_LIBRARIES)} only"
-        )
-    cls = getattr(importlib.import_module(library), class_name, None)
-    if cls is None:
-        raise ModelLoadError(
-            f"{folder}/model_index.json: {library} has no class {class_name!r} (component {name!r})"
-        )
-    return cls
-
-
-def _load_weights(
-    folder: Path, index: dict[str, Any], name: str, dtype: torch.dtype, allow_pickle: bool
-) -> Any:
-    cls = _component_class(folder, index, name)
-    use_safetensors, variant = _weights_format(folder / name, allow_pickle)
-    if cls.__module__.startswith("diffusers"):
-        # low-memory loading needs accelerate; without it diffusers warns on every load
-        kwargs = {
-            "torch_dtype": dtype,
-            "low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None,
-        }
-    else:
-        kwargs = {_transformers_dtype_kwarg(): dtype}
-    try:
-        return cls.from_pretrained(folder / name, use_safetensors=use_safetensors, variant=variant, **kwargs)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise ModelLoadError(f"cannot load {folder / name}: {error}") from error
-
-
-def _transformers_dtype_kwarg() -> str:
-    """transformers 5 renamed ``torch_dtype`` to ``dtype``."""
-    import transformers
-
-    return "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-
-
-def _weights_format(component: Path, allow_pickle: bool) -> tuple[bool, str | None]:
-    """(use_safetensors, variant) for a component folder; refuses pickle-only folders unless allowed."""
-    names = [path.name for path in component.iterdir()]
-    safetensors = [name for name in names if name.endswith(".safetensors")]
-    pickles = [name for name in names if name.endswith(PICKLE_SUFFIXES)]
-    if not safetensors and not pickles:
-        raise ModelLoadError(f"{component} holds no weights")
-    if not safetensors:
-        if not allow_pickle:
-            raise ModelLoadError(
-                f"{component} has only pickled weights ({', '.join(sorted(pickles))}), which can run code "
-                "when loaded; convert them to .safetensors, or pass allow_pickle=True (--allow-pickle) "
-                "if you trust their source"
-            )
-        return False, _variant(pickles)
-    return True, _variant(safetensors)
-
-
-def _variant(weight_files: list[str]) -> str | None:
-    """None when plain weights exist (``model.safetensors``, shards); else the variant, e.g. ``fp16``
-    from ``diffusion_pytorch_model.fp16.safetensors``."""
-    variants = []
-    for name in weight_files:
-        parts = name.split(".")
-        if len(parts) == 2:
-            return None
-        variants.append(parts[-2].split("-")[0])
-    return "fp16" if "fp16" in variants else variants[0]
-
-
-def _resolve_folder(model: str | Path, allow_pickle: bool) -> Path:
-    path = Path(model).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelLoadError(f"{path} is a file; pass a diffusers model folder (with model_index.json)")
-        return path
-    if isinstance(model, str) and _HUB_ID.match(model) and not model.startswith("."):
-        return _from_hub_cache_or_download(model, allow_pickle)
-    raise ModelLoadError(
-        f"model folder {path} does not exist; pass a diffusers model folder or a Hugging Face id (owner/name)"
-    )
-
-
-def _from_hub_cache_or_download(model_id: str, allow_pickle: bool) -> Path:
-    from huggingface_hub import snapshot_download
-
-    offline = _hub_offline()
-    ignore = [] if allow_pickle else [f"*{suffix}" for suffix in PICKLE_SUFFIXES]
-    try:
-        return Path(
-            snapshot_download(
-                model_id, local_files_only=offline, allow_patterns=HUB_PATTERNS, ignore_patterns=ignore
-            )
-        )
-    except Exception as error:  # huggingface_hub raises several unrelated types for "not available"
-        if offline:
-            raise ModelLoadError(
-                f"model {model_id!r} is neither a local folder nor in the local Hugging Face cache, and the "
-                "Hub cannot be reached (offline); download it on a machine with network "
-                f"(`huggingface-cli download {model_id}` or `hf download`) and copy the cache here, "
-                "or pass a local diffusers model folder"
-            ) from error
-        raise ModelLoadError(f"cannot download {model_id!r} from the Hugging Face Hub: {error}") from error
-
-
-def _hub_offline(timeout_s: float = 1.0) -> bool:
-    """True when HF_HUB_OFFLINE is set or the Hub's host does not answer within ``timeout_s``."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
-        return True
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = endpoint.hostname or "huggingface.co", endpoint.port or 443
-    reachable: list[bool] = []
-
-    def connect() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout_s).close()
-            reachable.append(True)
-        except OSError:
-            pass
-
-    # DNS resolution has no timeout of its own: probe in a daemon thread and stop waiting.
-    probe = threading.Thread(target=connect, daemon=True)
-    probe.start()
-    probe.join(timeout_s)
-    return not reachable

@@ -27,9 +27,9 @@ from dreamsmith.guidance.math import (
 )
 from dreamsmith.guidance.priors import DiffusionPrior
 from dreamsmith.guidance.prompts import PromptCache, view_direction
-from dreamsmith.guidance.schedules import ScheduleSpec, schedule_value
 from dreamsmith.renderers.cameras import Cameras
 from dreamsmith.renderers.outputs import RenderOutput
+from dreamsmith.schedules import ScheduleSpec, schedule_value
 
 
 @dataclass

@@ -141,3 +141,16 @@ def ellipsoid_sdf(radii: tuple[float, float, float]) -> PointFunction:
         return ((points / axes.to(points)).norm(dim=-1) - 1.0) * float(axes.min())
 
     return sdf
+
+
+def max_over_cell(density: PointFunction, cell_size: float, samples_per_axis: int = 3) -> PointFunction:
+    """``points [N, 3] -> [N]``: the largest ``density`` on a ``samples_per_axis``^3 lattice spanning
+    one cell centred on each point (a NeRF's surface can be a shell thinner than the grid's cells)."""
+    steps = torch.linspace(-0.5, 0.5, samples_per_axis) * cell_size
+    offsets = torch.stack(torch.meshgrid(steps, steps, steps, indexing="ij"), dim=-1).reshape(-1, 3)
+
+    def pooled(points: Tensor) -> Tensor:
+        shifted = points[:, None] + offsets.to(points)
+        return density(shifted.reshape(-1, 3)).view(points.shape[0], -1).amax(dim=1)
+
+    return pooled

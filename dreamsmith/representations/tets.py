@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import torch
+from scipy import ndimage
 from torch import Tensor
+
+from .marching_tets import TET_EDGES
 
 
 def _kuhn_corners() -> Tensor:
@@ -49,3 +53,25 @@ def tet_grid(resolution: int, bound: float, device: torch.device | str = "cpu") 
     )  # [cells, 8]
     tets = corner_index[:, _kuhn_corners().to(device)]  # [cells, 6, 4]
     return vertices, tets.reshape(-1, 4)
+
+
+def grid_edges(tets: Tensor) -> Tensor:
+    """The unique edges ``[E, 2]`` (lower index first) of tetrahedra ``[T, 4]``."""
+    edges = tets[:, torch.tensor(TET_EDGES, device=tets.device)].reshape(-1, 2)
+    return torch.unique(torch.sort(edges, dim=1).values, dim=0)
+
+
+def cavities(outside: Tensor, resolution: int) -> Tensor:
+    """Outside vertices ``[N]`` of a ``tet_grid`` that no axis-aligned path of outside vertices links to
+    the grid's boundary: bubbles enclosed by the surface. ``outside``: ``[N]`` bool.
+
+    Axis steps only (not every tet edge): a layer of inside vertices one vertex thick, as a thin shell
+    sampled on the grid gives, lets tet diagonals through but encloses what is behind it for these.
+    """
+    n = resolution + 1
+    grid = outside.view(n, n, n).cpu().numpy()
+    labels, _ = ndimage.label(grid)
+    faces_of_cube = [labels[[0, -1]], labels[:, [0, -1]], labels[:, :, [0, -1]]]
+    open_labels = np.unique(np.concatenate([face.ravel() for face in faces_of_cube]))
+    enclosed = grid & ~np.isin(labels, open_labels[open_labels > 0])
+    return torch.from_numpy(enclosed.reshape(-1)).to(outside.device)

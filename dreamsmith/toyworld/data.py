@@ -15,7 +15,7 @@ from torch import Tensor
 
 from dreamsmith.renderers.cameras import Cameras
 from dreamsmith.renderers.sdf_tracer import render_sdf
-from dreamsmith.representations import toyworld as tw
+from dreamsmith.toyworld import world as tw
 
 
 @dataclass

@@ -12,10 +12,10 @@ import yaml
 
 from dreamsmith.engine.checkpoint import load_checkpoint
 from dreamsmith.engine.config import RunConfig, build
+from dreamsmith.engine.device import resolve_device
 from dreamsmith.engine.run_dir import RunDir
-from dreamsmith.engine.stage import REPRESENTATIONS
+from dreamsmith.engine.stages import REPRESENTATIONS
 from dreamsmith.errors import ConfigError, RunDirError
-from dreamsmith.exporters.bake import AlbedoFn
 from dreamsmith.exporters.pipeline import ExportOptions, ExportResult, check_options, check_writable, export_mesh
 
 
@@ -61,18 +61,6 @@ def final_representation(config: RunConfig, state: dict[str, Any], device: torch
     return representation
 
 
-def albedo_function(representation: Any, device: torch.device) -> AlbedoFn:
-    """The representation's albedo of surface points (a NeRF's field, a DMTet's texture field)."""
-    field = representation.field if hasattr(representation, "field") else representation.texture
-    return lambda points: field.albedo(points.to(device))
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def export_run(
     run_dir: Path | str,
     formats: tuple[str, ...] | list[str] = ("glb",),
@@ -99,7 +87,7 @@ def export_run(
     config, state = load_run(run)
     out_dir = Path(out) if out is not None else run.root
     check_writable(out_dir)
-    torch_device = _device(device)
+    torch_device = resolve_device(device)
     representation = final_representation(config, state, torch_device)
     return export_representation(representation, config, torch_device, out_dir, options)
 
@@ -111,4 +99,4 @@ def export_representation(representation: Any, config: RunConfig, device: torch.
     with torch.no_grad():
         mesh = representation.export_mesh(config.export)
     extras = {"prompt": config.prompt, "preset": config.preset, "seed": config.seed, "model": config.model or ""}
-    return export_mesh(mesh, albedo_function(representation, device), out_dir, replace(options, extras=extras))
+    return export_mesh(mesh, representation.albedo, out_dir, replace(options, extras=extras))

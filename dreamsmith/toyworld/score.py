@@ -18,8 +18,8 @@ import trimesh
 from dreamsmith.exporters.isosurface import marching_cubes, sample_grid
 from dreamsmith.renderers.cameras import Cameras, orbit_cameras
 from dreamsmith.renderers.mesh_renderer import MeshRenderer, MeshRendererConfig
-from dreamsmith.representations import toyworld
 from dreamsmith.representations.mesh import Mesh
+from dreamsmith.toyworld import world as toyworld
 
 
 @dataclass

@@ -11,59 +11,23 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import torch
-from scipy import ndimage
 from torch import Tensor, nn
 
 from dreamsmith.engine.config import ExportConfig, StageConfig
 from dreamsmith.engine.losses import dmtet_regularizer_losses
-from dreamsmith.engine.representation_nerf import NeRFRepresentation
+from dreamsmith.engine.stages.nerf import NeRFRepresentation
 from dreamsmith.errors import DreamsmithError
 from dreamsmith.exporters.isosurface import remove_small_components
 from dreamsmith.renderers.cameras import Cameras
 from dreamsmith.renderers.mesh_renderer import MeshRenderer
 from dreamsmith.renderers.outputs import RenderOutput
 from dreamsmith.representations.background import Background
-from dreamsmith.representations.dmtet import DMTet, PointFunction, sphere_sdf
-from dreamsmith.representations.marching_tets import TET_EDGES, marching_tets
+from dreamsmith.representations.dmtet import DMTet, max_over_cell, sphere_sdf
+from dreamsmith.representations.marching_tets import marching_tets
 from dreamsmith.representations.mesh import Mesh
 from dreamsmith.representations.nerf import NeRFField
-
-
-def grid_edges(tets: Tensor) -> Tensor:
-    """The unique edges ``[E, 2]`` (lower index first) of tetrahedra ``[T, 4]``."""
-    edges = tets[:, torch.tensor(TET_EDGES, device=tets.device)].reshape(-1, 2)
-    return torch.unique(torch.sort(edges, dim=1).values, dim=0)
-
-
-def cavities(outside: Tensor, resolution: int) -> Tensor:
-    """Outside vertices ``[N]`` of a ``tet_grid`` that no axis-aligned path of outside vertices links to
-    the grid's boundary: bubbles enclosed by the surface. ``outside``: ``[N]`` bool.
-
-    Axis steps only (not every tet edge): a layer of inside vertices one vertex thick, as a thin shell
-    sampled on the grid gives, lets tet diagonals through but encloses what is behind it for these.
-    """
-    n = resolution + 1
-    grid = outside.view(n, n, n).cpu().numpy()
-    labels, _ = ndimage.label(grid)
-    faces_of_cube = [labels[[0, -1]], labels[:, [0, -1]], labels[:, :, [0, -1]]]
-    open_labels = np.unique(np.concatenate([face.ravel() for face in faces_of_cube]))
-    enclosed = grid & ~np.isin(labels, open_labels[open_labels > 0])
-    return torch.from_numpy(enclosed.reshape(-1)).to(outside.device)
-
-
-def max_over_cell(density: PointFunction, cell_size: float, samples_per_axis: int = 3) -> PointFunction:
-    """``points [N, 3] -> [N]``: the largest ``density`` on a ``samples_per_axis``^3 lattice spanning
-    one cell centred on each point (a NeRF's surface can be a shell thinner than the grid's cells)."""
-    steps = torch.linspace(-0.5, 0.5, samples_per_axis) * cell_size
-    offsets = torch.stack(torch.meshgrid(steps, steps, steps, indexing="ij"), dim=-1).reshape(-1, 3)
-
-    def pooled(points: Tensor) -> Tensor:
-        shifted = points[:, None] + offsets.to(points)
-        return density(shifted.reshape(-1, 3)).view(points.shape[0], -1).amax(dim=1)
-
-    return pooled
+from dreamsmith.representations.tets import cavities, grid_edges
 
 
 class DMTetRepresentation:
@@ -172,6 +136,10 @@ class DMTetRepresentation:
         vertices, faces = self.surface_of_last_render
         return dmtet_regularizer_losses(vertices, faces, self.dmtet.sdf, self.edges, self.config.loss, step)
 
+    def albedo(self, points: Tensor) -> Tensor:
+        """The texture field's albedo at ``points [N, 3]``."""
+        return self.texture.albedo(points.to(self.device))
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "dmtet": self.dmtet.state_dict(),
@@ -217,5 +185,5 @@ class DMTetRepresentation:
             raise DreamsmithError(
                 f"the DMTet of stage '{self.config.name}' has no surface: nothing to export. Look at previews/"
             )
-        colors = self.texture.albedo(torch.from_numpy(mesh.vertices).to(self.device))
+        colors = self.albedo(torch.from_numpy(mesh.vertices))
         return mesh.copy(vertex_colors=colors.clamp(0.0, 1.0).float().cpu().numpy())

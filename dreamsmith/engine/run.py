@@ -17,14 +17,15 @@ import torch
 
 from dreamsmith.engine.checkpoint import load_checkpoint, save_checkpoint
 from dreamsmith.engine.config import RunConfig, differences, to_dict
-from dreamsmith.engine.export_run import export_representation
+from dreamsmith.engine.device import resolve_device
+from dreamsmith.engine.export import export_representation
 from dreamsmith.engine.presets import default_model, resolve_model
 from dreamsmith.engine.previews import preview_grid, write_png
-from dreamsmith.engine.prompt_check import check_prompt
 from dreamsmith.engine.run_dir import RunDir, write_json, write_yaml
 from dreamsmith.engine.stage import Stage
-from dreamsmith.errors import DreamsmithError, RunDirError
+from dreamsmith.errors import RunDirError
 from dreamsmith.exporters.pipeline import ExportOptions
+from dreamsmith.guidance.prompt_check import check_prompt
 
 
 class Progress:
@@ -45,17 +46,6 @@ class StageReport:
     steps: int = 0
     wall_time_s: float = 0.0
     final_losses: dict[str, float] = field(default_factory=dict)
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto -> cuda when available, else cpu; cuda without a GPU is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise DreamsmithError(f"unknown device '{name}'; use auto, cpu or cuda")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DreamsmithError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    return torch.device(name)
 
 
 def package_versions() -> dict[str, str]:

@@ -96,6 +96,10 @@ class NeRFRepresentation:
         """Weighted orientation, sparsity and opacity losses of ``render``."""
         return regularizer_losses(render, self.config.loss, step)
 
+    def albedo(self, points: Tensor) -> Tensor:
+        """The field's albedo at ``points [N, 3]``."""
+        return self.field.albedo(points.to(self.device))
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "field": self.field.state_dict(),
