@@ -19,12 +19,12 @@ from dreamsmith.engine.checkpoint import load_checkpoint, save_checkpoint
 from dreamsmith.engine.config import RunConfig, differences, to_dict
 from dreamsmith.engine.device import resolve_device
 from dreamsmith.engine.export import export_representation
-from dreamsmith.engine.presets import default_model, resolve_model
+from dreamsmith.engine.models import RunPriors
+from dreamsmith.engine.presets import default_model
 from dreamsmith.engine.previews import preview_grid, write_png
 from dreamsmith.engine.run_dir import RunDir, write_json, write_yaml
 from dreamsmith.engine.stage import Stage
 from dreamsmith.errors import RunDirError
-from dreamsmith.exporters.pipeline import ExportOptions
 from dreamsmith.guidance.prompt_check import check_prompt
 
 
@@ -58,14 +58,6 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def load_model(config: RunConfig, device: torch.device) -> Any:
-    """The run's diffusion prior (``config.model``, or the preset's default)."""
-    from dreamsmith.guidance import load_prior
-
-    model = resolve_model(config.model or default_model(config.preset))
-    return load_prior(model, device=device, allow_pickle=config.allow_pickle)
-
-
 def generate(
     config: RunConfig,
     out: Path | str,
@@ -75,16 +67,20 @@ def generate(
 ) -> dict[str, Any]:
     """Run every stage of ``config`` into the run directory ``out`` and export the asset.
 
-    prior: an already loaded diffusion prior (tests pass exact oracles); by default the model is
-    loaded from ``config.model``. resume: continue from ``out``'s last checkpoint. Returns the report.
+    prior: an already loaded diffusion prior for the run's model (tests pass exact oracles); by
+    default each stage's model (its own ``model``, else ``config.model``, else the preset's) is loaded,
+    once per distinct model, before anything runs. resume: continue from ``out``'s last checkpoint.
+    Returns the report.
     """
     progress = progress or Progress()
     check_prompt(config.prompt, None)
     run_dir = RunDir(out)
     state = _resume_state(run_dir, config) if resume else None
     device = resolve_device(config.device)
-    prior = prior if prior is not None else load_model(config, device)
-    check_prompt(config.prompt, prior)
+    priors = RunPriors(config, device, given=prior)
+    stage_priors = [priors.for_stage(stage_config) for stage_config in config.stages]
+    for stage_prior in stage_priors:
+        check_prompt(config.prompt, stage_prior)
     run_dir.prepare()
     write_yaml(run_dir.config, to_dict(config))
 
@@ -103,7 +99,7 @@ def generate(
         previous = stage
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed + index)  # parameter initialization is part of "same seed, same asset"
-            stage = Stage(stage_config, prior, config.prompt, device)
+            stage = Stage(stage_config, stage_priors[index], config.prompt, device, config.allow_pickle)
         first = 0
         if state is not None and index == start_stage:
             stage.load_state_dict(state["stage_state"])
@@ -114,11 +110,7 @@ def generate(
 
     assert stage is not None
     progress.message("extracting the surface")
-    export = config.export
-    options = ExportOptions(formats=tuple(export.formats), texture_size=export.texture_size,
-                            max_triangles=export.max_triangles, lods=export.lods,
-                            preview_resolution=export.preview_resolution)
-    mesh = export_representation(stage.representation, config, device, run_dir.root, options).mesh
+    mesh = export_representation(stage.representation, config, device, run_dir.root, config.export).mesh
     previews = stage.render_previews()
     write_png(run_dir.previews / "final.png", preview_grid(previews))
     report = {

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from dreamsmith import __version__
+from dreamsmith.exporters.options import Material
 from dreamsmith.representations.mesh import Mesh
 
 GENERATOR = f"dreamsmith {__version__}"
@@ -25,18 +25,6 @@ _FLOAT, _UNSIGNED_SHORT, _UNSIGNED_INT = 5126, 5123, 5125
 _ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
 _LINEAR, _LINEAR_MIPMAP_LINEAR, _CLAMP_TO_EDGE = 9729, 9987, 33071
 _GLB_MAGIC, _JSON_CHUNK, _BIN_CHUNK = 0x46546C67, 0x4E4F534A, 0x004E4942
-
-
-@dataclass
-class Material:
-    """Metallic-roughness factors of the exported material (the base colour comes from the texture)."""
-
-    metallic: float = 0.0
-    """Metalness in [0, 1]; score-distilled albedo carries no metalness, so 0."""
-    roughness: float = 0.9
-    """Perceptual roughness in [0, 1]."""
-    name: str = "dreamsmith"
-    """Material name shown in DCC tools."""
 
 
 def texture_png(texture: np.ndarray) -> bytes:

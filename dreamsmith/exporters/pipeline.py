@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from dreamsmith.exporters.decimate import check_budget, decimate
 from dreamsmith.exporters.gltf import Material, write_glb, write_gltf
 from dreamsmith.exporters.lod import lod_meshes, lod_texture_size
 from dreamsmith.exporters.obj import write_obj
+from dreamsmith.exporters.options import ExportOptions
 from dreamsmith.exporters.qa import is_power_of_two, profile, qa_report
 from dreamsmith.exporters.usdz import write_usdz
 from dreamsmith.representations.mesh import Mesh
@@ -43,36 +44,6 @@ WRITERS: dict[str, tuple[str, Writer]] = {
 
 ORIGINS = ("center", "base")
 TEXTURE_SIZE_RANGE = (64, 8192)
-
-
-@dataclass
-class ExportOptions:
-    """What to write and how."""
-
-    formats: tuple[str, ...] = ("glb",)
-    """Any of glb, gltf, obj, usdz."""
-    texture_size: int = 1024
-    """Side of the square base-colour texture in texels (a power of two)."""
-    max_triangles: int | None = None
-    """Triangle budget of the asset (quadric decimation); None keeps every triangle."""
-    lods: int = 0
-    """Further levels of detail, each about half the triangles of the one before."""
-    origin: str = "center"
-    """center: the bounding box centred on the origin; base: resting on y = 0, centred in x and z."""
-    scale: float | None = None
-    """Longest bounding-box side in metres; None keeps the field's metres."""
-    profile: str = "pc"
-    """QA budgets: mobile, pc or hero."""
-    name: str = "asset"
-    """File stem: <name>.glb, <name>_lod1.glb, ..."""
-    extras: dict[str, Any] = field(default_factory=dict)
-    """Written into the files' metadata (the prompt, preset, seed)."""
-    material: Material = field(default_factory=Material)
-    """Metallic and roughness factors."""
-    preview_resolution: int = 256
-    """Turntable frame size in pixels (the poster is twice as large); 0 writes no previews."""
-    keep_fraction: float = 0.05
-    """Cleanup drops pieces with fewer faces than this fraction of the largest (floaters)."""
 
 
 @dataclass
@@ -164,12 +135,12 @@ def export_mesh(mesh: Mesh, albedo: AlbedoFn | None, out_dir: Path | str, option
     timings: dict[str, float] = {}
 
     with _timed(timings, "cleanup"):
-        geometry = cleanup(mesh, keep_fraction=options.keep_fraction)
+        geometry = cleanup(mesh, options.keep_components_fraction)
     if geometry.n_faces == 0:
         raise DreamsmithError("the mesh has no faces left after cleanup: nothing to export")
     with _timed(timings, "decimate"):
         if options.max_triangles is not None and geometry.n_faces > options.max_triangles:
-            geometry = cleanup(decimate(geometry, options.max_triangles), keep_fraction=options.keep_fraction)
+            geometry = cleanup(decimate(geometry, options.max_triangles), options.keep_components_fraction)
     anchor, factor = placement(geometry, options.origin, options.scale)
 
     with _staging(out_dir) as staging:

@@ -218,3 +218,23 @@ def _hub_offline(timeout_s: float = 1.0) -> bool:
     probe.start()
     probe.join(timeout_s)
     return not reachable
+
+
+def load_controlnet(
+    folder: str | Path, device: torch.device | str, dtype: torch.dtype, allow_pickle: bool = False
+) -> torch.nn.Module:
+    """A frozen diffusers ``ControlNetModel`` from ``folder`` (safetensors only unless ``allow_pickle``)."""
+    from diffusers import ControlNetModel
+
+    path = Path(folder).expanduser()
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} is not a diffusers ControlNet folder (no config.json)")
+    use_safetensors, variant = _weights_format(path, allow_pickle)
+    try:
+        controlnet = ControlNetModel.from_pretrained(
+            path, use_safetensors=use_safetensors, variant=variant, torch_dtype=dtype,
+            low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
+        )
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ModelLoadError(f"cannot load the ControlNet {path}: {error}") from None
+    return controlnet.requires_grad_(False).eval().to(device)

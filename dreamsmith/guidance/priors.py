@@ -189,25 +189,23 @@ class DiffusionPrior:
             image_size=self.image_size,
             class_labels=class_labels,
         )
-        with torch.set_grad_enabled(enable_grad), all_applied(conditioners, self.unet):
-            for conditioner in conditioners:
-                embeds = conditioner.transform_prompt_embeds(embeds, context)
-            extra = [conditioner.extra_input_channels(sample, context) for conditioner in conditioners]
-            extra = [channels.to(sample) for channels in extra if channels is not None]
-            if extra:
-                sample = torch.cat([sample, *extra], dim=1)
-            kwargs = merge_unet_kwargs(
-                [conditioner.unet_kwargs(sample, t, embeds, context) for conditioner in conditioners],
-                reserved=_UNET_RESERVED,
-            )
-            output = self.unet(
-                sample,
-                t,
-                encoder_hidden_states=embeds,
-                class_labels=class_labels,
-                return_dict=False,
-                **kwargs,
-            )[0]
+        with torch.set_grad_enabled(enable_grad):
+            deltas = [d for d in (c.time_embedding_delta(context, batch) for c in conditioners) if d is not None]
+            delta = torch.stack(deltas).sum(0) if deltas else None
+            with all_applied(conditioners, self.unet, delta):
+                for conditioner in conditioners:
+                    embeds = conditioner.transform_prompt_embeds(embeds, context)
+                extra = [conditioner.extra_input_channels(sample, context) for conditioner in conditioners]
+                extra = [channels.to(sample) for channels in extra if channels is not None]
+                if extra:
+                    sample = torch.cat([sample, *extra], dim=1)
+                kwargs = merge_unet_kwargs(
+                    [conditioner.unet_kwargs(sample, t, embeds, context) for conditioner in conditioners],
+                    reserved=_UNET_RESERVED,
+                )
+                output = self.unet(
+                    sample, t, encoder_hidden_states=embeds, class_labels=class_labels, return_dict=False, **kwargs
+                )[0]
         output = output[:, : z_t.shape[1]].float()  # learned-variance models also output a variance
         if self.prediction_type == "v_prediction":
             alpha, sigma = alpha_sigma(self.alphas_cumprod, t)
