@@ -18,8 +18,9 @@ from dreamsmith.configs import Range, build, nearest, valid_keys
 from dreamsmith.engine.camera_sampling import CameraConfig
 from dreamsmith.engine.losses import LossConfig
 from dreamsmith.engine.optim import OptimConfig
+from dreamsmith.engine.run_dir import safe_name
 from dreamsmith.engine.shading_sampling import ShadingConfig
-from dreamsmith.errors import ConfigError
+from dreamsmith.errors import ConfigError, DreamsmithError
 from dreamsmith.exporters.options import ExportOptions
 from dreamsmith.renderers.mesh_renderer import MeshRendererConfig
 from dreamsmith.renderers.volume import VolumeRendererConfig
@@ -207,14 +208,29 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
         if stage.name in field_names or not stage.name:
             raise ConfigError(f"stage {index} is named '{stage.name}'; stage names must be non-empty and differ "
                               "from config fields (they prefix per-stage overrides)")
+        safe_name(stage.name, f"stage {index}'s name")
         validate_guidance(stage, f"stages.{index}.")
         if stage.steps < 0:
             raise ConfigError(f"steps of stage '{stage.name}' must be >= 0, got {stage.steps}")
         validate_representation(stage, config.stages[index - 1] if index else None)
+    safe_name(config.export.name, "export.name")
+    check_export_options(config.export)
     threshold = config.export.isosurface_threshold
     if threshold != "auto" and (isinstance(threshold, (bool, str)) or not threshold > 0):
         raise ConfigError(f"export.isosurface_threshold must be a density > 0 or \"auto\", got {threshold!r}")
     return config
+
+
+def check_export_options(export: ExportConfig) -> None:
+    """The exporters' own checks of the export settings, as config errors before the run starts."""
+    from dreamsmith.exporters.pipeline import check_options
+
+    try:
+        check_options(export)
+    except ConfigError:
+        raise
+    except DreamsmithError as error:
+        raise ConfigError(f"export: {error}") from None
 
 
 def validate_representation(stage: StageConfig, previous: StageConfig | None) -> None:
