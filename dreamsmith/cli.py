@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -131,9 +132,9 @@ def export(
                             origin=origin, scale=scale, out=out, profile=profile, preview_resolution=preview_size)
     except DreamsmithError as error:
         _fail(error)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         console.print("interrupted; nothing was written")
-        raise typer.Exit(130) from None
+        raise typer.Exit(getattr(interrupt, "exit_code", 130)) from None
     if quiet:
         return
     report = result.qa["asset"]
@@ -186,14 +187,25 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    from dreamsmith.engine.signals import RunInterrupted
+
+    raise RunInterrupted(signum)
+
+
 def main() -> None:
-    """Entry point: user mistakes end in one line, not a traceback."""
+    """Entry point: user mistakes end in one line, not a traceback; SIGTERM stops like Ctrl-C (a run
+    defers both to its next step boundary)."""
     _quiet_libraries()
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         app()
     except DreamsmithError as error:
         _error_line(error)
         sys.exit(1)
+    except KeyboardInterrupt as interrupt:
+        console.print("interrupted", markup=False)
+        sys.exit(getattr(interrupt, "exit_code", 130))
     except Exception as error:
         if os.environ.get("DREAMSMITH_DEBUG"):
             raise

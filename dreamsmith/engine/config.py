@@ -9,6 +9,7 @@ its name (``coarse.camera.resolution=32``). An unknown key is an error naming th
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -128,15 +129,16 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def parse_override(text: str) -> tuple[str, Any]:
     """``"a.b=value"`` -> ``("a.b", value)`` with the value parsed as YAML (numbers, lists, null)."""
     if "=" not in text:
-        raise ConfigError(f"override '{text}' is not KEY=VALUE")
+        raise ConfigError(f"override {text!r} is not KEY=VALUE")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"override '{text}' has no key")
+        raise ConfigError(f"override {text!r} has no key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as error:
-        raise ConfigError(f"override '{text}': cannot parse the value ({error.problem})") from None
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ConfigError(f"override {text!r}: cannot parse the value ({problem})") from None
     return key, value
 
 
@@ -216,7 +218,8 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
     safe_name(config.export.name, "export.name")
     check_export_options(config.export)
     threshold = config.export.isosurface_threshold
-    if threshold != "auto" and (isinstance(threshold, (bool, str)) or not threshold > 0):
+    if threshold != "auto" and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                or not math.isfinite(threshold) or threshold <= 0):
         raise ConfigError(f"export.isosurface_threshold must be a density > 0 or \"auto\", got {threshold!r}")
     return config
 
