@@ -99,12 +99,14 @@ def _convert(annotation: Any, value: Any, path: str) -> Any:
             _check_limits(limits, number, path)
         return value
     check_choice(annotation, value, path)
-    inner = _dataclass_of(annotation)
-    if inner is not None and isinstance(value, dict):
-        return build(inner, value, path + ".")
     annotation, optional = _optional(annotation)
     if value is None and optional:
         return None
+    inner = _dataclass_of(annotation)
+    if inner is not None:
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{path}' must be a mapping of its settings, got {value!r}")
+        return build(inner, value, path + ".")
     origin = typing.get_origin(annotation)
     if origin is list and value is not None:
         (item_type,) = typing.get_args(annotation)
