@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import trimesh
 from export_shapes import ball, smooth_albedo, validate_gltf
+from usd_checks import usd_validation_errors
 
 from dreamsmith import __version__
 from dreamsmith.errors import DreamsmithError
@@ -72,13 +73,14 @@ def test_trimesh_reloads_the_same_triangles_uvs_and_texture(asset, tmp_path, wri
     assert np.abs(np.asarray(image.convert("RGB"), dtype=np.float64) - expected).max() <= 1
 
 
-def test_usdz_holds_the_mesh_y_up_in_metres_with_its_texture(asset, tmp_path):
+def test_usdz_passes_usd_validators_and_holds_the_mesh_y_up_in_metres_with_its_texture(asset, tmp_path):
     pytest.importorskip("pxr", reason="usd-core (the usd extra) is not installed")
     import zipfile
 
     from pxr import Usd, UsdGeom
 
     write_usdz(tmp_path / "asset.usdz", asset, EXTRAS)
+    assert usd_validation_errors(tmp_path / "asset.usdz") == []
     stage = Usd.Stage.Open(str(tmp_path / "asset.usdz"))
     mesh = UsdGeom.Mesh(stage.GetPrimAtPath("/asset/mesh"))
     counts = np.array(mesh.GetFaceVertexCountsAttr().Get())

@@ -8,6 +8,7 @@ import pytest
 import trimesh
 from export_shapes import ball, smooth_albedo, validate_gltf
 from PIL import Image
+from usd_checks import usd_validation_errors
 
 from dreamsmith.errors import DreamsmithError
 from dreamsmith.exporters import pipeline
@@ -51,6 +52,13 @@ def test_validator_accepts_the_asset_and_its_lod(exported, name):
     out, _ = exported
     report = validate_gltf(out / name)
     assert report["issues"]["numErrors"] == 0 and report["issues"]["numWarnings"] == 0, report["issues"]["messages"]
+
+
+@pytest.mark.skipif("usdz" not in FORMATS, reason="usd-core (the usd extra) is not installed")
+@pytest.mark.parametrize("name", ["asset.usdz", "asset_lod1.usdz"])
+def test_usd_validators_accept_the_asset_and_its_lod(exported, name):
+    out, _ = exported
+    assert usd_validation_errors(out / name) == []
 
 
 def test_every_format_reloads_placed_on_the_ground_with_the_asked_size(exported):

@@ -76,7 +76,7 @@ def write_usdz(path: Path, mesh: Mesh, extras: dict | None = None, material: Mat
             st.Set(Vt.Vec2fArray.FromNumpy(mesh.uvs))
             reader = UsdShade.Shader.Define(stage, "/asset/material/st_reader")
             reader.CreateIdAttr("UsdPrimvarReader_float2")
-            reader.CreateInput("varname", Sdf.ValueTypeNames.Token).Set("st")
+            reader.CreateInput("varname", Sdf.ValueTypeNames.String).Set("st")  # a string in UsdPreviewSurface's spec
             texture = UsdShade.Shader.Define(stage, "/asset/material/base_color")
             texture.CreateIdAttr("UsdUVTexture")
             texture.CreateInput("file", Sdf.ValueTypeNames.Asset).Set(texture_name)
