@@ -17,7 +17,7 @@ from dreamsmith.exporters.cleanup import cleanup
 from dreamsmith.exporters.decimate import decimate
 from dreamsmith.exporters.gltf import Material, write_glb, write_gltf
 from dreamsmith.exporters.obj import write_obj
-from dreamsmith.exporters.usdz import write_usdz
+from dreamsmith.exporters.usdz import usd_available, write_usdz
 from dreamsmith.exporters.uv import unwrap
 
 EXTRAS = {"prompt": "a ball of many colours", "seed": 3}
@@ -82,7 +82,7 @@ def test_usdz_passes_usd_validators_and_holds_the_mesh_y_up_in_metres_with_its_t
     write_usdz(tmp_path / "asset.usdz", asset, EXTRAS)
     assert usd_validation_errors(tmp_path / "asset.usdz") == []
     stage = Usd.Stage.Open(str(tmp_path / "asset.usdz"))
-    mesh = UsdGeom.Mesh(stage.GetPrimAtPath("/asset/mesh"))
+    mesh = UsdGeom.Mesh(stage.GetPrimAtPath("/asset/asset_mesh"))
     counts = np.array(mesh.GetFaceVertexCountsAttr().Get())
     assert len(counts) == asset.n_faces and (counts == 3).all()
     assert UsdGeom.GetStageUpAxis(stage) == "Y" and UsdGeom.GetStageMetersPerUnit(stage) == 1.0
@@ -95,3 +95,24 @@ def test_usdz_without_usd_core_is_a_clear_error(asset, tmp_path, monkeypatch):
     with pytest.raises(DreamsmithError, match=r"pip install 'dreamsmith\[usd\]'"):
         write_usdz(tmp_path / "asset.usdz", asset)
     assert not (tmp_path / "asset.usdz").exists()
+
+
+def test_parts_are_named_after_the_asset_in_every_format(asset, tmp_path):
+    write_glb(tmp_path / "red cube-2.glb", asset, EXTRAS)
+    document = glb_json(tmp_path / "red cube-2.glb")
+    assert document["nodes"][0]["name"] == "red_cube_2" and document["meshes"][0]["name"] == "red_cube_2_mesh"
+    assert document["materials"][0]["name"] == "red_cube_2_material"
+    assert document["images"][0]["name"] == document["textures"][0]["name"] == "red_cube_2_basecolor"
+    write_obj(tmp_path / "red cube-2.obj", asset, EXTRAS, Material(name="painted metal"))
+    obj_text = (tmp_path / "red cube-2.obj").read_text()
+    assert "\no red_cube_2\n" in obj_text and "\nusemtl painted_metal\n" in obj_text
+    assert "newmtl painted_metal\n" in (tmp_path / "red cube-2.mtl").read_text()
+    if usd_available():
+        from pxr import Usd
+
+        write_usdz(tmp_path / "3 red-cubes.usdz", asset, EXTRAS)
+        stage = Usd.Stage.Open(str(tmp_path / "3 red-cubes.usdz"))
+        assert stage.GetDefaultPrim().GetPath() == "/_3_red_cubes"
+        assert {str(prim.GetPath()) for prim in stage.GetDefaultPrim().GetChildren()} == {
+            "/_3_red_cubes/_3_red_cubes_mesh", "/_3_red_cubes/_3_red_cubes_material"}
+        assert usd_validation_errors(tmp_path / "3 red-cubes.usdz") == []
