@@ -16,7 +16,7 @@ from dreamsmith.exporters.bake import bake_base_color
 from dreamsmith.exporters.cleanup import cleanup
 from dreamsmith.exporters.decimate import decimate
 from dreamsmith.exporters.gltf import Material, write_glb, write_gltf
-from dreamsmith.exporters.obj import write_obj
+from dreamsmith.exporters.obj import GLTF_DIELECTRIC_IOR, write_obj
 from dreamsmith.exporters.usdz import usd_available, write_usdz
 from dreamsmith.exporters.uv import unwrap
 
@@ -116,3 +116,34 @@ def test_parts_are_named_after_the_asset_in_every_format(asset, tmp_path):
         assert {str(prim.GetPath()) for prim in stage.GetDefaultPrim().GetChildren()} == {
             "/_3_red_cubes/_3_red_cubes_mesh", "/_3_red_cubes/_3_red_cubes_material"}
         assert usd_validation_errors(tmp_path / "3 red-cubes.usdz") == []
+
+
+def obj_pbr(material) -> dict:
+    """The metallic-roughness values a PBR-aware reader takes from an OBJ material trimesh loaded:
+    ``Pr``/``Pm``, the base colour factor from ``Kd``, and the roughness trimesh derives from ``Ns``."""
+    return {"roughness": float(material.kwargs["pr"][0]), "metallic": float(material.kwargs["pm"][0]),
+            "base_color_factor": np.asarray(material.diffuse, dtype=np.float64) / 255,
+            "roughness_from_ns": float(material.to_pbr().roughnessFactor)}
+
+
+@pytest.mark.parametrize("material", [Material(), Material(metallic=0.3, roughness=0.45)])
+def test_glb_and_obj_read_back_with_the_same_material(asset, tmp_path, material):
+    write_glb(tmp_path / "asset.glb", asset, EXTRAS, material)
+    write_obj(tmp_path / "asset.obj", asset, EXTRAS, material)
+    from_glb = trimesh.load(tmp_path / "asset.glb", force="mesh", process=False).visual.material
+    from_obj = trimesh.load(tmp_path / "asset.obj", force="mesh", process=False).visual.material
+    obj = obj_pbr(from_obj)
+    assert from_glb.roughnessFactor == pytest.approx(material.roughness) == obj["roughness"]
+    assert from_glb.metallicFactor == pytest.approx(material.metallic) == obj["metallic"]
+    assert obj["roughness_from_ns"] == pytest.approx(material.roughness, abs=1e-4)  # Phong readers agree too
+    glb_factor = from_glb.baseColorFactor if from_glb.baseColorFactor is not None else np.full(4, 255)
+    assert np.allclose(np.asarray(glb_factor) / 255, obj["base_color_factor"])  # both white: the texture alone
+    glb_texels = np.asarray(from_glb.baseColorTexture.convert("RGB"))
+    obj_texels = np.asarray(from_obj.image.convert("RGB"))
+    assert glb_texels.shape == (128, 128, 3) and np.array_equal(glb_texels, obj_texels)
+    # glTF's dielectric reflects F0 = 0.04 (IOR 1.5); Blender reads the mean of Ks as the specular level
+    # that scales F0 from Ni (0.5: unchanged): the OBJ must say the same, not Ks 0 (no specular at all).
+    mtl = dict(line.split(" ", 1) for line in (tmp_path / "asset.mtl").read_text().splitlines()[1:])
+    ior, level = float(mtl["Ni"]), np.mean([float(v) for v in mtl["Ks"].split()])
+    assert ior == GLTF_DIELECTRIC_IOR and ((ior - 1) / (ior + 1)) ** 2 * 2 * level == pytest.approx(0.04)
+    assert mtl["illum"] == "2"  # highlights on

@@ -11,6 +11,13 @@ from dreamsmith.exporters.gltf import GENERATOR, Material, texture_png
 from dreamsmith.exporters.names import AssetNames
 from dreamsmith.representations.mesh import Mesh
 
+GLTF_DIELECTRIC_IOR = 1.5
+"""glTF's core metallic-roughness material is a dielectric of index 1.5 (F0 = 0.04) where not metallic."""
+SPECULAR_LEVEL = 0.5
+"""Ks that keeps that dielectric reflectance in Blender's reader and writer, which take the mean of Ks
+as the Principled BSDF's "Specular IOR Level" (0.5: F0 from the IOR unchanged; 0 removes all specular)."""
+MAX_SPECULAR_EXPONENT = 1000.0
+
 
 def _rows(prefix: str, values: np.ndarray) -> str:
     buffer = io.StringIO()
@@ -18,10 +25,26 @@ def _rows(prefix: str, values: np.ndarray) -> str:
     return "".join(f"{prefix} {line}\n" for line in buffer.getvalue().splitlines())
 
 
+def specular_exponent(roughness: float) -> float:
+    """Phong exponent ``Ns`` of a perceptual ``roughness`` for readers without ``Pr``: Blinn-Phong's
+    exponent of a Beckmann lobe of width alpha = roughness², ``2 / alpha² - 2`` (Walter et al. 2007,
+    "Microfacet models for refraction"), capped at MTL's customary 1000; trimesh inverts exactly this."""
+    alpha_squared = max(roughness, 1e-3) ** 4
+    return min(2.0 / alpha_squared - 2.0, MAX_SPECULAR_EXPONENT)
+
+
 def mtl_text(material: Material, material_name: str, texture_name: str | None) -> str:
-    """The MTL of the asset's one material; ``Pr``/``Pm`` are the PBR extension Blender reads."""
-    lines = [f"# {GENERATOR}", f"newmtl {material_name}", "Ka 0 0 0", "Kd 1 1 1", "Ks 0 0 0", "Ns 10",
-             "d 1", "illum 1", f"Pr {material.roughness:g}", f"Pm {material.metallic:g}"]
+    """The MTL of the asset's one material, matching the glTF's metallic-roughness PBR material.
+
+    ``Pr``/``Pm`` (the PBR extension Blender and others read) carry roughness and metalness exactly;
+    ``Ks``, ``Ni`` and ``illum 2`` (highlights on) keep glTF's dielectric specular; ``Ns`` approximates
+    the roughness for Phong readers; ``Kd 1 1 1`` leaves the base colour to the texture, as glTF's
+    factor of 1 does; no ambient (``Ka 0 0 0``), which glTF does not have.
+    """
+    metallic, roughness = float(material.metallic), float(material.roughness)
+    lines = [f"# {GENERATOR}", f"newmtl {material_name}", "Ka 0 0 0", "Kd 1 1 1",
+             f"Ks {SPECULAR_LEVEL:g} {SPECULAR_LEVEL:g} {SPECULAR_LEVEL:g}", f"Ns {specular_exponent(roughness):.6g}",
+             f"Ni {GLTF_DIELECTRIC_IOR:g}", "d 1", "illum 2", f"Pr {roughness:g}", f"Pm {metallic:g}"]
     if texture_name:
         lines.append(f"map_Kd {texture_name}")
     return "\n".join(lines) + "\n"
