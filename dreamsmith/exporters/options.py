@@ -47,3 +47,5 @@ class ExportOptions:
     """Turntable frame size in pixels (the poster is twice as large); 0 writes no previews."""
     keep_components_fraction: float = 0.05
     """Drop connected components with fewer faces than this fraction of the largest (floaters)."""
+    crease_angle: float = 40.0
+    """Edges whose faces' normals differ by more degrees than this are shaded hard (180: every edge smooth)."""

@@ -26,6 +26,7 @@ from dreamsmith.exporters.cleanup import cleanup
 from dreamsmith.exporters.decimate import check_budget, decimate
 from dreamsmith.exporters.gltf import Material, write_glb, write_gltf
 from dreamsmith.exporters.lod import lod_meshes, lod_texture_size
+from dreamsmith.exporters.normals import crease_vertex_normals
 from dreamsmith.exporters.obj import write_obj
 from dreamsmith.exporters.options import ExportOptions
 from dreamsmith.exporters.qa import is_power_of_two, profile, qa_report
@@ -109,14 +110,18 @@ def place(mesh: Mesh, anchor: np.ndarray, factor: float) -> Mesh:
     return mesh.copy(vertices=((mesh.vertices - anchor) * factor).astype(np.float32))
 
 
-def textured(geometry: Mesh, albedo: AlbedoFn, texture_size: int, timings: dict[str, float]) -> Mesh:
-    """Unwrap and bake one level (adds the time of each to ``timings``)."""
+def textured(geometry: Mesh, albedo: AlbedoFn, texture_size: int, crease_angle: float,
+             timings: dict[str, float]) -> Mesh:
+    """Unwrap, bake and split the normals at ``crease_angle`` degrees of one level (adds the time of
+    each to ``timings``). The split copies UVs with positions, so it leaves the texture as baked."""
     from dreamsmith.exporters.uv import unwrap
 
     with _timed(timings, "unwrap"):
         mesh = unwrap(geometry, texture_size)
     with _timed(timings, "bake"):
-        return bake_base_color(mesh, albedo, texture_size)
+        mesh = bake_base_color(mesh, albedo, texture_size)
+    with _timed(timings, "normals"):
+        return crease_vertex_normals(mesh, crease_angle)
 
 
 def export_mesh(mesh: Mesh, albedo: AlbedoFn | None, out_dir: Path | str, options: ExportOptions | None = None,
@@ -145,7 +150,7 @@ def export_mesh(mesh: Mesh, albedo: AlbedoFn | None, out_dir: Path | str, option
 
     with _staging(out_dir) as staging:
         written: list[Path] = []
-        asset = place(textured(geometry, albedo, options.texture_size, timings), anchor, factor)
+        asset = place(textured(geometry, albedo, options.texture_size, options.crease_angle, timings), anchor, factor)
         with _timed(timings, "write"):
             written += _write_level(asset, staging / options.name, options)
         with _timed(timings, "qa"):
@@ -153,7 +158,7 @@ def export_mesh(mesh: Mesh, albedo: AlbedoFn | None, out_dir: Path | str, option
         with _timed(timings, "lods"):
             for level, lod_geometry in enumerate(lod_meshes(geometry, options.lods) if options.lods else [], start=1):
                 size = lod_texture_size(options.texture_size, level)
-                lod = place(textured(lod_geometry, albedo, size, {}), anchor, factor)
+                lod = place(textured(lod_geometry, albedo, size, options.crease_angle, {}), anchor, factor)
                 written += _write_level(lod, staging / f"{options.name}_lod{level}", options)
                 lod_qa = qa_report(lod, options.profile, level)
                 report["lods"].append({"level": level, "triangles": lod.n_faces, "texture_size": size,

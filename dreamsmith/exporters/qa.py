@@ -28,7 +28,7 @@ class Profile:
     max_triangles: int
     """Triangles of the asset (warn up to 1.25x, fail beyond)."""
     max_vertices: int
-    """Vertices after UV-seam splits (warn beyond)."""
+    """Vertices after UV-seam and hard-edge splits (warn beyond)."""
     max_texture_size: int
     """Largest texture side in texels (warn beyond)."""
     min_texel_density: float
