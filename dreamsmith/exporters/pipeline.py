@@ -1,5 +1,5 @@
-"""The export pipeline: cleanup -> decimation -> UV unwrap -> texture bake -> placement -> writers, LODs,
-QA report and previews.
+"""The export pipeline: cleanup -> decimation -> UV unwrap -> texture bake -> normals split at the crease
+angle -> placement -> writers, LODs, QA report and previews.
 
 Everything is written into a hidden staging folder inside the output folder and renamed into place at
 the end, so a failure (or Ctrl-C) never leaves a partial asset where the asset should be.
@@ -64,7 +64,7 @@ class ExportResult:
     qa: dict[str, Any]
     """The QA report (also written to qa.json)."""
     timings: dict[str, float]
-    """Wall seconds per step: cleanup, decimate, unwrap, bake, write, lods, qa, previews."""
+    """Wall seconds per step: cleanup, decimate, unwrap, bake, normals, write, lods, qa, previews."""
     mesh: Mesh
     """The level-0 asset as written (placed, UV-textured)."""
 
