@@ -8,6 +8,7 @@ import trimesh
 from export_shapes import ball, smooth_albedo, unit_cube, validate_gltf
 from PIL import Image
 from scipy import ndimage
+from usd_checks import usd_validation_errors
 
 from dreamsmith.exporters.bake import sample_texture
 from dreamsmith.exporters.cleanup import cleanup, face_normals, smooth_vertex_normals, weld_index
@@ -16,6 +17,7 @@ from dreamsmith.exporters.lod import lod_meshes
 from dreamsmith.exporters.normals import crease_vertex_normals
 from dreamsmith.exporters.pipeline import ExportOptions, export_mesh
 from dreamsmith.exporters.previews import poster
+from dreamsmith.exporters.usdz import usd_available
 from dreamsmith.representations.mesh import Mesh
 
 
@@ -36,7 +38,8 @@ def terracotta(points: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def exported_cube(tmp_path_factory):
     out = tmp_path_factory.mktemp("cube")
-    options = ExportOptions(formats=("glb", "obj"), texture_size=64, preview_resolution=96, name="cube")
+    formats = ("glb", "obj", "usdz") if usd_available() else ("glb", "obj")
+    options = ExportOptions(formats=formats, texture_size=64, preview_resolution=96, name="cube")
     return out, export_mesh(unit_cube(), terracotta, out, options)
 
 
@@ -50,6 +53,14 @@ def test_an_exported_cube_reads_back_with_face_aligned_normals_on_every_face(exp
         # 6 faces x 4 corners: every cube corner split into its 3 faces' normals
         assert len(np.unique(np.round(np.hstack([loaded.vertices, loaded.vertex_normals]), 5), axis=0)) == 24
     assert validate_gltf(out / "cube.glb")["issues"]["numErrors"] == 0
+    if usd_available():
+        from pxr import Usd, UsdGeom
+
+        assert usd_validation_errors(out / "cube.usdz") == []
+        stage = Usd.Stage.Open(str(out / "cube.usdz"))
+        usd_mesh = UsdGeom.Mesh(stage.GetPrimAtPath("/cube/cube_mesh"))
+        mesh = Mesh(np.array(usd_mesh.GetPointsAttr().Get()), np.array(usd_mesh.GetFaceVertexIndicesAttr().Get()))
+        assert corner_alignment(np.array(usd_mesh.GetNormalsAttr().Get()), mesh).min() > 0.9999
     metrics = result.qa["asset"]["metrics"]
     assert metrics["watertight"] and metrics["boundary_edges"] == 0 and metrics["connected_components"] == 1
 
