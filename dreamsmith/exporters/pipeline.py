@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from dreamsmith.engine.run_dir import safe_name
 from dreamsmith.errors import DreamsmithError
 from dreamsmith.exporters.bake import AlbedoFn, bake_base_color, vertex_color_albedo
 from dreamsmith.exporters.cleanup import cleanup
@@ -104,7 +105,7 @@ def check_options(options: ExportOptions) -> None:
         raise DreamsmithError(f"--preview-size {options.preview_resolution} must be 0 (no previews) or a multiple "
                               f"of 16 from {low} to {high} (video encoders need whole macro blocks)")
     profile(options.profile)
-    _check_name(options.name)
+    safe_name(options.name, "export.name")  # the file stem of every file written: never a path
     _fraction("export.material.metallic", options.material.metallic)
     _fraction("export.material.roughness", options.material.roughness)
     _fraction("export.keep_components_fraction", options.keep_components_fraction)
@@ -140,14 +141,6 @@ def _check_lods(lods: int, max_triangles: int | None) -> None:
                               f"{max_lod_levels(max_triangles)} ({halving})")
     if lods > MAX_LODS:
         raise DreamsmithError(f"--lods {lods} is more than any mesh can use: at most {MAX_LODS} ({halving})")
-
-
-def _check_name(name: Any) -> None:
-    """The name is the file stem of every file written: a plain file name, never a path."""
-    if not (isinstance(name, str) and name and name not in (".", "..") and Path(name).name == name
-            and "\\" not in name and "\0" not in name and len(name) <= 100):
-        raise DreamsmithError(f"export name {name!r} must be a plain file name of at most 100 characters "
-                              "(no folders), e.g. asset")
 
 
 def _check_finite(options: Any, prefix: str = "export.") -> None:
