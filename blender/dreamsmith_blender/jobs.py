@@ -32,7 +32,7 @@ def start(client: Client, job: dict, request: dict) -> None:
     ActiveJob.request, ActiveJob.server = request, client.address
     state = bpy.context.window_manager.dreamsmith_job
     state.job_id, state.state, state.progress, state.eta_s, state.error = job["id"], job["state"], 0.0, -1.0, ""
-    state.text, state.preview_icon = "queued", 0
+    state.text, state.preview, state.preview_icon = "queued", "", 0
     ActiveJob.watcher.start()
     if not bpy.app.timers.is_registered(tick):
         bpy.app.timers.register(tick, first_interval=TIMER_S)
@@ -58,7 +58,7 @@ def tick() -> float | None:
         if kind == "status":
             _show_status(state, value)
         elif kind == "preview":
-            state.preview_icon = _load_preview(value)
+            state.preview, state.preview_icon = str(value), _load_preview(value)
         elif kind == "error":
             state.error, state.text = value, value
             report_error(value)

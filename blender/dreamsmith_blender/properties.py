@@ -41,7 +41,8 @@ class DreamsmithJobState(bpy.types.PropertyGroup):
     progress: FloatProperty(name="Progress", min=0.0, max=1.0, default=0.0)
     eta_s: FloatProperty(name="ETA", default=-1.0)
     text: StringProperty(name="Status", default="")
-    preview_icon: IntProperty(name="Preview", default=0)
+    preview: StringProperty(name="Preview", description="The latest preview PNG, downloaded", default="")
+    preview_icon: IntProperty(name="Preview icon", default=0)
     error: StringProperty(name="Error", default="")
 
 

@@ -40,7 +40,7 @@ seen_progress = []
 while True:
     interval = jobs.tick()
     state = bpy.context.window_manager.dreamsmith_job
-    seen_progress.append([state.state, round(state.progress, 4), round(state.eta_s, 2), state.preview_icon])
+    seen_progress.append([state.state, round(state.progress, 4), round(state.eta_s, 2), state.preview])
     if interval is None or time.monotonic() - started > 600:
         break
     time.sleep(interval)
