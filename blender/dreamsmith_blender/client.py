@@ -14,7 +14,7 @@ TIMEOUT_S = 10.0
 
 
 class ServerError(Exception):
-    """The server refused a request or could not be reached; the message is one line for a report."""
+    """A request that cannot be made, was refused or found no server; one line for a Blender report."""
 
 
 class Client:

@@ -26,29 +26,38 @@ def checked(client: Client) -> Client:
     return client
 
 
-class DREAMSMITH_OT_generate(bpy.types.Operator):
+class ServerOperator(bpy.types.Operator):
+    """One request to the server; its refusals and connection errors become Blender error reports."""
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            return self.request(context)
+        except ServerError as error:
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
+
+    def request(self, context: bpy.types.Context) -> set[str]:
+        raise NotImplementedError
+
+
+class DREAMSMITH_OT_generate(ServerOperator):
     """Make an asset from the prompt on the dreamsmith server, then import it"""
 
     bl_idname = "dreamsmith.generate"
     bl_label = "Generate"
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
+    def request(self, context: bpy.types.Context) -> set[str]:
         request = generate_request(context.scene.dreamsmith)
         if not request["prompt"]:
-            self.report({"ERROR"}, "write a prompt first")
-            return {"CANCELLED"}
-        try:
-            client = _client(context)
-            job = client.submit(request)
-        except ServerError as error:
-            self.report({"ERROR"}, str(error))
-            return {"CANCELLED"}
+            raise ServerError("write a prompt first")
+        client = _client(context)
+        job = client.submit(request)
         jobs.start(client, job, request)
         self.report({"INFO"}, f"dreamsmith job {job['id'][:8]} queued")
         return {"FINISHED"}
 
 
-class DREAMSMITH_OT_cancel(bpy.types.Operator):
+class DREAMSMITH_OT_cancel(ServerOperator):
     """Stop the running job at the next step (it keeps a checkpoint and can be resumed)"""
 
     bl_idname = "dreamsmith.cancel"
@@ -58,16 +67,12 @@ class DREAMSMITH_OT_cancel(bpy.types.Operator):
     def poll(cls, context: bpy.types.Context) -> bool:
         return context.window_manager.dreamsmith_job.state in ("queued", "running")
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        try:
-            _client(context).cancel(context.window_manager.dreamsmith_job.job_id)
-        except ServerError as error:
-            self.report({"ERROR"}, str(error))
-            return {"CANCELLED"}
+    def request(self, context: bpy.types.Context) -> set[str]:
+        _client(context).cancel(context.window_manager.dreamsmith_job.job_id)
         return {"FINISHED"}
 
 
-class DREAMSMITH_OT_texture_selected(bpy.types.Operator):
+class DREAMSMITH_OT_texture_selected(ServerOperator):
     """Export the selected mesh as GLB and ask the server to texture it from the prompt"""
 
     bl_idname = "dreamsmith.texture_selected"
@@ -77,21 +82,17 @@ class DREAMSMITH_OT_texture_selected(bpy.types.Operator):
     def poll(cls, context: bpy.types.Context) -> bool:
         return any(obj.type == "MESH" for obj in context.selected_objects)
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
+    def request(self, context: bpy.types.Context) -> set[str]:
+        client = _client(context)
         with tempfile.TemporaryDirectory(prefix="dreamsmith-") as folder:
             path = Path(folder) / "selected.glb"
             bpy.ops.export_scene.gltf(filepath=str(path), export_format="GLB", use_selection=True)
-            try:
-                job = _client(context).texture(path.read_bytes(), context.scene.dreamsmith.prompt)
-            except ServerError as error:
-                self.report({"ERROR"}, str(error))
-                return {"CANCELLED"}
-        request = {"prompt": context.scene.dreamsmith.prompt, "lods": 0}
-        jobs.start(_client(context), job, request)
+            job = client.texture(path.read_bytes(), context.scene.dreamsmith.prompt)
+        jobs.start(client, job, {"prompt": context.scene.dreamsmith.prompt, "lods": 0})
         return {"FINISHED"}
 
 
-class DREAMSMITH_OT_edit_selected(bpy.types.Operator):
+class DREAMSMITH_OT_edit_selected(ServerOperator):
     """Ask the server to edit the selected asset (one dreamsmith made) by the edit instruction"""
 
     bl_idname = "dreamsmith.edit_selected"
@@ -101,18 +102,13 @@ class DREAMSMITH_OT_edit_selected(bpy.types.Operator):
     def poll(cls, context: bpy.types.Context) -> bool:
         return context.active_object is not None and "dreamsmith_job" in context.active_object
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
+    def request(self, context: bpy.types.Context) -> set[str]:
         settings = context.scene.dreamsmith
         if not settings.edit_instruction.strip():
-            self.report({"ERROR"}, "write what to change in the Edit field first")
-            return {"CANCELLED"}
+            raise ServerError("write what to change in the Edit field first")
         asset = context.active_object
-        try:
-            client = checked(Client(asset.get("dreamsmith_server") or settings.server, settings.token))
-            job = client.edit(asset["dreamsmith_job"], settings.edit_instruction.strip())
-        except ServerError as error:
-            self.report({"ERROR"}, str(error))
-            return {"CANCELLED"}
+        client = checked(Client(asset.get("dreamsmith_server") or settings.server, settings.token))
+        job = client.edit(asset["dreamsmith_job"], settings.edit_instruction.strip())
         prompt = f"{asset['dreamsmith_prompt']} ({settings.edit_instruction.strip()})"
         jobs.start(client, job, {"prompt": prompt, "lods": 0})
         return {"FINISHED"}

@@ -22,7 +22,10 @@ class AccessGuard:
         self.app, self.config = app, config
 
     async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001 - the ASGI signature
-        if scope["type"] in ("http", "websocket"):
+        if scope["type"] == "websocket":  # the API has none; refuse rather than pass one unchecked
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] == "http":
             refusal = self.refusal(scope)
             if refusal is not None:
                 status, detail = refusal
