@@ -3,9 +3,9 @@
     python benchmarks/server_overhead.py [--prompt "a red cube"] [--steps 30] [--repeats 2]
 
 Each repeat times `dreamsmith generate PROMPT --steps N --quiet` as a subprocess (process start,
-model load, steps, export) and then the same request submitted to a live server on 127.0.0.1, from
-POST to the job's `succeeded` state as a client sees it; the pairs alternate so machine load
-drifts hit both. Prints JSON with every time and the median ratio server / CLI.
+model load, steps, export) and the same request submitted to a live server on 127.0.0.1, from POST
+to the job's `succeeded` state as a client sees it; which goes first alternates between repeats, so
+drifts in machine load hit both. Prints JSON with every time and the median ratio server / CLI.
 """
 
 from __future__ import annotations
@@ -69,9 +69,12 @@ def main() -> None:
                 except OSError:
                     time.sleep(0.2)
             cli, served = [], []
-            for repeat in range(args.repeats):
-                cli.append(time_cli(args.prompt, args.steps, Path(folder) / f"cli-{repeat}"))
-                served.append(time_server(url, args.prompt, args.steps))
+            for repeat in range(args.repeats):  # CLI first, then server first: load drifts hit both alike
+                for side in ("cli", "server") if repeat % 2 == 0 else ("server", "cli"):
+                    if side == "cli":
+                        cli.append(time_cli(args.prompt, args.steps, Path(folder) / f"cli-{repeat}"))
+                    else:
+                        served.append(time_server(url, args.prompt, args.steps))
         finally:
             server.terminate()
             server.wait(120)

@@ -197,9 +197,7 @@ def serve(
 
     config = ServerConfig(host=host, port=port, token=token, jobs_dir=jobs_dir, devices=tuple(device or ["auto"]))
     try:
-        config.check()
-        console.print(f"dreamsmith serving http://{host}:{port} (jobs in {jobs_dir}); Ctrl-C stops, running jobs checkpoint")
-        run_server(config)
+        run_server(config, announce=console.print)
     except DreamsmithError as error:
         _fail(error)
     except ModuleNotFoundError as error:

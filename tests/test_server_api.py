@@ -6,6 +6,7 @@ The app runs without its scheduler here (jobs stay queued); tests/test_server_jo
 from __future__ import annotations
 
 import json
+import socket
 import struct
 
 import pytest
@@ -201,3 +202,20 @@ def _glb(document: dict) -> bytes:
     payload = json.dumps(document).encode()
     payload += b" " * (-len(payload) % 4)
     return struct.pack("<4sII", b"glTF", 2, 20 + len(payload)) + struct.pack("<II", len(payload), 0x4E4F534A) + payload
+
+
+def test_serve_command_refuses_bad_settings_in_one_line(tmp_path):
+    from test_generate import assert_clean_failure, run_cli
+
+    assert_clean_failure(run_cli("serve", "--host", "0.0.0.0", "--jobs-dir", str(tmp_path / "jobs")), "without a token")
+    (tmp_path / "file").write_text("")
+    assert_clean_failure(run_cli("serve", "--jobs-dir", str(tmp_path / "file")), "cannot use jobs folder")
+    assert_clean_failure(run_cli("serve", "--port", "70000"), "--port")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert_clean_failure(run_cli("serve", "--port", port, "--jobs-dir", str(tmp_path / "jobs")), "cannot listen")
+    help_text = run_cli("serve", "--help").stdout
+    for option in ("--host", "--port", "--token", "--jobs-dir", "--device"):
+        assert option in help_text

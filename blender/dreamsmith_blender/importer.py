@@ -22,6 +22,11 @@ def import_asset(folder: Path, prompt: str, job_id: str, server: str, lods: int)
             child = _import_one(folder / f"asset_lod{level}.glb", f"{collection.name}_LOD{level}")
             child.parent = asset
             child.hide_viewport = child.hide_render = True
+    except RuntimeError:  # leave no half-imported collection behind
+        for obj in list(collection.objects):
+            bpy.data.objects.remove(obj)
+        bpy.data.collections.remove(collection)
+        raise
     finally:
         view_layer.active_layer_collection = previous
     asset["dreamsmith_job"], asset["dreamsmith_prompt"], asset["dreamsmith_server"] = job_id, prompt, server

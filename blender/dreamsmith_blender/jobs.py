@@ -68,9 +68,9 @@ def tick() -> float | None:
             try:
                 asset = import_asset(value, ActiveJob.request["prompt"], watcher.job_id, ActiveJob.server,
                                      ActiveJob.request.get("lods", 0))
-            except RuntimeError as error:
-                state.error = str(error)
-                report_error(str(error))
+            except RuntimeError as error:  # the glTF importer's own failures come as RuntimeError too
+                state.error = state.text = f"import failed: {str(error).strip()}"
+                report_error(state.error)
             else:
                 state.text = f"imported {asset.name}"
             ActiveJob.watcher = None

@@ -7,6 +7,8 @@ The HTTP layer never imports torch: jobs run in worker processes (``dreamsmith.s
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dreamsmith.server.config import ServerConfig
 
 __all__ = ["ServerConfig", "create_app", "serve"]
@@ -19,8 +21,8 @@ def create_app(config: ServerConfig):  # noqa: ANN201 - FastAPI is imported lazi
     return build(config)
 
 
-def serve(config: ServerConfig) -> None:
+def serve(config: ServerConfig, announce: Callable[[str], None] = print) -> None:
     """Listen on ``config.host:config.port`` until interrupted (see ``dreamsmith.server.serve``)."""
     from dreamsmith.server.serve import serve as run
 
-    run(config)
+    run(config, announce)

@@ -48,8 +48,8 @@ def create_app(config: ServerConfig, run_jobs: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if run_jobs:
-            scheduler.start()
+        if run_jobs:  # in a thread: recovery may wait for a previous server's orphaned workers to stop
+            await asyncio.to_thread(scheduler.start)
         yield
         if run_jobs:
             await asyncio.to_thread(scheduler.stop)
