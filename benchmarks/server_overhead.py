@@ -5,7 +5,8 @@
 Each repeat times `dreamsmith generate PROMPT --steps N --quiet` as a subprocess (process start,
 model load, steps, export) and the same request submitted to a live server on 127.0.0.1, from POST
 to the job's `succeeded` state as a client sees it; which goes first alternates between repeats, so
-drifts in machine load hit both. Prints JSON with every time and the median ratio server / CLI.
+drifts in machine load hit both. Prints JSON with every time, the median ratio server / CLI, the
+time each job waited in the queue and what one step's progress report costs the worker.
 """
 
 from __future__ import annotations
@@ -38,14 +39,30 @@ def time_cli(prompt: str, steps: int, out: Path) -> float:
     return time.perf_counter() - started
 
 
-def time_server(url: str, prompt: str, steps: int) -> float:
+def time_server(url: str, prompt: str, steps: int) -> tuple[float, float]:
+    """Wall time from POST to `succeeded`, and the part of it the job waited in the queue."""
     started = time.perf_counter()
     job = call(f"{url}/jobs", {"prompt": prompt, "steps": steps})
     while (status := call(f"{url}/jobs/{job['id']}"))["state"] not in ("succeeded", "failed", "cancelled"):
         time.sleep(0.1)
     if status["state"] != "succeeded":
         raise SystemExit(f"server job ended {status['state']}: {status['error']}")
-    return time.perf_counter() - started
+    return time.perf_counter() - started, status["started"] - status["created"]
+
+
+def progress_write_ms(folder: Path, calls: int = 500) -> float:
+    """Milliseconds one step's progress costs the worker (its SQLite update and preview lookup)."""
+    from dreamsmith.server.store import JobStore
+    from dreamsmith.server.worker import StoreProgress
+
+    store = JobStore(folder)
+    job = store.add("generate", {"prompt": "a red cube"})
+    progress = StoreProgress(store, job, folder / job.id / "run", [("coarse", calls)])
+    progress.stage_started("coarse", 0, calls)
+    started = time.perf_counter()
+    for step in range(1, calls + 1):
+        progress.step(step, 0.5, {"grad_norm": 1.0})
+    return (time.perf_counter() - started) / calls * 1000
 
 
 def main() -> None:
@@ -68,18 +85,22 @@ def main() -> None:
                     break
                 except OSError:
                     time.sleep(0.2)
-            cli, served = [], []
+            cli, served, queued = [], [], []
             for repeat in range(args.repeats):  # CLI first, then server first: load drifts hit both alike
                 for side in ("cli", "server") if repeat % 2 == 0 else ("server", "cli"):
                     if side == "cli":
                         cli.append(time_cli(args.prompt, args.steps, Path(folder) / f"cli-{repeat}"))
                     else:
-                        served.append(time_server(url, args.prompt, args.steps))
+                        wall, wait = time_server(url, args.prompt, args.steps)
+                        served.append(wall)
+                        queued.append(wait)
         finally:
             server.terminate()
             server.wait(120)
+        write_ms = progress_write_ms(Path(folder) / "progress")
     ratios = [s / c for s, c in zip(served, cli, strict=True)]
     print(json.dumps({"prompt": args.prompt, "steps": args.steps, "cli_s": cli, "server_s": served,
+                      "queue_wait_s": queued, "progress_write_ms_per_step": write_ms,
                       "ratio_server_over_cli": statistics.median(ratios),
                       "overhead_s": statistics.median(s - c for s, c in zip(served, cli, strict=True))}, indent=2))
 

@@ -123,6 +123,8 @@ def test_exposed_address_without_token_is_refused_before_listening():
         ServerConfig(host="0.0.0.0").check()
     with pytest.raises(ServerError, match="16 characters"):
         ServerConfig(host="0.0.0.0", token="short").check()
+    with pytest.raises(ServerError, match="name each once"):
+        ServerConfig(devices=("cpu", "cpu")).check()
     ServerConfig(host="0.0.0.0", token=TOKEN).check()
     ServerConfig(host="::1").check()
 

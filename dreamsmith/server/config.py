@@ -43,6 +43,8 @@ class ServerConfig:
             raise ServerError(f"--port must be between 1 and 65535, got {self.port}")
         if not self.devices:
             raise ServerError("at least one --device is needed")
+        if len(set(self.devices)) != len(self.devices):
+            raise ServerError(f"each --device runs one job at a time; name each once, got {', '.join(self.devices)}")
 
 
 def is_loopback(host: str | None) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -96,6 +97,7 @@ class JobStore:
 
     def __init__(self, jobs_dir: Path | str) -> None:
         self.root = Path(jobs_dir)
+        self._local = threading.local()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             with self._connect() as connection:
@@ -105,14 +107,20 @@ class JobStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        connection = sqlite3.connect(self.root / "jobs.sqlite", timeout=30.0, isolation_level=None)
-        connection.row_factory = sqlite3.Row
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
+        """This thread's connection, kept open: closing a write-ahead-logged database's last connection
+        checkpoints it, which made every progress update cost ~20 ms instead of well under one."""
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self.root / "jobs.sqlite", timeout=30.0, isolation_level=None)
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            self._local.connection = connection
         try:
             yield connection
         finally:
-            connection.close()
+            if connection.in_transaction:  # a statement failed between BEGIN and COMMIT
+                connection.execute("ROLLBACK")
 
     def job_dir(self, job_id: str) -> Path:
         """The folder of one job; ``job_id`` must be a job id (32 hex digits), so it cannot escape ``root``."""
