@@ -1,5 +1,5 @@
 """Real jobs through a live `dreamsmith serve` (tiny random model): progress, download, cancel and
-resume, and a server killed mid-job whose restart finishes the job from its checkpoint."""
+resume, a server killed mid-job whose restart finishes the job from its checkpoint, and Ctrl-C."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from server_helpers import LiveServer  # noqa: E402
 from test_generate import SMALL  # noqa: E402
 
 from dreamsmith.engine.checkpoint import load_checkpoint  # noqa: E402
+from dreamsmith.server.store import JobStore  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -82,3 +83,14 @@ def test_killed_server_restarts_and_finishes_the_job_from_its_checkpoint(tiny_sd
         assert log.count("Traceback") == 0, log
     finally:
         second.stop()
+
+
+def test_ctrl_c_on_the_server_checkpoints_the_running_job_and_requeues_it(tiny_sd_dir, tmp_path):
+    server = LiveServer(tmp_path / "jobs")
+    job_id = server.http.post("/jobs", json=request(tiny_sd_dir, 40)).json()["id"]
+    server.wait_for(job_id, lambda status: status["done_steps"] >= 3)
+    server.stop()  # SIGINT, as Ctrl-C in its terminal
+    job = JobStore(tmp_path / "jobs").get(job_id)
+    stopped_at = load_checkpoint(tmp_path / "jobs" / job_id / "run" / "checkpoints" / "last.pt")["step"]
+    assert (job.state, job.resume, job.pid) == ("queued", True, None)
+    assert 3 <= stopped_at == job.step < 40
