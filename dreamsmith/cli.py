@@ -212,3 +212,24 @@ def main() -> None:
         console.print(f"[red]internal error:[/red] {escape(type(error).__name__)}: {escape(str(error))} "
                       "(set DREAMSMITH_DEBUG=1 for the traceback and report it)", highlight=False, soft_wrap=True)
         sys.exit(1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8642,
+    token: Annotated[str | None, typer.Option(help="Shared secret (16+ characters) every client must send as 'Authorization: Bearer TOKEN'.", envvar="DREAMSMITH_TOKEN")] = None,
+    jobs_dir: Annotated[Path, typer.Option(help="Folder of the job queue (jobs.sqlite) and the jobs' run directories.")] = Path("jobs"),
+    device: Annotated[list[str] | None, typer.Option(help="Device jobs run on, one job at a time each; repeat for several (default auto).")] = None,
+) -> None:
+    """Serve the job API (and the Blender extension) on http://HOST:PORT; queued and interrupted jobs resume."""
+    from dreamsmith.server import ServerConfig
+    from dreamsmith.server import serve as run_server
+
+    config = ServerConfig(host=host, port=port, token=token, jobs_dir=jobs_dir, devices=tuple(device or ["auto"]))
+    try:
+        run_server(config, announce=console.print)
+    except DreamsmithError as error:
+        _fail(error)
+    except ModuleNotFoundError as error:
+        _fail(DreamsmithError(f"the server needs its extra: pip install 'dreamsmith[server]' ({error.name} is missing)"))
