@@ -84,6 +84,7 @@ def test_ray_with_a_local_two_cpu_cluster_makes_the_same_files_as_local(local_ba
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["done"] == 4 and summary["batch"]["slots"] == 2
     ray_files, local_files = asset_files(out), asset_files(local_out)
-    assert sorted(ray_files) == sorted(local_files) and len(ray_files) == 4 * 2 + 2  # GLB and poster each; OBJ and its texture once
+    # a GLB and a poster per job; one OBJ with its texture
+    assert sorted(ray_files) == sorted(local_files) and len(ray_files) == 4 * 2 + 2
     differing = [name for name in local_files if ray_files[name] != local_files[name]]
     assert differing == []  # the killed-and-resumed job included: resuming is exact
