@@ -207,6 +207,10 @@ def batch(
         result = run_batch(manifest, options, BatchProgress() if quiet else RichBatchProgress(console))
     except DreamsmithError as error:
         _fail(error)
+    except KeyboardInterrupt:
+        console.print("interrupted again: running jobs keep their last periodic checkpoint; re-run the same command "
+                      "to resume")
+        raise typer.Exit(130) from None
     counts = result.counts
     line = (f"{counts['done']} done, {counts['failed']} failed, {counts['pending'] + counts['interrupted']} unfinished"
             f", {counts['invalid']} invalid rows ({result.ran} run now) in {result.out}")

@@ -1,7 +1,10 @@
-"""The local executor: threads split and GPUs pinned per worker, and a job's failure that leaves its
-worker serving the next job."""
+"""The local executor: threads split and GPUs pinned per worker, a job's failure that leaves its worker
+serving the next job, and an idle worker's death that its replacement covers."""
 
 from __future__ import annotations
+
+import os
+import signal
 
 from dreamsmith.engine.batch.executor import Task
 from dreamsmith.engine.batch.local import LocalExecutor
@@ -21,7 +24,10 @@ def test_a_failing_job_is_reported_and_its_worker_runs_the_next_job(tmp_path):
     missing = JobSpec(id="missing", prompt="a red cube", model=str(tmp_path / "no-model"), steps=1).to_dict()
     events = []
     try:
-        for job_id in ("first", "second"):
+        for job_id in ("first", "second", "third"):
+            if job_id == "third":  # the idle worker dies between jobs
+                os.kill(executor.workers[0].process.pid, signal.SIGKILL)
+                executor.workers[0].process.join()
             executor.submit(Task(job_id, missing, str(tmp_path / job_id)))
             while not any(e.kind != "started" and e.job_id == job_id for e in events):
                 events += executor.wait(1.0)
@@ -29,7 +35,7 @@ def test_a_failing_job_is_reported_and_its_worker_runs_the_next_job(tmp_path):
         events += executor.close(interrupt=False)
     started = [e for e in events if e.kind == "started"]
     finished = [e for e in events if e.kind == "finished"]
-    assert [e.job_id for e in finished] == ["first", "second"]
+    assert [e.job_id for e in finished] == ["first", "second", "third"]
     assert all(not e.result["ok"] and "no-model" in e.result["error"] for e in finished)
-    assert started[0].worker == started[1].worker  # the same process served both
+    assert started[0].worker == started[1].worker != started[2].worker  # one process served two; a new one the third
     assert executor.in_flight() == 0

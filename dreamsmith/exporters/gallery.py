@@ -76,8 +76,10 @@ def write_gallery(root: Path | str, title: str | None = None) -> Path:
         if "asset.glb" in entry.files:
             script = models / f"{entry.key}.js"
             wanted.add(script.name)
-            glb = base64.b64encode((root / entry.folder / "asset.glb").read_bytes()).decode("ascii")
-            _write(script, f"window.dreamsmithModels[{json.dumps(entry.key)}] = \"{glb}\";\n")
+            glb = root / entry.folder / "asset.glb"
+            if not script.is_file() or script.stat().st_mtime_ns < glb.stat().st_mtime_ns:
+                data = base64.b64encode(glb.read_bytes()).decode("ascii")
+                _write(script, f"window.dreamsmithModels[{json.dumps(entry.key)}] = \"{data}\";\n")
     for stale in models.glob("*.js"):
         if stale.name not in wanted:
             stale.unlink()

@@ -53,8 +53,16 @@ class LocalExecutor:
 
     def submit(self, task: Task) -> None:
         index = next(i for i, w in enumerate(self.workers) if w is None or w.task is None)
-        worker = self.workers[index] or self._start(index)
-        worker.conn.send(asdict(task))
+        worker = self.workers[index]
+        try:
+            if worker is None or not worker.process.is_alive():
+                raise BrokenPipeError
+            worker.conn.send(asdict(task))
+        except OSError:  # an idle worker died (killed, out of memory): start its replacement
+            if worker is not None:
+                worker.conn.close()
+            worker = self._start(index)
+            worker.conn.send(asdict(task))
         worker.task = task
         self.events.append(Event("started", task.job_id, worker=worker.name))
 
