@@ -229,7 +229,7 @@ def gallery(
     title: Annotated[str | None, typer.Option(help="Page title (default: the folder's name).")] = None,
 ) -> None:
     """Write FOLDER/gallery.html: every asset in a 3D viewer with its previews, QA badge and files (opens offline)."""
-    from dreamsmith.exporters.gallery import write_gallery
+    from dreamsmith.engine.batch import write_gallery
 
     try:
         page = write_gallery(folder, title)

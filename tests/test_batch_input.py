@@ -1,4 +1,4 @@
-"""Bad batch input through the CLI: one clear message each, nothing run."""
+"""Bad batch input: one clear message each, nothing run (through the CLI, a few seconds each: slow)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ def error_lines(result) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_an_invalid_manifest_lists_every_bad_row_and_runs_nothing(tmp_path):
     manifest = write_manifest(tmp_path)
     lines = error_lines(run_batch_cli(str(manifest), "--out", str(tmp_path / "out")))
@@ -26,6 +27,7 @@ def test_an_invalid_manifest_lists_every_bad_row_and_runs_nothing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("content", "args", "needle"), [
     ('{"prompt": "a red cube"}\n{"prompt": "a red cube"}\n', [], "job id 'a-red-cube' is already used by line 1"),
     ('{"prompt": "a red cube"\n', [], "props.jsonl:1: not JSON"),
@@ -51,6 +53,7 @@ def test_a_ray_address_that_does_not_answer_is_refused_within_seconds():
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_an_unreachable_ray_address_in_one_line(tmp_path):
     pytest.importorskip("ray", reason="Ray is the distributed extra: pip install -e '.[distributed]'")
     (tmp_path / "props.jsonl").write_text('{"prompt": "a red cube", "steps": 1}\n')

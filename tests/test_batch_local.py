@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
+
 from dreamsmith.engine.batch.executor import Task
 from dreamsmith.engine.batch.local import LocalExecutor
 from dreamsmith.engine.batch.manifest import JobSpec
@@ -19,6 +21,7 @@ def test_workers_split_the_cpu_threads_and_each_gets_one_gpu():
     assert LocalExecutor(64).threads == 1  # never zero threads
 
 
+@pytest.mark.slow
 def test_a_failing_job_is_reported_and_its_worker_runs_the_next_job(tmp_path):
     executor = LocalExecutor(1, threads=1)
     missing = JobSpec(id="missing", prompt="a red cube", model=str(tmp_path / "no-model"), steps=1).to_dict()

@@ -1,8 +1,9 @@
 """Batch pipelines: ``dreamsmith batch`` over a manifest of jobs, resumable and fault-isolated.
 
-Public names: ``run_batch`` (validate a manifest, run its unfinished jobs, write the summary and the
-gallery), ``BatchOptions``, ``BatchResult``, ``BatchProgress`` (its callbacks), ``load_manifest`` and
-``validate`` (parse and check a manifest without running it).
+Public names (imported lazily, so the gallery needs no torch): ``run_batch`` (validate a manifest, run
+its unfinished jobs, write the summary and the gallery), ``BatchOptions``, ``BatchResult``,
+``BatchProgress`` (its callbacks), ``load_manifest`` and ``validate`` (parse and check a manifest
+without running it), ``write_gallery`` (the gallery page of a folder of runs).
 
 Modules: ``manifest`` (rows -> ``JobSpec``), ``validate`` (configs built before anything runs),
 ``ledger`` (SQLite job states), ``lock`` (one batch per output directory), ``job`` (one job inside a
@@ -10,10 +11,27 @@ worker), ``executor`` (the interface), ``local`` and ``ray_executor`` (the execu
 driver and its retry policy), ``progress`` and ``summary``.
 """
 
-from dreamsmith.engine.batch.manifest import JobSpec, Manifest, load_manifest
-from dreamsmith.engine.batch.progress import BatchProgress
-from dreamsmith.engine.batch.runner import BatchOptions, BatchResult, run_batch
-from dreamsmith.engine.batch.validate import validate
+from __future__ import annotations
 
-__all__ = ["BatchOptions", "BatchProgress", "BatchResult", "JobSpec", "Manifest", "load_manifest", "run_batch",
-           "validate"]
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "BatchOptions": "dreamsmith.engine.batch.runner",
+    "BatchResult": "dreamsmith.engine.batch.runner",
+    "run_batch": "dreamsmith.engine.batch.runner",
+    "BatchProgress": "dreamsmith.engine.batch.progress",
+    "JobSpec": "dreamsmith.engine.batch.manifest",
+    "Manifest": "dreamsmith.engine.batch.manifest",
+    "load_manifest": "dreamsmith.engine.batch.manifest",
+    "validate": "dreamsmith.engine.batch.validate",
+    "write_gallery": "dreamsmith.exporters.gallery",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'dreamsmith.engine.batch' has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)
