@@ -1,15 +1,17 @@
 """Batch throughput with 1 and 2 local workers, and the batch machinery's per-job overhead against a lone
 ``generate``, on the embedded prior.
 
-The same N jobs (distinct captions and seeds, the toy preset shrunk by ``--steps`` and small renders) run
-three ways, one after the other: each job alone through ``generate`` in this process (the model loaded
-per job, as the batch's workers do; the first run is a warm-up and is not counted), then ``run_batch``
-with 1 worker (all CPU threads), then with 2 workers (the threads split between them). Per-job overhead
-= (1-worker batch wall time - the lone generates' wall time) / N: worker start-up and imports, the
-manifest's validation, the ledger, summary and gallery.
+The same N jobs (distinct captions and seeds, the toy preset shrunk by ``--steps`` and small renders)
+run through ``run_batch`` with 1 worker (all CPU threads), then with 2 workers (the threads split
+between them), then each job alone through ``generate`` in this process (after an uncounted warm-up).
+
+Per-job overhead is taken inside the 1-worker batch itself, so it shares that run's machine load:
+(batch wall time - the sum of the jobs' own wall times in their worker, which is their ``generate``
+call) / N, i.e. worker start-up and imports, the manifest's validation, the ledger, IPC, summary and
+gallery. The lone ``generate``s give the per-job figure to compare it with.
 
 Prints ONE JSON object: seconds per way, jobs per minute, the 2-worker/1-worker throughput ratio, the
-overhead, and the machine's CPU count and load averages (the machine is shared: read the ratio with them).
+overhead, and the machine's CPU count and load averages (on a shared machine read the ratio with them).
 
     python benchmarks/batch_throughput.py --jobs 4 --steps 12
 """
@@ -26,8 +28,11 @@ from pathlib import Path
 
 import torch
 
-from dreamsmith.engine import generate, make_config
-from dreamsmith.engine.batch import BatchOptions, run_batch
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no weight-loading bars in the output
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+from dreamsmith.engine import generate, make_config  # noqa: E402
+from dreamsmith.engine.batch import BatchOptions, run_batch  # noqa: E402
 
 CAPTIONS = ["a red cube", "a blue sphere", "a green torus", "a yellow cone", "a purple cylinder", "a white capsule",
             "an orange cube", "a gray sphere"]
@@ -50,7 +55,8 @@ def lone_generates(rows: list[dict], folder: Path) -> float:
     return time.perf_counter() - started
 
 
-def batch(rows: list[dict], folder: Path, workers: int) -> float:
+def batch(rows: list[dict], folder: Path, workers: int) -> tuple[float, float]:
+    """(wall seconds of the batch, the sum of its jobs' wall seconds inside their workers)."""
     manifest = folder / f"manifest-{workers}.jsonl"
     manifest.write_text("".join(json.dumps({**row, "overrides": SMALL}) + "\n" for row in rows))
     started = time.perf_counter()
@@ -58,7 +64,7 @@ def batch(rows: list[dict], folder: Path, workers: int) -> float:
     elapsed = time.perf_counter() - started
     if result.counts["done"] != len(rows):
         sys.exit(f"the {workers}-worker batch did not finish every job: {result.counts}")
-    return elapsed
+    return elapsed, sum(job["wall_time_s"] for job in result.summary["jobs"])
 
 
 def main() -> None:
@@ -70,20 +76,23 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as temp:
         folder = Path(temp)
+        one, one_jobs = batch(rows, folder, 1)
+        two, two_jobs = batch(rows, folder, 2)
         lone = lone_generates(rows, folder)
-        one = batch(rows, folder, 1)
-        two = batch(rows, folder, 2)
+    overhead = (one - one_jobs) / args.jobs
     print(json.dumps({
         "jobs": args.jobs,
         "steps": args.steps,
-        "lone_generate_s": round(lone, 2),
         "batch_1_worker_s": round(one, 2),
         "batch_2_workers_s": round(two, 2),
         "jobs_per_min_1_worker": round(60 * args.jobs / one, 3),
         "jobs_per_min_2_workers": round(60 * args.jobs / two, 3),
         "throughput_ratio_2_over_1": round(one / two, 3),
-        "per_job_overhead_s": round((one - lone) / args.jobs, 2),
-        "per_job_overhead_fraction": round((one - lone) / lone, 3),
+        "job_s_in_worker_1_worker": round(one_jobs / args.jobs, 2),
+        "job_s_in_worker_2_workers": round(two_jobs / args.jobs, 2),
+        "lone_generate_s_per_job": round(lone / args.jobs, 2),
+        "per_job_overhead_s": round(overhead, 2),
+        "per_job_overhead_fraction_of_lone_generate": round(overhead / (lone / args.jobs), 3),
         "cpu_count": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
