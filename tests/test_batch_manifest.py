@@ -5,7 +5,7 @@ import json
 import pytest
 
 from dreamsmith.engine.batch import load_manifest, validate
-from dreamsmith.engine.batch.validate import job_config
+from dreamsmith.engine.batch.validation import job_config
 from dreamsmith.errors import BatchError
 
 DEFAULTS = {"steps": 20, "texture_size": 256, "overrides": ["camera.resolution=32"]}
@@ -69,12 +69,13 @@ def test_every_bad_row_is_reported_with_its_line_and_the_good_rows_remain(tmp_pa
         {"seed": 3},                                                           # 12 no prompt
         {"prompt": "a purple cube", "preset": "nope"},                         # 13 unknown preset
         {"prompt": "a blue sphere", "seed": 2},                                # 14 good
+        {"prompt": "a blue cube", "id": "../escape"},                          # 15 not a folder name
     ]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     manifest = validate(load_manifest(tmp_path / "m.jsonl"))
     assert [job.line for job in manifest.jobs] == [1, 14]
     problems = {p.line: p.message for p in manifest.problems}
-    assert sorted(problems) == list(range(2, 14))
+    assert sorted(problems) == [*range(2, 14), 15]
     assert "'image' is not supported yet" in problems[2] and "image prompts" in problems[2]
     assert "already used by line 1" in problems[3]
     assert "did you mean 'guidance.guidance_scale'" in problems[4]
@@ -87,8 +88,9 @@ def test_every_bad_row_is_reported_with_its_line_and_the_good_rows_remain(tmp_pa
     assert "'mesh' is not supported yet" in problems[11]
     assert "no prompt" in problems[12]
     assert "nope" in problems[13]
+    assert "job id '../escape' cannot be used in file names" in problems[15]
     text = manifest.describe_problems().splitlines()
-    assert len(text) == 12 and text[0].startswith(f"{tmp_path / 'm.jsonl'}:2: ")
+    assert len(text) == 13 and text[0].startswith(f"{tmp_path / 'm.jsonl'}:2: ")
 
 
 @pytest.mark.parametrize(("name", "content", "needle"), [

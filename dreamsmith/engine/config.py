@@ -9,17 +9,19 @@ its name (``coarse.camera.resolution=32``). An unknown key is an error naming th
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
-from dreamsmith.configs import build, nearest, valid_keys
+from dreamsmith.configs import Range, build, nearest, valid_keys
 from dreamsmith.engine.camera_sampling import CameraConfig
 from dreamsmith.engine.losses import LossConfig
 from dreamsmith.engine.optim import OptimConfig
+from dreamsmith.engine.run_dir import safe_name
 from dreamsmith.engine.shading_sampling import ShadingConfig
-from dreamsmith.errors import ConfigError
+from dreamsmith.errors import ConfigError, DreamsmithError
 from dreamsmith.exporters.options import ExportOptions
 from dreamsmith.renderers.mesh_renderer import MeshRendererConfig
 from dreamsmith.renderers.volume import VolumeRendererConfig
@@ -32,7 +34,7 @@ from dreamsmith.representations.nerf import NeRFConfig
 class StageConfig:
     name: str = "coarse"
     """Name of the stage (used in logs, checkpoints and per-stage overrides)."""
-    steps: int = 10000
+    steps: Annotated[int, Range(0, 10_000_000)] = 10000
     """Optimization steps of this stage."""
     representation: Literal["nerf", "dmtet"] = "nerf"
     """What is optimized: nerf (a NeRF field) or dmtet (a DMTet surface textured by the nerf field's albedo)."""
@@ -59,9 +61,9 @@ class StageConfig:
     """Optimizer and learning rates."""
     loss: LossConfig = field(default_factory=LossConfig)
     """Regularizer weights."""
-    preview_every: int = 500
+    preview_every: Annotated[int, Range(0, None)] = 500
     """Steps between preview grids (0: only at the end)."""
-    checkpoint_every: int = 250
+    checkpoint_every: Annotated[int, Range(0, None)] = 250
     """Steps between checkpoints (the last is kept; one is always written at the end)."""
 
 
@@ -71,12 +73,12 @@ class ExportConfig(ExportOptions):
 
     formats: tuple[str, ...] = ("glb",)
     """Files written at the end of generate: any of glb, gltf, obj, usdz."""
-    isosurface_resolution: int = 128
+    isosurface_resolution: Annotated[int, Range(8, 512)] = 128
     """Marching-cubes grid cells per side."""
     isosurface_threshold: float | str = 25.0
     """Density at the extracted surface, or "auto": the density whose silhouettes best match the NeRF's
     rendered opacity (faint fields export, haze does not)."""
-    isosurface_smoothing: float = 0.0
+    isosurface_smoothing: Annotated[float, Range(0, 16)] = 0.0
     """Gaussian blur of the density grid before marching cubes (standard deviation in cells)."""
 
 
@@ -88,7 +90,7 @@ class RunConfig:
     """The preset the run started from."""
     model: str | None = None
     """Diffusion model: a local diffusers folder or a Hugging Face id (None: the preset's default)."""
-    seed: int = 0
+    seed: Annotated[int, Range(0, 2**63 - 1)] = 0
     """Seed of the run's random generator."""
     device: str = "auto"
     """auto, cpu or cuda."""
@@ -127,15 +129,16 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def parse_override(text: str) -> tuple[str, Any]:
     """``"a.b=value"`` -> ``("a.b", value)`` with the value parsed as YAML (numbers, lists, null)."""
     if "=" not in text:
-        raise ConfigError(f"override '{text}' is not KEY=VALUE")
+        raise ConfigError(f"override {text!r} is not KEY=VALUE")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"override '{text}' has no key")
+        raise ConfigError(f"override {text!r} has no key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as error:
-        raise ConfigError(f"override '{text}': cannot parse the value ({error.problem})") from None
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ConfigError(f"override {text!r}: cannot parse the value ({problem})") from None
     return key, value
 
 
@@ -207,14 +210,30 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
         if stage.name in field_names or not stage.name:
             raise ConfigError(f"stage {index} is named '{stage.name}'; stage names must be non-empty and differ "
                               "from config fields (they prefix per-stage overrides)")
+        safe_name(stage.name, f"stage {index}'s name")
         validate_guidance(stage, f"stages.{index}.")
         if stage.steps < 0:
             raise ConfigError(f"steps of stage '{stage.name}' must be >= 0, got {stage.steps}")
         validate_representation(stage, config.stages[index - 1] if index else None)
+    safe_name(config.export.name, "export.name")
+    check_export_options(config.export)
     threshold = config.export.isosurface_threshold
-    if threshold != "auto" and (isinstance(threshold, (bool, str)) or not threshold > 0):
+    if threshold != "auto" and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                or not math.isfinite(threshold) or threshold <= 0):
         raise ConfigError(f"export.isosurface_threshold must be a density > 0 or \"auto\", got {threshold!r}")
     return config
+
+
+def check_export_options(export: ExportConfig) -> None:
+    """The exporters' own checks of the export settings, as config errors before the run starts."""
+    from dreamsmith.exporters.pipeline import check_options
+
+    try:
+        check_options(export)
+    except ConfigError:
+        raise
+    except DreamsmithError as error:
+        raise ConfigError(f"export: {error}") from None
 
 
 def validate_representation(stage: StageConfig, previous: StageConfig | None) -> None:

@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
+from dreamsmith.configs import Range
 from dreamsmith.schedules import ScheduleSpec, schedule_value
 
 
 @dataclass
 class OptimConfig:
-    lr_encoding: ScheduleSpec = 0.01
+    lr_encoding: Annotated[ScheduleSpec, Range(0, None)] = 0.01
     """Learning rate of the hash-grid tables (number or schedule); in a dmtet stage, the texture field's."""
-    lr_mlp: ScheduleSpec = 0.001
+    lr_mlp: Annotated[ScheduleSpec, Range(0, None)] = 0.001
     """Learning rate of the density and albedo MLPs; in a dmtet stage, the texture field's albedo MLP."""
-    lr_geometry: ScheduleSpec = 0.01
+    lr_geometry: Annotated[ScheduleSpec, Range(0, None)] = 0.01
     """Learning rate of a DMTet's SDF (metre-like values) and vertex deformation (dmtet stages)."""
-    lr_background: ScheduleSpec = 0.001
+    lr_background: Annotated[ScheduleSpec, Range(0, None)] = 0.001
     """Learning rate of a learned background."""
     betas: tuple[float, float] = (0.9, 0.99)
     """Adam betas."""
-    eps: float = 1e-15
+    eps: Annotated[float, Range(0, 1)] = 1e-15
     """Adam epsilon (tiny: hash-grid entries get rare, small gradients)."""
 
 

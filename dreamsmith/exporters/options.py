@@ -15,8 +15,8 @@ class Material:
     """Metalness in [0, 1]; score-distilled albedo carries no metalness, so 0."""
     roughness: float = 0.9
     """Perceptual roughness in [0, 1]."""
-    name: str = "dreamsmith"
-    """Material name shown in DCC tools."""
+    name: str = ""
+    """Material name shown in DCC tools; empty: ``<asset>_material``, after the file stem."""
 
 
 @dataclass
@@ -38,7 +38,7 @@ class ExportOptions:
     profile: str = "pc"
     """QA budgets: mobile, pc or hero."""
     name: str = "asset"
-    """File stem: <name>.glb, <name>_lod1.glb, ..."""
+    """File stem: <name>.glb, <name>_lod1.glb, ...; also names the object, mesh, material and texture inside."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Written into the files' metadata (the prompt, preset, seed)."""
     material: Material = field(default_factory=Material)
@@ -47,3 +47,5 @@ class ExportOptions:
     """Turntable frame size in pixels (the poster is twice as large); 0 writes no previews."""
     keep_components_fraction: float = 0.05
     """Drop connected components with fewer faces than this fraction of the largest (floaters)."""
+    crease_angle: float = 40.0
+    """Edges whose faces' normals differ by more degrees than this are shaded hard (180: every edge smooth)."""

@@ -19,12 +19,12 @@ MVDream replaces ``gradient`` with its x̂0 loss.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import Tensor
 
-from dreamsmith.configs import check_choices
+from dreamsmith.configs import Range, check_choices
 from dreamsmith.guidance.base import Guidance, GuidanceOutput, detached
 from dreamsmith.guidance.conditioner_registry import conditioner_options
 from dreamsmith.guidance.conditioners import ConditionContext
@@ -52,16 +52,16 @@ class DistillationConfig:
     """The text prompt the renders should match (the run's PROMPT; not a config key)."""
     negative_prompt: str = ""
     """Prompt of the unconditional branch of classifier-free guidance ("" = unconditional)."""
-    guidance_scale: ScheduleSpec = 100.0
+    guidance_scale: Annotated[ScheduleSpec, Range(0, None)] = 100.0
     """Classifier-free guidance scale s in ε_u + s(ε_y − ε_u) (threestudio's 100 is 101 here): a number
     or [start_step, start_value, end_value, end_step] (high early for shape, lower late for colour)."""
     weighting: Literal["sds", "uniform", "fantasia"] = "sds"
     """w(t): "sds" (σ_t²), "uniform" (1) or "fantasia" (α_t σ_t²)."""
-    min_step_percent: ScheduleSpec = 0.02
+    min_step_percent: Annotated[ScheduleSpec, Range(0, 1)] = 0.02
     """Lowest timestep as a fraction of T: a number or [start_step, start_value, end_value, end_step]."""
-    max_step_percent: ScheduleSpec = 0.98
+    max_step_percent: Annotated[ScheduleSpec, Range(0, 1)] = 0.98
     """Highest timestep as a fraction of T: a number or [start_step, start_value, end_value, end_step]."""
-    grad_clip: ScheduleSpec = None
+    grad_clip: Annotated[ScheduleSpec, Range(0, None)] = None
     """Clamp the gradient on z to ±this (null: no clamp): a number or a schedule."""
     view_dependent_prompting: bool = True
     """Append ", front/side/back/overhead view" to the prompt depending on the camera."""

@@ -14,6 +14,7 @@ sets the active set directly and leaves training flags alone.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -55,7 +56,9 @@ def add_lora(
         raise ConfigError(f"the model already has a LoRA adapter named '{name}'")
     before = {layer: (list(layer.active_adapters), layer.disable_adapters) for layer in tuner_layers(unet)}
     config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(target_modules), init_lora_weights=True)
-    inject_adapter_in_model(config, unet, adapter_name=name)
+    with warnings.catch_warnings():  # several named adapters on one model is the point here
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        inject_adapter_in_model(config, unet, adapter_name=name)
     for layer in tuner_layers(unet):
         active, disabled = before.get(layer, ([], True))
         layer._active_adapter = active
@@ -131,7 +134,7 @@ def load_lora_file(unet: torch.nn.Module, path: Path, name: str | None = None) -
     """Install the UNet LoRA of a diffusers/peft-layout file (``unet.<module>.lora_A.weight`` keys, as
     ``save_lora_weights`` writes; a folder means its ``pytorch_lora_weights.safetensors``) as a frozen
     adapter named ``name`` (default: the file's stem); returns the name."""
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path).expanduser()
@@ -142,7 +145,7 @@ def load_lora_file(unet: torch.nn.Module, path: Path, name: str | None = None) -
                           "pytorch_lora_weights.safetensors")
     try:
         weights = load_file(path)
-    except (OSError, SafetensorsError) as error:
+    except (OSError, SafetensorError) as error:
         raise ConfigError(f"cannot read the LoRA file {path}: {error}") from None
     state = {key.removeprefix("unet."): value for key, value in weights.items()}
     foreign = [key for key in state if ".lora_A." not in key and ".lora_B." not in key]

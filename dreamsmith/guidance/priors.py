@@ -94,14 +94,23 @@ class DiffusionPrior:
             )
         self.camera_distance = float(self.metadata.get("camera_distance", 1.0))
 
+    def max_prompt_tokens(self) -> int:
+        """How many tokens of a prompt the text encoder reads."""
+        max_length = self.tokenizer.model_max_length
+        if max_length > 4096:  # tokenizers without a configured limit report a huge sentinel
+            max_length = getattr(self.text_encoder.config, "max_position_embeddings", 77)
+        return int(max_length)
+
+    def prompt_tokens(self, prompt: str) -> tuple[int, int]:
+        """(tokens in ``prompt`` with the special ones, tokens the encoder reads)."""
+        return len(self.tokenizer(prompt, truncation=False).input_ids), self.max_prompt_tokens()
+
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Tensor:
         """Text embeddings ``[B, L, D]`` (the encoder's last hidden state), padded to the tokenizer's
         max length. CLIP encoders see no attention mask (as Stable Diffusion was trained); others
         (T5 in DeepFloyd IF) get one."""
-        max_length = self.tokenizer.model_max_length
-        if max_length > 4096:  # tokenizers without a configured limit report a huge sentinel
-            max_length = getattr(self.text_encoder.config, "max_position_embeddings", 77)
+        max_length = self.max_prompt_tokens()
         tokens = self.tokenizer(
             list(prompts), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
         )

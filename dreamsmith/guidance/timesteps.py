@@ -8,7 +8,6 @@ spaced linearly from ``t_start`` to ``t_end`` (fractions of T), t_next being the
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -78,6 +77,6 @@ def scheduled_timestep(config: TimestepScheduleConfig, step: int, num_train_time
 
     def time_of(index: int) -> int:
         fraction = config.t_start + (config.t_end - config.t_start) * index / config.levels
-        return min(top, max(0, math.floor(fraction * num_train_timesteps)))
+        return min(top, max(0, round(fraction * num_train_timesteps)))
 
     return ScheduledTimestep(time_of(level), time_of(level + 1))

@@ -15,11 +15,13 @@ Shading happens per sample, then nerfacc accumulates along the rays.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import nerfacc
 import torch
 from torch import Tensor, nn
 
+from dreamsmith.configs import Range
 from dreamsmith.renderers.cameras import Cameras
 from dreamsmith.renderers.outputs import RenderOutput
 from dreamsmith.renderers.shading import shade
@@ -31,7 +33,7 @@ from dreamsmith.representations.nerf import NeRFField
 class VolumeRendererConfig:
     sampler: str = "auto"
     """Ray sampler: auto (occupancy_grid on CUDA, dense otherwise), dense or occupancy_grid."""
-    n_samples: int = 64
+    n_samples: Annotated[int, Range(1, 1024)] = 64
     """Samples per ray of the dense sampler."""
     prune_threshold: float = 1e-4
     """Dense sampler: samples whose weight is below this get no gradient (0 disables pruning)."""

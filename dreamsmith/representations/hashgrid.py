@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import Tensor, nn
+
+from dreamsmith.configs import Range
 
 # Instant-NGP's spatial hash primes (pi_1 = 1 keeps the x dimension coherent in memory).
 _PRIMES = (1, 2654435761, 805459861)
@@ -18,19 +21,19 @@ _PRIMES = (1, 2654435761, 805459861)
 
 @dataclass
 class HashGridConfig:
-    n_levels: int = 16
+    n_levels: Annotated[int, Range(1, 32)] = 16
     """Number of resolution levels."""
-    n_features_per_level: int = 2
+    n_features_per_level: Annotated[int, Range(1, 8)] = 2
     """Feature channels stored per level."""
-    log2_hashmap_size: int = 19
+    log2_hashmap_size: Annotated[int, Range(8, 24)] = 19
     """log2 of the number of entries of each level's table."""
-    base_resolution: int = 16
+    base_resolution: Annotated[int, Range(2, 4096)] = 16
     """Grid resolution of the coarsest level."""
-    per_level_scale: float = 1.447269237440378
+    per_level_scale: Annotated[float, Range(1, 4)] = 1.447269237440378
     """Resolution growth factor between levels (16 levels from 16 to 2048 by default)."""
-    start_level: int = 16
+    start_level: Annotated[int, Range(1, 32)] = 16
     """Levels active at step 0 (progressive training: fewer levels first)."""
-    update_steps: int = 0
+    update_steps: Annotated[int, Range(0, None)] = 0
     """Steps between enabling one more level (0: all levels from the start)."""
 
 

@@ -10,22 +10,24 @@ albedo = sigmoid(raw); normals are the normalized negative density gradient.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 from torch import Tensor, nn
 
+from dreamsmith.configs import Range
 from dreamsmith.representations.hashgrid import HashGrid, HashGridConfig
 
 
 @dataclass
 class NeRFConfig:
-    bound: float = 1.0
+    bound: Annotated[float, Range(0.01, 100)] = 1.0
     """Half-size of the cube [-bound, bound]^3 the field covers (metres)."""
     hash_grid: HashGridConfig = field(default_factory=HashGridConfig)
     """The multiresolution hash-grid encoding."""
-    hidden_dim: int = 64
+    hidden_dim: Annotated[int, Range(1, 1024)] = 64
     """Width of the density and albedo MLPs."""
-    hidden_layers: int = 1
+    hidden_layers: Annotated[int, Range(0, 16)] = 1
     """Hidden layers of each MLP."""
     blob_density: float = 10.0
     """Density bias at the centre (Magic3D blob initialization)."""

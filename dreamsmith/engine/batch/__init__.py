@@ -5,7 +5,7 @@ its unfinished jobs, write the summary and the gallery), ``BatchOptions``, ``Bat
 ``BatchProgress`` (its callbacks), ``load_manifest`` and ``validate`` (parse and check a manifest
 without running it), ``write_gallery`` (the gallery page of a folder of runs).
 
-Modules: ``manifest`` (rows -> ``JobSpec``), ``validate`` (configs built before anything runs),
+Modules: ``manifest`` (rows -> ``JobSpec``), ``validation`` (configs built before anything runs),
 ``ledger`` (SQLite job states), ``lock`` (one batch per output directory), ``job`` (one job inside a
 worker), ``executor`` (the interface), ``local`` and ``ray_executor`` (the executors), ``runner`` (the
 driver and its retry policy), ``progress`` and ``summary``.
@@ -24,7 +24,7 @@ _PUBLIC = {
     "JobSpec": "dreamsmith.engine.batch.manifest",
     "Manifest": "dreamsmith.engine.batch.manifest",
     "load_manifest": "dreamsmith.engine.batch.manifest",
-    "validate": "dreamsmith.engine.batch.validate",
+    "validate": "dreamsmith.engine.batch.validation",
     "write_gallery": "dreamsmith.exporters.gallery",
 }
 

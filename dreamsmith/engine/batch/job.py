@@ -39,7 +39,7 @@ def run_job(spec: dict[str, Any], job_dir: str) -> dict[str, Any]:
     The device is the config's (auto): workers pin theirs with ``CUDA_VISIBLE_DEVICES``. A
     KeyboardInterrupt (Ctrl-C, a cancelled task) stops at a step boundary with a checkpoint and propagates.
     """
-    from dreamsmith.engine.batch.validate import job_config
+    from dreamsmith.engine.batch.validation import job_config
     from dreamsmith.engine.run import generate
 
     job = JobSpec.from_dict(spec)

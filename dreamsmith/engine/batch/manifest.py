@@ -22,7 +22,8 @@ from typing import Any
 import yaml
 
 from dreamsmith.configs import nearest
-from dreamsmith.errors import BatchError
+from dreamsmith.engine.run_dir import safe_name
+from dreamsmith.errors import BatchError, ConfigError
 
 UNSUPPORTED = {
     "image": "image prompts",
@@ -32,15 +33,14 @@ UNSUPPORTED = {
 }
 """Row fields a manifest may name but the engine cannot run yet: each is refused by row."""
 
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
-
 
 @dataclass(frozen=True)
 class JobSpec:
     """One job of a batch: what to make and how to export it (a manifest row merged with the defaults)."""
 
     id: str
-    """The job's name and folder (letters, digits, '.', '_', '-'); default: the prompt's slug (+ '-seed<N>')."""
+    """The job's name and folder (up to 64 letters, digits, '.', '_', '-'); default: the prompt's slug
+    (+ '-seed<N>')."""
     prompt: str
     """The text prompt."""
     line: int = 0
@@ -282,8 +282,10 @@ def _job(line: int, defaults: dict[str, Any], row: Any) -> JobSpec:
             raise BatchError("'formats' must be a list of format names (glb, gltf, obj, usdz)")
         values["formats"] = tuple(f.strip().lower() for f in items if f.strip())
     job_id = str(merged["id"]) if merged.get("id") is not None else _default_id(prompt, values.get("seed"))
-    if not _JOB_ID.match(job_id):
-        raise BatchError(f"job id '{job_id}' is not a folder name: use up to 80 letters, digits, '.', '_' or '-'")
+    try:
+        safe_name(job_id, "job id")
+    except ConfigError as error:
+        raise BatchError(str(error)) from None
     return JobSpec(id=job_id, **values)
 
 
@@ -316,5 +318,5 @@ def _overrides(value: Any) -> list[str]:
 
 
 def _default_id(prompt: str, seed: int | None) -> str:
-    slug = "-".join(filter(None, re.split(r"[^a-z0-9]+", prompt.lower())))[:60] or "job"
+    slug = "-".join(filter(None, re.split(r"[^a-z0-9]+", prompt.lower())))[:48].strip("-") or "job"
     return slug if seed is None else f"{slug}-seed{seed}"

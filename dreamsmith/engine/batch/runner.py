@@ -21,7 +21,7 @@ from dreamsmith.engine.batch.lock import batch_lock
 from dreamsmith.engine.batch.manifest import load_manifest
 from dreamsmith.engine.batch.progress import BatchProgress
 from dreamsmith.engine.batch.summary import write_summary
-from dreamsmith.engine.batch.validate import validate
+from dreamsmith.engine.batch.validation import validate
 from dreamsmith.errors import BatchError, DreamsmithError
 
 EXECUTORS = ("local", "ray")
