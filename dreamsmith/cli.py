@@ -233,3 +233,58 @@ def serve(
         _fail(error)
     except ModuleNotFoundError as error:
         _fail(DreamsmithError(f"the server needs its extra: pip install 'dreamsmith[server]' ({error.name} is missing)"))
+
+
+@app.command()
+def batch(
+    manifest: Annotated[Path, typer.Argument(help="Jobs, one per row: a .jsonl, .csv or .yaml manifest (see the README).")],
+    executor: Annotated[str, typer.Option(help="local (worker processes here) or ray (the distributed extra).")] = "local",
+    workers: Annotated[int | None, typer.Option(help="Jobs at once (default: one per GPU, else 1; ray --address: the cluster's CPUs / --threads).")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads per job (default: the CPUs split between the workers).")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (host:port, ray://host:port or auto); default: a local Ray.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: runs/<manifest name>).")] = None,
+    retry: Annotated[int, typer.Option(help="Further attempts of a job that fails or whose worker dies.")] = 2,
+    only: Annotated[str | None, typer.Option(help="failed (retry failed jobs afresh) or pending (only unfinished ones).")] = None,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Run the valid rows when some are invalid.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Make every asset of MANIFEST into --out: validated first, resumable (re-run to continue), with a
+    ledger, summary.json/summary.csv and gallery.html."""
+    from dreamsmith.engine.batch import BatchOptions, BatchProgress, run_batch
+    from dreamsmith.engine.batch.progress import RichBatchProgress
+
+    options = BatchOptions(executor=executor, workers=workers, threads=threads, address=address, out=out, retry=retry,
+                           only=only.lower() if only else None, skip_invalid=skip_invalid)  # type: ignore[arg-type]
+    try:
+        result = run_batch(manifest, options, BatchProgress() if quiet else RichBatchProgress(console))
+    except DreamsmithError as error:
+        _fail(error)
+    except KeyboardInterrupt:
+        console.print("interrupted again: running jobs keep their last periodic checkpoint; re-run the same command "
+                      "to resume")
+        raise typer.Exit(130) from None
+    counts = result.counts
+    line = (f"{counts['done']} done, {counts['failed']} failed, {counts['pending'] + counts['interrupted']} unfinished"
+            f", {counts['invalid']} invalid rows ({result.ran} run now) in {result.out}")
+    console.print(line if result.ran or quiet else f"nothing to do: {line}", highlight=False, soft_wrap=True)
+    if result.gallery is not None and not quiet:
+        console.print(f"gallery: {result.gallery}", highlight=False, soft_wrap=True)
+    if result.interrupted:
+        raise typer.Exit(130)
+    if counts["failed"] or counts["pending"] or counts["interrupted"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def gallery(
+    folder: Annotated[Path, typer.Argument(help="A batch output directory, or a folder of run directories.")],
+    title: Annotated[str | None, typer.Option(help="Page title (default: the folder's name).")] = None,
+) -> None:
+    """Write FOLDER/gallery.html: every asset in a 3D viewer with its previews, QA badge and files (opens offline)."""
+    from dreamsmith.engine.batch import write_gallery
+
+    try:
+        page = write_gallery(folder, title)
+    except DreamsmithError as error:
+        _fail(error)
+    console.print(f"wrote {page}", highlight=False, soft_wrap=True)

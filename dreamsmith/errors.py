@@ -15,3 +15,7 @@ class ModelLoadError(DreamsmithError):
 
 class RunDirError(DreamsmithError):
     """A run directory that cannot be written, resumed or exported."""
+
+
+class BatchError(DreamsmithError):
+    """A batch manifest, output directory or executor that cannot be used."""

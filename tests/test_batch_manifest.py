@@ -1,0 +1,116 @@
+"""Batch manifests: the three formats, defaults, line numbers, and every bad row reported before anything runs."""
+
+import json
+
+import pytest
+
+from dreamsmith.engine.batch import load_manifest, validate
+from dreamsmith.engine.batch.validation import job_config
+from dreamsmith.errors import BatchError
+
+DEFAULTS = {"steps": 20, "texture_size": 256, "overrides": ["camera.resolution=32"]}
+
+
+def test_jsonl_csv_and_yaml_give_the_same_jobs_with_defaults_and_line_numbers(tmp_path):
+    (tmp_path / "m.jsonl").write_text(
+        json.dumps({"defaults": DEFAULTS}) + "\n\n"
+        + json.dumps({"prompt": "a red cube", "seed": 3, "formats": ["glb", "obj"]}) + "\n"
+        + json.dumps({"id": "ball", "prompt": "a blue sphere", "overrides": ["seed=5"], "max_triangles": 2000,
+                      "profile": "mobile"}) + "\n")
+    (tmp_path / "m.csv").write_text(
+        "# defaults:\n#   steps: 20\n#   texture_size: 256\n#   overrides: [camera.resolution=32]\n"
+        "prompt,seed,formats,id,overrides,max_triangles,profile\n"
+        "a red cube,3,\"glb, obj\",,,,\n"
+        "a blue sphere,,,ball,seed=5,2000,mobile\n")
+    (tmp_path / "m.yaml").write_text(
+        "defaults:\n  steps: 20\n  texture_size: 256\n  overrides: [camera.resolution=32]\njobs:\n"
+        "  - prompt: a red cube\n    seed: 3\n    formats: glb obj\n"
+        "  - {id: ball, prompt: a blue sphere, overrides: {seed: 5}, max_triangles: 2000, profile: mobile}\n")
+    parsed = {name: load_manifest(tmp_path / name) for name in ("m.jsonl", "m.csv", "m.yaml")}
+    for manifest in parsed.values():
+        assert manifest.problems == []
+        cube, ball = manifest.jobs
+        assert (cube.id, cube.seed, cube.steps, cube.formats) == ("a-red-cube-seed3", 3, 20, ("glb", "obj"))
+        assert cube.overrides == ("camera.resolution=32",) and cube.texture_size == 256
+        assert (ball.id, ball.max_triangles, ball.profile, ball.seed) == ("ball", 2000, "mobile", None)
+        assert ball.overrides == ("camera.resolution=32", "seed=5")
+    assert [j.line for j in parsed["m.jsonl"].jobs] == [3, 4]
+    assert [j.line for j in parsed["m.csv"].jobs] == [6, 7]
+    assert [j.line for j in parsed["m.yaml"].jobs] == [6, 9]
+    fingerprints = {name: [j.fingerprint() for j in m.jobs] for name, m in parsed.items()}
+    assert fingerprints["m.jsonl"] == fingerprints["m.csv"] == fingerprints["m.yaml"]
+
+
+def test_a_rows_fields_reach_its_run_config(tmp_path):
+    (tmp_path / "m.yaml").write_text(
+        "- {prompt: a red cube, seed: 4, steps: 12, formats: [glb, usdz], max_triangles: 1500, texture_size: 128,"
+        " profile: mobile, lods: 1, overrides: [coarse.camera.resolution=24]}\n")
+    config = job_config(load_manifest(tmp_path / "m.yaml").jobs[0])
+    assert (config.prompt, config.seed, config.preset, config.stages[-1].steps) == ("a red cube", 4, "toy", 12)
+    assert config.stages[0].camera.resolution == 24
+    export = config.export
+    assert (tuple(export.formats), export.max_triangles, export.texture_size, export.profile, export.lods) == \
+        (("glb", "usdz"), 1500, 128, "mobile", 1)
+
+
+def test_every_bad_row_is_reported_with_its_line_and_the_good_rows_remain(tmp_path):
+    rows = [
+        {"prompt": "a red cube", "seed": 1},                                   # 1 good
+        {"prompt": "a green torus", "image": "torus.png"},                     # 2 unsupported input
+        {"prompt": "a red cube", "seed": 1},                                   # 3 duplicate id
+        {"prompt": "a blue cone", "overrides": ["guidance.guidanse_scale=3"]},  # 4 misspelt override
+        {"prompt": "a wooden barrel"},                                         # 5 unknown to the embedded prior
+        {"prompt": "a gray cube", "texture_size": 300},                        # 6 not a power of two
+        {"prompt": "a gray torus", "sed": 3},                                  # 7 misspelt field
+        {"prompt": "a white cube", "steps": "many"},                           # 8 not a number
+        {"prompt": "a white cone", "adapters": ["my-lora"]},                   # 9 unsupported adapters
+        {"prompt": "a gray sphere", "style_reference": "ref.png"},             # 10 unsupported style reference
+        {"prompt": "a gray cone", "mesh": "base.obj"},                         # 11 unsupported mesh input
+        {"seed": 3},                                                           # 12 no prompt
+        {"prompt": "a purple cube", "preset": "nope"},                         # 13 unknown preset
+        {"prompt": "a blue sphere", "seed": 2},                                # 14 good
+        {"prompt": "a blue cube", "id": "../escape"},                          # 15 not a folder name
+    ]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    manifest = validate(load_manifest(tmp_path / "m.jsonl"))
+    assert [job.line for job in manifest.jobs] == [1, 14]
+    problems = {p.line: p.message for p in manifest.problems}
+    assert sorted(problems) == [*range(2, 14), 15]
+    assert "'image' is not supported yet" in problems[2] and "image prompts" in problems[2]
+    assert "already used by line 1" in problems[3]
+    assert "did you mean 'guidance.guidance_scale'" in problems[4]
+    assert "cannot draw 'a wooden barrel'" in problems[5]
+    assert "--texture-size 300" in problems[6]
+    assert "unknown field 'sed'; did you mean 'seed'?" in problems[7]
+    assert "'steps' must be a whole number" in problems[8]
+    assert "'adapters' is not supported yet" in problems[9]
+    assert "'style_reference' is not supported yet" in problems[10]
+    assert "'mesh' is not supported yet" in problems[11]
+    assert "no prompt" in problems[12]
+    assert "nope" in problems[13]
+    assert "job id '../escape' cannot be used in file names" in problems[15]
+    text = manifest.describe_problems().splitlines()
+    assert len(text) == 13 and text[0].startswith(f"{tmp_path / 'm.jsonl'}:2: ")
+
+
+@pytest.mark.parametrize(("name", "content", "needle"), [
+    ("m.jsonl", '{"prompt": "a red cube"}\n{"prompt": \n', "m.jsonl:2: not JSON"),
+    ("m.yaml", "jobs: [a, b\n", "not YAML"),
+    ("m.yaml", "jobz: []\n", "unknown key 'jobz'"),
+    ("m.csv", "# defaults: [1\nprompt\na red cube\n", "not YAML"),
+    ("m.csv", "# defaults:\n#   sed: 3\nprompt\na red cube\n", "defaults: unknown field 'sed'"),
+    ("m.txt", "a red cube\n", "unknown manifest type '.txt'"),
+    ("m.jsonl", "\n", "has no jobs"),
+])
+def test_a_manifest_that_does_not_parse_is_one_error(tmp_path, name, content, needle):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(BatchError) as caught:
+        load_manifest(tmp_path / name)
+    assert needle in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_csv_row_with_the_wrong_number_of_cells_is_a_row_problem(tmp_path):
+    (tmp_path / "m.csv").write_text("prompt,seed\na red cube,1\na blue cube,2,extra\n")
+    manifest = load_manifest(tmp_path / "m.csv")
+    assert [j.line for j in manifest.jobs] == [2]
+    assert manifest.problems[0].line == 3 and "3 cells" in manifest.problems[0].message
