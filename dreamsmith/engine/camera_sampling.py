@@ -7,37 +7,10 @@ views that share elevation, distance and field of view and are 360/k deg apart i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from dreamsmith.engine.part_configs import CameraConfig
 from dreamsmith.renderers.cameras import Cameras, orbit_cameras
-
-
-@dataclass
-class CameraConfig:
-    batch_size: int = 1
-    """Views rendered per optimization step."""
-    resolution: int = 64
-    """Render height and width in pixels."""
-    elevation_range: tuple[float, float] = (-10.0, 90.0)
-    """Elevation of random cameras (degrees above the XZ plane)."""
-    azimuth_range: tuple[float, float] = (-180.0, 180.0)
-    """Azimuth of random cameras (degrees; 0 looks at the front, +Z)."""
-    distance_range: tuple[float, float] = (1.5, 2.0)
-    """Distance of random cameras from the origin (metres)."""
-    fovy_range: tuple[float, float] = (40.0, 70.0)
-    """Vertical field of view of random cameras (degrees)."""
-    eval_elevation: float = 15.0
-    """Elevation of preview cameras (degrees)."""
-    eval_distance: float = 2.0
-    """Distance of preview cameras (metres)."""
-    eval_fovy: float = 50.0
-    """Field of view of preview cameras (degrees)."""
-    eval_views: int = 8
-    """Views in a preview grid."""
-    eval_resolution: int = 128
-    """Resolution of preview views."""
 
 
 def _uniform(low: float, high: float, count: int, generator: torch.Generator) -> torch.Tensor:

@@ -7,31 +7,15 @@ adapter for tiny-cuda-nn used when it is installed and the encoding lives on a C
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
+from dreamsmith.representations.configs import HashGridConfig
+
 # Instant-NGP's spatial hash primes (pi_1 = 1 keeps the x dimension coherent in memory).
 _PRIMES = (1, 2654435761, 805459861)
-
-
-@dataclass
-class HashGridConfig:
-    n_levels: int = 16
-    """Number of resolution levels."""
-    n_features_per_level: int = 2
-    """Feature channels stored per level."""
-    log2_hashmap_size: int = 19
-    """log2 of the number of entries of each level's table."""
-    base_resolution: int = 16
-    """Grid resolution of the coarsest level."""
-    per_level_scale: float = 1.447269237440378
-    """Resolution growth factor between levels (16 levels from 16 to 2048 by default)."""
-    start_level: int = 16
-    """Levels active at step 0 (progressive training: fewer levels first)."""
-    update_steps: int = 0
-    """Steps between enabling one more level (0: all levels from the start)."""
 
 
 def level_resolutions(config: HashGridConfig) -> list[int]:
@@ -69,16 +53,71 @@ def corner_weights(frac: Tensor) -> Tensor:
     return (wx[..., :, None, None] * wy[..., None, :, None] * wz[..., None, None, :]).flatten(-3)
 
 
+def _hashed_corners(positions: Tensor, resolution: int, table_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """For one hashed level, per corner (same order as ``corner_indices``) its table index ``[N]`` and
+    trilinear weight ``[N]``: the math of ``corner_indices``/``corner_weights`` one corner at a time,
+    so nothing of size ``[N, 8]`` is ever held."""
+    scaled = positions * resolution
+    cell = scaled.floor()
+    frac = scaled - cell
+    lower = cell.long()
+    upper = torch.clamp(lower + 1, max=resolution)
+    axes = [(lower[:, axis], upper[:, axis], 1.0 - frac[:, axis], frac[:, axis]) for axis in range(3)]
+    for corner in range(8):
+        bits = ((corner >> 2) & 1, (corner >> 1) & 1, corner & 1)
+        (x, wx), (y, wy), (z, wz) = ((axes[a][b], axes[a][2 + b]) for a, b in enumerate(bits))
+        index = torch.bitwise_xor(torch.bitwise_xor(x * _PRIMES[0], y * _PRIMES[1]), z * _PRIMES[2])
+        yield index.bitwise_and_(table_size - 1), wx * wy * wz
+
+
+class _FusedHashedLevels(torch.autograd.Function):
+    """The hashed levels as one autograd function that keeps only the positions: forward accumulates
+    corner by corner, backward recomputes each corner's index and weight and scatters the gradient
+    into the tables. Positions get no gradient (``TorchHashGrid`` takes the reference path then)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, positions: Tensor, tables: Tensor,
+                resolutions: list[int]) -> Tensor:
+        ctx.save_for_backward(positions)
+        ctx.resolutions = resolutions
+        ctx.tables_shape = tables.shape
+        n_levels, table_size, n_features = tables.shape
+        out = positions.new_zeros(positions.shape[0], n_levels, n_features)
+        for level, resolution in enumerate(resolutions):
+            table, target = tables[level], out[:, level]
+            for index, weight in _hashed_corners(positions, resolution, table_size):
+                target.addcmul_(table.index_select(0, index), weight[:, None])
+        return out.view(positions.shape[0], -1)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[None, Tensor | None, None]:
+        if not ctx.needs_input_grad[1]:
+            return None, None, None
+        (positions,) = ctx.saved_tensors
+        n_levels, table_size, n_features = ctx.tables_shape
+        grad = grad.reshape(positions.shape[0], n_levels, n_features)
+        grad_tables = grad.new_zeros(ctx.tables_shape)
+        for level, resolution in enumerate(ctx.resolutions):
+            level_grad = grad[:, level]
+            for index, weight in _hashed_corners(positions, resolution, table_size):
+                grad_tables[level].index_add_(0, index, level_grad * weight[:, None])
+        return None, grad_tables, None
+
+
 class TorchHashGrid(nn.Module):
     """Pure PyTorch hash grid: ``positions [N, 3] in [0, 1] -> features [N, L * F]``.
 
     Levels whose dense grid fits in a table are stored densely and interpolated by ``grid_sample``
-    (a fused trilinear kernel, the same math); the finer levels use the spatial hash and a gather.
+    (a fused trilinear kernel, the same math); the finer levels use the spatial hash. Their gathers
+    run corner by corner in ``_FusedHashedLevels`` (memory ``O(N)`` per level, nothing saved for
+    backward but the positions) unless the positions need a gradient (analytic normals), where the
+    reference path over ``[L, N, 8]`` tensors is used; ``fused=False`` forces the reference path.
     """
 
-    def __init__(self, config: HashGridConfig) -> None:
+    def __init__(self, config: HashGridConfig, fused: bool = True) -> None:
         super().__init__()
         self.config = config
+        self.fused = fused
         self.table_size = 2**config.log2_hashmap_size
         resolutions = level_resolutions(config)
         n_features = config.n_features_per_level
@@ -95,6 +134,13 @@ class TorchHashGrid(nn.Module):
     def n_output_dims(self) -> int:
         return self.config.n_levels * self.config.n_features_per_level
 
+    def bytes_per_point(self) -> int:
+        """Peak bytes of temporaries per evaluated point (forward and backward) on the fused path:
+        the output and its gradient, one corner's index, weight and gathered features, and the
+        per-axis corner coordinates and weights of one level (float32, int64)."""
+        n_features = self.config.n_features_per_level
+        return 4 * 3 * self.n_output_dims + 8 * (6 + 2) + 4 * (6 + 4 + 3 * n_features) + 64
+
     def forward(self, positions: Tensor) -> Tensor:
         positions = positions.clamp(0.0, 1.0)
         n_points = positions.shape[0]
@@ -105,10 +151,15 @@ class TorchHashGrid(nn.Module):
                 sampled = nn.functional.grid_sample(table, grid, mode="bilinear", align_corners=True)
                 outputs.append(sampled.view(-1, n_points).t())  # [N, F]
         if len(self.hashed_resolutions):
-            outputs.append(self._hashed(positions))
+            if self.fused and not positions.requires_grad:
+                resolutions = self.hashed_resolutions.tolist()
+                outputs.append(_FusedHashedLevels.apply(positions, self.hash_tables, resolutions))
+            else:
+                outputs.append(self._hashed(positions))
         return torch.cat(outputs, dim=-1)
 
     def _hashed(self, positions: Tensor) -> Tensor:
+        """The reference path: every level's 8 corners at once (``[L, N, 8]`` tensors)."""
         scaled = positions[None] * self.hashed_resolutions.view(-1, 1, 1).to(positions.dtype)  # [L, N, 3]
         cell = scaled.detach().floor()
         indices = corner_indices(cell.long(), self.hashed_resolutions, self.table_size)  # [L, N, 8]
@@ -180,6 +231,12 @@ class HashGrid(nn.Module):
     @property
     def n_output_dims(self) -> int:
         return self.grid.n_output_dims
+
+    def bytes_per_point(self) -> int:
+        """Peak bytes of temporaries per encoded point (tiny-cuda-nn: its output and gradient)."""
+        if isinstance(self.grid, TorchHashGrid):
+            return self.grid.bytes_per_point()
+        return 4 * 3 * self.n_output_dims
 
     def set_step(self, step: int) -> None:
         """Enable the levels that progressive training allows at ``step``."""
