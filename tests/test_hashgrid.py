@@ -62,3 +62,32 @@ def test_encoding_is_continuous_and_progressive_levels_mask_features():
     assert (out[:, 4:] == 0).all() and (out[:, :4] != 0).any()
     grid.set_step(25)
     assert (grid(torch.rand(10, 3))[:, 4:] != 0).any()
+
+
+def test_fused_hashed_levels_equal_the_reference_path_values_and_table_gradients():
+    config = HashGridConfig(n_levels=8, log2_hashmap_size=12)
+    grid = TorchHashGrid(config)
+    with torch.no_grad():
+        grid.hash_tables.uniform_(-1, 1)
+    points = torch.rand(3000, 3, generator=torch.Generator().manual_seed(1))
+    weights = torch.randn(3000, grid.n_output_dims, generator=torch.Generator().manual_seed(2))
+    results = {}
+    for fused in (True, False):
+        grid.fused = fused
+        grid.zero_grad(set_to_none=True)
+        out = grid(points)
+        (out * weights).sum().backward()
+        results[fused] = (out.detach(), grid.hash_tables.grad.clone())
+    assert len(grid.hashed_resolutions) == 8  # every level is hashed at this table size
+    assert torch.allclose(results[True][0], results[False][0], atol=1e-6, rtol=1e-5)
+    assert torch.allclose(results[True][1], results[False][1], atol=1e-5, rtol=1e-4)
+    assert results[True][1].abs().sum() > 0
+
+
+def test_positions_that_need_a_gradient_take_the_reference_path_and_get_one():
+    grid = TorchHashGrid(HashGridConfig(n_levels=6, log2_hashmap_size=10))
+    with torch.no_grad():
+        grid.hash_tables.uniform_(-1, 1)
+    points = torch.rand(50, 3, generator=torch.Generator().manual_seed(3)).requires_grad_(True)
+    grid(points).sum().backward()
+    assert points.grad is not None and points.grad.abs().sum() > 0

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dreamsmith.engine.config import RunConfig, apply_overrides, deep_merge, resolve
-from dreamsmith.engine.presets import load_preset, preset_for_model
+from dreamsmith.engine.memory import check_memory
+from dreamsmith.engine.presets import check_model, load_preset, preset_for_model, resolve_model
 from dreamsmith.errors import ConfigError
 
 
@@ -19,6 +20,7 @@ def make_config(
     """The run's config: the preset, then the options, then ``key=value`` overrides.
 
     steps: the steps of the last stage (earlier stages keep the preset's; ``<stage>.steps=N`` sets one).
+    A config that cannot fit in the memory budget (:mod:`dreamsmith.engine.memory`) is refused.
     """
     if steps is not None and steps < 0:
         raise ConfigError(f"--steps must be >= 0, got {steps}")
@@ -26,6 +28,7 @@ def make_config(
     raw = load_preset(preset)
     raw.pop("description", None)
     preset_model = raw.pop("model", None)
+    check_model(model or preset_model)
     raw = deep_merge(raw, {"prompt": prompt, "preset": preset, "model": model or preset_model})
     if seed is not None:
         raw["seed"] = seed
@@ -33,4 +36,6 @@ def make_config(
         raw["device"] = device
     if steps is not None:
         raw["stages"][-1]["steps"] = steps
-    return resolve(apply_overrides(raw, list(overrides)))
+    config = resolve(apply_overrides(raw, list(overrides)))
+    check_memory(config, resolve_model(config.model))
+    return config
