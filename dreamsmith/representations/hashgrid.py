@@ -53,21 +53,53 @@ def corner_weights(frac: Tensor) -> Tensor:
     return (wx[..., :, None, None] * wy[..., None, :, None] * wz[..., None, None, :]).flatten(-3)
 
 
+_ROW_DTYPES = {1: torch.float32, 2: torch.complex64}
+"""Element types as wide as a table row of 1 or 2 float32 features: a row is gathered, and its
+gradient scattered, as one element (complex addition adds both features); 1-D gathers and scatters
+are several times faster than 2-D ones on the CPU."""
+
+
 def _hashed_corners(positions: Tensor, resolution: int, table_size: int) -> Iterator[tuple[Tensor, Tensor]]:
     """For one hashed level, per corner (same order as ``corner_indices``) its table index ``[N]`` and
     trilinear weight ``[N]``: the math of ``corner_indices``/``corner_weights`` one corner at a time,
-    so nothing of size ``[N, 8]`` is ever held."""
+    so nothing of size ``[N, 8]`` is ever held. Each axis's hashed coordinate and weight, and the
+    (y, z) combinations, are computed once and shared by the corners."""
     scaled = positions * resolution
     cell = scaled.floor()
     frac = scaled - cell
     lower = cell.long()
     upper = torch.clamp(lower + 1, max=resolution)
-    axes = [(lower[:, axis], upper[:, axis], 1.0 - frac[:, axis], frac[:, axis]) for axis in range(3)]
+    hashed = [(lower[:, axis] * _PRIMES[axis], upper[:, axis] * _PRIMES[axis]) for axis in range(3)]
+    weights = [(1.0 - frac[:, axis], frac[:, axis]) for axis in range(3)]
+    pairs = {(by, bz): (torch.bitwise_xor(hashed[1][by], hashed[2][bz]), weights[1][by] * weights[2][bz])
+             for by in (0, 1) for bz in (0, 1)}
     for corner in range(8):
-        bits = ((corner >> 2) & 1, (corner >> 1) & 1, corner & 1)
-        (x, wx), (y, wy), (z, wz) = ((axes[a][b], axes[a][2 + b]) for a, b in enumerate(bits))
-        index = torch.bitwise_xor(torch.bitwise_xor(x * _PRIMES[0], y * _PRIMES[1]), z * _PRIMES[2])
-        yield index.bitwise_and_(table_size - 1), wx * wy * wz
+        bx, by, bz = (corner >> 2) & 1, (corner >> 1) & 1, corner & 1
+        yz_index, yz_weight = pairs[by, bz]
+        index = torch.bitwise_xor(hashed[0][bx], yz_index).bitwise_and_(table_size - 1)
+        yield index, weights[0][bx] * yz_weight
+
+
+def _row_dtype(table: Tensor) -> torch.dtype | None:
+    """The one-element row type of a float32 ``[..., F]`` table, or None (gather rows as 2-D)."""
+    return _ROW_DTYPES.get(table.shape[-1]) if table.dtype == torch.float32 else None
+
+
+def _gather_rows(table: Tensor, index: Tensor) -> Tensor:
+    """``table[index]`` ``[N, F]`` for a contiguous ``[T, F]`` table."""
+    row_dtype = _row_dtype(table)
+    if row_dtype is None:
+        return table.index_select(0, index)
+    return table.view(row_dtype).view(-1).index_select(0, index).view(torch.float32).view(-1, table.shape[1])
+
+
+def _scatter_rows(grad_table: Tensor, index: Tensor, rows: Tensor) -> None:
+    """``grad_table[index] += rows`` (repeated indices accumulate) for contiguous ``[T, F]``/``[N, F]``."""
+    row_dtype = _row_dtype(grad_table)
+    if row_dtype is None:
+        grad_table.index_add_(0, index, rows)
+        return
+    grad_table.view(row_dtype).view(-1).index_add_(0, index, rows.contiguous().view(row_dtype).view(-1))
 
 
 class _FusedHashedLevels(torch.autograd.Function):
@@ -82,11 +114,13 @@ class _FusedHashedLevels(torch.autograd.Function):
         ctx.resolutions = resolutions
         ctx.tables_shape = tables.shape
         n_levels, table_size, n_features = tables.shape
-        out = positions.new_zeros(positions.shape[0], n_levels, n_features)
+        out = positions.new_empty(positions.shape[0], n_levels, n_features)
         for level, resolution in enumerate(resolutions):
-            table, target = tables[level], out[:, level]
+            table = tables[level].contiguous()
+            accumulated = torch.zeros(positions.shape[0], n_features, dtype=positions.dtype, device=positions.device)
             for index, weight in _hashed_corners(positions, resolution, table_size):
-                target.addcmul_(table.index_select(0, index), weight[:, None])
+                accumulated.addcmul_(_gather_rows(table, index), weight[:, None])
+            out[:, level] = accumulated
         return out.view(positions.shape[0], -1)
 
     @staticmethod
@@ -100,7 +134,7 @@ class _FusedHashedLevels(torch.autograd.Function):
         for level, resolution in enumerate(ctx.resolutions):
             level_grad = grad[:, level]
             for index, weight in _hashed_corners(positions, resolution, table_size):
-                grad_tables[level].index_add_(0, index, level_grad * weight[:, None])
+                _scatter_rows(grad_tables[level], index, level_grad * weight[:, None])
         return None, grad_tables, None
 
 
