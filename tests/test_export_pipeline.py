@@ -12,8 +12,8 @@ from PIL import Image
 from dreamsmith.errors import DreamsmithError
 from dreamsmith.exporters import pipeline
 from dreamsmith.exporters.pipeline import ExportOptions, export_mesh
-from dreamsmith.representations.mesh import Mesh
 from dreamsmith.exporters.usdz import usd_available
+from dreamsmith.representations.mesh import Mesh
 
 FORMATS = ("glb", "gltf", "obj", "usdz") if usd_available() else ("glb", "gltf", "obj")
 
