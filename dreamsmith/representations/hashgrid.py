@@ -81,8 +81,11 @@ def _hashed_corners(positions: Tensor, resolution: int, table_size: int) -> Iter
 
 
 def _row_dtype(table: Tensor) -> torch.dtype | None:
-    """The one-element row type of a float32 ``[..., F]`` table, or None (gather rows as 2-D)."""
-    return _ROW_DTYPES.get(table.shape[-1]) if table.dtype == torch.float32 else None
+    """The one-element row type of a float32 ``[..., F]`` CPU table, or None (rows as 2-D: other
+    devices, where complex scatters are not guaranteed)."""
+    if table.dtype != torch.float32 or table.device.type != "cpu":
+        return None
+    return _ROW_DTYPES.get(table.shape[-1])
 
 
 def _gather_rows(table: Tensor, index: Tensor) -> Tensor:
