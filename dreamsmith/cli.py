@@ -56,13 +56,13 @@ MEMORY_HELP = ("Memory the run may use, e.g. 4G (default: half the memory availa
 
 
 def _machine_settings(threads: int | None, memory_budget: str | None) -> None:
-    """Apply --threads (and the passive OpenMP wait policy) and --memory-budget before torch loads."""
+    """Check --threads and apply --memory-budget (the config check reads it) before anything loads."""
     from dreamsmith.engine.memory import ENV, parse_memory_size
-    from dreamsmith.engine.threads import apply_thread_policy
 
+    if threads is not None and threads < 1:
+        raise DreamsmithError(f"--threads must be >= 1, got {threads}")
     if memory_budget is not None:
         os.environ[ENV] = str(parse_memory_size(memory_budget))
-    apply_thread_policy(threads)
 
 
 def _fail(error: Exception) -> None:
@@ -88,11 +88,13 @@ def generate(
 ) -> None:
     """Optimize a 3D asset for PROMPT and write it, with previews and a report, to the run directory."""
     from dreamsmith.engine.overrides import make_config
+    from dreamsmith.engine.threads import apply_thread_policy
 
     try:
         _machine_settings(threads, memory_budget)
         extra = ["allow_pickle=true"] if allow_pickle else []
         config = make_config(prompt, preset, model, steps, seed, device, [*(overrides or []), *extra])
+        apply_thread_policy(threads)  # after validation: a usage error does not wait to count idle cores
         from dreamsmith.engine.run import Progress as SilentProgress
         from dreamsmith.engine.run import generate as run_generate
 
@@ -127,9 +129,12 @@ def export(
     memory_budget: Annotated[str | None, typer.Option(help=MEMORY_HELP)] = None,
 ) -> None:
     """Write RUN_DIR's asset as UV-textured PBR GLB/glTF/OBJ/USDZ with LODs, a QA report and previews."""
+    from dreamsmith.engine.threads import apply_thread_policy
+
     formats = [name.strip().lower() for value in [*(format or ["glb"]), *(more_formats or [])] for name in value.split(",")]
     try:
         _machine_settings(threads, memory_budget)
+        apply_thread_policy(threads)
         from dreamsmith.engine.export import export_run
 
         result = export_run(run_dir, formats=formats, texture_size=texture_size, max_triangles=max_triangles, lods=lods,
