@@ -1,5 +1,6 @@
 """The PyTorch hash grid: the dense levels (grid_sample) and the hashed levels compute the same math."""
 
+import pytest
 import torch
 
 from dreamsmith.representations.hashgrid import (
@@ -86,10 +87,33 @@ def test_fused_levels_equal_the_reference_path_values_and_table_gradients():
         assert torch.allclose(fast, reference, atol=1e-4, rtol=1e-4)
 
 
-def test_positions_that_need_a_gradient_take_the_reference_path_and_get_one():
-    grid = TorchHashGrid(HashGridConfig(n_levels=6, log2_hashmap_size=10))
+def test_fused_position_gradients_equal_the_reference_paths_and_double_backward_refuses():
+    grid = TorchHashGrid(HashGridConfig(n_levels=8, log2_hashmap_size=15))
     with torch.no_grad():
-        grid.hash_tables.uniform_(-1, 1)
-    points = torch.rand(50, 3, generator=torch.Generator().manual_seed(3)).requires_grad_(True)
-    grid(points).sum().backward()
-    assert points.grad is not None and points.grad.abs().sum() > 0
+        for parameter in grid.parameters():
+            parameter.uniform_(-1, 1)
+    points = torch.rand(400, 3, generator=torch.Generator().manual_seed(3)) * 0.98 + 0.01
+    upstream = torch.randn(400, grid.n_output_dims, generator=torch.Generator().manual_seed(4))
+    gradients = {}
+    for fused in (True, False):
+        grid.fused = fused
+        moving = points.clone().requires_grad_(True)
+        (grid(moving) * upstream).sum().backward()
+        gradients[fused] = moving.grad
+    assert gradients[False].abs().max() > 1.0
+    assert torch.allclose(gradients[True], gradients[False], rtol=1e-4, atol=1e-3)
+    grid.fused = True
+    moving = points.clone().requires_grad_(True)
+    with pytest.raises(RuntimeError, match="differentiable once"):  # analytic normals take the reference path
+        torch.autograd.grad(grid(moving).sum(), moving, create_graph=True)
+
+
+def test_analytic_normals_keep_the_reference_path_for_their_second_derivative():
+    from dreamsmith.representations.nerf import NeRFConfig, NeRFField
+
+    field = NeRFField(NeRFConfig(hash_grid=HashGridConfig(n_levels=4, log2_hashmap_size=12), normals="analytic"))
+    assert field.encoding.grid.fused_position_gradients is False
+    points = torch.rand(64, 3, generator=torch.Generator().manual_seed(5)) - 0.5
+    density, _, normal = field(points, with_normals=True)
+    normal.sum().backward()  # through the normals' own gradient
+    assert field.encoding.grid.hash_tables.grad is not None

@@ -59,11 +59,14 @@ gradient scattered, as one element (complex addition adds both features); 1-D ga
 are several times faster than 2-D ones on the CPU."""
 
 
-def _hashed_corners(positions: Tensor, resolution: int, table_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """For one hashed level, per corner (same order as ``corner_indices``) its table index ``[N]`` and
-    trilinear weight ``[N]``: the math of ``corner_indices``/``corner_weights`` one corner at a time,
-    so nothing of size ``[N, 8]`` is ever held. Each axis's hashed coordinate and weight, and the
-    (y, z) combinations, are computed once and shared by the corners."""
+def _hashed_corners(
+    positions: Tensor, resolution: int, table_size: int, derivatives: bool = False
+) -> Iterator[tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]]:
+    """For one hashed level, per corner (same order as ``corner_indices``) its table index ``[N]``,
+    trilinear weight ``[N]`` and, with ``derivatives``, the weight's partial derivatives along x, y
+    and z (each ``[N]``): the math of ``corner_indices``/``corner_weights`` one corner at a time, so
+    nothing of size ``[N, 8]`` is ever held. Each axis's hashed coordinate and weight, and the (y, z)
+    combinations, are computed once and shared by the corners."""
     scaled = positions * resolution
     cell = scaled.floor()
     frac = scaled - cell
@@ -71,13 +74,18 @@ def _hashed_corners(positions: Tensor, resolution: int, table_size: int) -> Iter
     upper = torch.clamp(lower + 1, max=resolution)
     hashed = [(lower[:, axis] * _PRIMES[axis], upper[:, axis] * _PRIMES[axis]) for axis in range(3)]
     weights = [(1.0 - frac[:, axis], frac[:, axis]) for axis in range(3)]
+    slope = (-float(resolution), float(resolution))  # d weight / d position of the lower, upper corner
     pairs = {(by, bz): (torch.bitwise_xor(hashed[1][by], hashed[2][bz]), weights[1][by] * weights[2][bz])
              for by in (0, 1) for bz in (0, 1)}
     for corner in range(8):
         bx, by, bz = (corner >> 2) & 1, (corner >> 1) & 1, corner & 1
         yz_index, yz_weight = pairs[by, bz]
         index = torch.bitwise_xor(hashed[0][bx], yz_index).bitwise_and_(table_size - 1)
-        yield index, weights[0][bx] * yz_weight
+        partials = None
+        if derivatives:
+            wx, wy, wz = weights[0][bx], weights[1][by], weights[2][bz]
+            partials = (slope[bx] * yz_weight, wx * slope[by] * wz, wx * wy * slope[bz])
+        yield index, weights[0][bx] * yz_weight, partials
 
 
 def _row_dtype(table: Tensor) -> torch.dtype | None:
@@ -107,38 +115,48 @@ def _scatter_rows(grad_table: Tensor, index: Tensor, rows: Tensor) -> None:
 
 class _FusedHashedLevels(torch.autograd.Function):
     """The hashed levels as one autograd function that keeps only the positions: forward accumulates
-    corner by corner, backward recomputes each corner's index and weight and scatters the gradient
-    into the tables. Positions get no gradient (``TorchHashGrid`` takes the reference path then)."""
+    corner by corner, backward recomputes each corner's index and weight, scatters the gradient into
+    the tables and, when the positions need one, accumulates theirs (the features times the weights'
+    derivatives). Differentiable once: a second derivative (analytic normals trained through their
+    own gradient) takes the reference path (``TorchHashGrid.fused_position_gradients``)."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, positions: Tensor, tables: Tensor,
                 resolutions: list[int]) -> Tensor:
-        ctx.save_for_backward(positions)
+        ctx.save_for_backward(positions, tables)
         ctx.resolutions = resolutions
-        ctx.tables_shape = tables.shape
         n_levels, table_size, n_features = tables.shape
         out = positions.new_empty(positions.shape[0], n_levels, n_features)
         for level, resolution in enumerate(resolutions):
             table = tables[level].contiguous()
             accumulated = torch.zeros(positions.shape[0], n_features, dtype=positions.dtype, device=positions.device)
-            for index, weight in _hashed_corners(positions, resolution, table_size):
+            for index, weight, _ in _hashed_corners(positions, resolution, table_size):
                 accumulated.addcmul_(_gather_rows(table, index), weight[:, None])
             out[:, level] = accumulated
         return out.view(positions.shape[0], -1)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[None, Tensor | None, None]:
-        if not ctx.needs_input_grad[1]:
-            return None, None, None
-        (positions,) = ctx.saved_tensors
-        n_levels, table_size, n_features = ctx.tables_shape
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        if torch.is_grad_enabled():  # create_graph: a second derivative would silently miss this part
+            raise RuntimeError("the fused hash grid is differentiable once; set fused_position_gradients=False "
+                               "on the TorchHashGrid for second derivatives")
+        positions, tables = ctx.saved_tensors
+        need_positions, need_tables = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        n_levels, table_size, n_features = tables.shape
         grad = grad.reshape(positions.shape[0], n_levels, n_features)
-        grad_tables = grad.new_zeros(ctx.tables_shape)
+        grad_tables = grad.new_zeros(tables.shape) if need_tables else None
+        grad_positions = torch.zeros_like(positions) if need_positions else None
         for level, resolution in enumerate(ctx.resolutions):
             level_grad = grad[:, level]
-            for index, weight in _hashed_corners(positions, resolution, table_size):
-                _scatter_rows(grad_tables[level], index, level_grad * weight[:, None])
-        return None, grad_tables, None
+            corners = _hashed_corners(positions, resolution, table_size, derivatives=need_positions)
+            for index, weight, partials in corners:
+                if need_tables:
+                    _scatter_rows(grad_tables[level], index, level_grad * weight[:, None])
+                if need_positions:
+                    along = (level_grad * _gather_rows(tables[level], index)).sum(-1)
+                    for axis in range(3):
+                        grad_positions[:, axis].addcmul_(along, partials[axis])
+        return grad_positions, grad_tables, None
 
 
 class TorchHashGrid(nn.Module):
@@ -147,14 +165,16 @@ class TorchHashGrid(nn.Module):
     Levels whose dense grid fits in a table are stored densely and interpolated by ``grid_sample``
     (a fused trilinear kernel, the same math); the finer levels use the spatial hash. Their gathers
     run corner by corner in ``_FusedHashedLevels`` (memory ``O(N)`` per level, nothing saved for
-    backward but the positions) unless the positions need a gradient (analytic normals), where the
-    reference path over ``[L, N, 8]`` tensors is used; ``fused=False`` forces the reference path.
+    backward but the positions). ``fused=False`` forces the reference path over ``[L, N, 8]``
+    tensors; so do positions that need a gradient when ``fused_position_gradients`` is False (a
+    NeRF with analytic normals, whose training differentiates the encoding twice).
     """
 
     def __init__(self, config: HashGridConfig, fused: bool = True) -> None:
         super().__init__()
         self.config = config
         self.fused = fused
+        self.fused_position_gradients = True
         self.table_size = 2**config.log2_hashmap_size
         resolutions = level_resolutions(config)
         n_features = config.n_features_per_level
@@ -188,7 +208,7 @@ class TorchHashGrid(nn.Module):
                 sampled = nn.functional.grid_sample(table, grid, mode="bilinear", align_corners=True)
                 outputs.append(sampled.view(-1, n_points).t())  # [N, F]
         if len(self.hashed_resolutions):
-            if self.fused and not positions.requires_grad:
+            if self.fused and (self.fused_position_gradients or not positions.requires_grad):
                 resolutions = self.hashed_resolutions.tolist()
                 outputs.append(_FusedHashedLevels.apply(positions, self.hash_tables, resolutions))
             else:

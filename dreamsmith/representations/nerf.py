@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from dreamsmith.representations.configs import NeRFConfig
-from dreamsmith.representations.hashgrid import HashGrid
+from dreamsmith.representations.hashgrid import HashGrid, TorchHashGrid
 
 
 class _TruncExp(torch.autograd.Function):
@@ -53,6 +53,8 @@ class NeRFField(nn.Module):
         super().__init__()
         self.config = config
         self.encoding = HashGrid(config.hash_grid, device=device, backend=config.backend)
+        if isinstance(self.encoding.grid, TorchHashGrid) and config.normals == "analytic":
+            self.encoding.grid.fused_position_gradients = False  # trained through a second derivative
         self.density_head = mlp(self.encoding.n_output_dims, 1, config.hidden_dim, config.hidden_layers)
         self.albedo_head = mlp(self.encoding.n_output_dims, 3, config.hidden_dim, config.hidden_layers)
 
