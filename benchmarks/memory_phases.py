@@ -59,6 +59,7 @@ class PhasePeaks:
     def phase(self, name: str):
         import torch
 
+        print(f"phase {name}", file=sys.stderr, flush=True)  # so benchmarks/peak_rss.py can name it too
         self.peak = rss()
         if self.cuda:
             torch.cuda.synchronize()
