@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -47,7 +50,12 @@ class RichProgress:
         self.bar.stop()
 
     def message(self, text: str) -> None:
-        console.print(text)
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _error_line(error: object) -> None:
+    """One ``error: ...`` line; user text inside (prompts, paths, keys) is never read as markup."""
+    console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
 
 
 THREADS_HELP = "CPU threads for torch (default: the cores idle when the command starts)."
@@ -66,8 +74,18 @@ def _machine_settings(threads: int | None, memory_budget: str | None) -> None:
 
 
 def _fail(error: Exception) -> None:
-    console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+    _error_line(error)
     raise typer.Exit(1)
+
+
+def _interrupted(error: KeyboardInterrupt, out: Path) -> None:
+    """What a stopped run left, and the exit code a shell expects (130 for Ctrl-C, 143 for SIGTERM)."""
+    step = getattr(error, "checkpoint_step", None)
+    has_checkpoint = step is not None or (out / "checkpoints" / "last.pt").exists()
+    message = (f"interrupted; the checkpoint in {out} is kept: continue with --resume" if has_checkpoint
+               else "interrupted before anything was written")
+    console.print(message, markup=False, highlight=False)
+    raise typer.Exit(getattr(error, "exit_code", 130))
 
 
 @app.command()
@@ -76,11 +94,12 @@ def generate(
     overrides: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE config overrides, e.g. guidance.guidance_scale=50.")] = None,
     preset: Annotated[str | None, typer.Option(help="Preset (see `dreamsmith presets`); default: toy without --model, else dreamfusion.")] = None,
     model: Annotated[str | None, typer.Option(help="Diffusion model: a local diffusers folder or a Hugging Face id.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Optimization steps of the last stage.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimization steps of the whole run, split over the stages in the preset's proportions (STAGE.steps=N sets one stage).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same device: same asset).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<prompt>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out (refused otherwise).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow pickled (.bin/.ckpt) model weights; only for models you trust.")] = False,
     threads: Annotated[int | None, typer.Option(help=THREADS_HELP)] = None,
@@ -100,15 +119,14 @@ def generate(
 
         out = out or Path("runs") / _slug(prompt)
         progress = SilentProgress() if quiet else RichProgress()
-        report = run_generate(config, out, resume=resume, progress=progress)
+        report = run_generate(config, out, resume=resume, progress=progress, overwrite=overwrite)
     except DreamsmithError as error:
         _fail(error)
-    except KeyboardInterrupt:
-        console.print("interrupted; continue with --resume")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as interrupt:
+        _interrupted(interrupt, out or Path("runs") / _slug(prompt))
     if not quiet:
         asset = report["asset"]
-        console.print(f"wrote {out / asset['path']} ({asset['faces']} triangles)")
+        console.print(f"wrote {out / asset['path']} ({asset['faces']} triangles)", markup=False, highlight=False)
 
 
 @app.command()
@@ -141,19 +159,19 @@ def export(
                             origin=origin, scale=scale, out=out, profile=profile, preview_resolution=preview_size)
     except DreamsmithError as error:
         _fail(error)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         console.print("interrupted; nothing was written")
-        raise typer.Exit(130) from None
+        raise typer.Exit(getattr(interrupt, "exit_code", 130)) from None
     if quiet:
         return
     report = result.qa["asset"]
     table = Table("check", "value", "limit", f"{report['profile']}", title=f"QA: {report['status'].upper()}")
     for check, value, limit, status in [(c["check"], str(c["value"]), c["limit"], c["status"]) for c in report["checks"]]:
         colour = {"pass": "green", "warn": "yellow", "fail": "red"}[status]
-        table.add_row(check, value, limit, f"[{colour}]{status}[/{colour}]")
+        table.add_row(escape(check), escape(value), escape(str(limit)), f"[{colour}]{status}[/{colour}]")
     Console().print(table)
     for path in result.paths:
-        Console().print(f"wrote {path}", highlight=False)
+        Console().print(f"wrote {path}", highlight=False, markup=False)
 
 
 @app.command()
@@ -182,8 +200,10 @@ def doctor() -> None:
 
 
 def _slug(prompt: str) -> str:
-    slug = "".join(c if c.isalnum() else "-" for c in prompt.lower()).strip("-")
-    return "-".join(filter(None, slug.split("-")))[:60] or "run"
+    """The default run folder's name: the prompt's words, or (no letters or digits) a hash of it."""
+    slug = "".join(c if c.isascii() and c.isalnum() else "-" for c in prompt.lower()).strip("-")
+    slug = "-".join(filter(None, slug.split("-")))[:60].strip("-")
+    return slug or "run-" + hashlib.sha1(prompt.encode()).hexdigest()[:8]
 
 
 def _quiet_libraries() -> None:
@@ -194,18 +214,29 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    from dreamsmith.engine.signals import RunInterrupted
+
+    raise RunInterrupted(signum)
+
+
 def main() -> None:
-    """Entry point: user mistakes end in one line, not a traceback."""
+    """Entry point: user mistakes end in one line, not a traceback; SIGTERM stops like Ctrl-C (a run
+    defers both to its next step boundary)."""
     _quiet_libraries()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loads
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         app()
     except DreamsmithError as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        _error_line(error)
         sys.exit(1)
+    except KeyboardInterrupt as interrupt:
+        console.print("interrupted", markup=False)
+        sys.exit(getattr(interrupt, "exit_code", 130))
     except Exception as error:
         if os.environ.get("DREAMSMITH_DEBUG"):
             raise
-        console.print(f"[red]internal error:[/red] {type(error).__name__}: {error} "
+        console.print(f"[red]internal error:[/red] {escape(type(error).__name__)}: {escape(str(error))} "
                       "(set DREAMSMITH_DEBUG=1 for the traceback and report it)", highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -6,6 +6,7 @@ here, and the engine reuses it for learning rates, regularizer weights and the r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -17,13 +18,17 @@ it are checked when the config is resolved (:func:`check_schedule`), before any 
 
 
 def check_schedule(spec: ScheduleSpec, key: str) -> None:
-    """Raise a ConfigError naming ``key`` unless ``spec`` is a valid schedule."""
-    try:
-        value = schedule_value(spec, 0)
-    except (ConfigError, TypeError, ValueError):
-        value = spec
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise ConfigError(f"'{key}' must be a number or [start_step, start_value, end_value, end_step], got {spec!r}")
+    """Raise a ConfigError naming ``key`` unless ``spec`` is a valid schedule of finite numbers."""
+    items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    shape_ok = spec is None or (len(items) == 4 if isinstance(spec, (list, tuple)) else True)
+    numbers_ok = spec is None or all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in items
+    )
+    if not (shape_ok and numbers_ok) or isinstance(spec, str):
+        raise ConfigError(f"'{key}' must be a number or [start_step, start_value, end_value, end_step], all "
+                          f"finite, got {spec!r}")
+    if isinstance(spec, (list, tuple)) and (spec[0] < 0 or spec[3] < 0):
+        raise ConfigError(f"'{key}': the steps of a schedule must be >= 0, got {list(spec)!r}")
 
 
 def schedule_value(spec: ScheduleSpec, step: int) -> float | None:

@@ -32,7 +32,7 @@ def run_cli(*args: str) -> tuple[dict, str]:
         (["generate", "a red cube", "--preset", "nope"], "unknown preset 'nope'"),
         (["generate", "a red cube", "--model", "/no/such/folder"], "model folder /no/such/folder does not exist"),
         (["generate", "a red cube", "camera.resoluton=32"], "did you mean 'camera.resolution'"),
-        (["generate", "a red cube", "coarse.camera.resolution=abc"], "must be int, got 'abc'"),
+        (["generate", "a red cube", "coarse.camera.resolution=abc"], "must be an integer, got 'abc'"),
         (["generate", "a red cube", "--memory-budget", "lots"], "--memory-budget must be a size"),
         (["generate", "a red cube", "--threads", "0"], "--threads must be >= 1"),
     ],

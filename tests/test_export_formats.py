@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import trimesh
 from export_shapes import ball, smooth_albedo, validate_gltf
+from usd_checks import usd_validation_errors
 
 from dreamsmith import __version__
 from dreamsmith.errors import DreamsmithError
@@ -15,8 +16,8 @@ from dreamsmith.exporters.bake import bake_base_color
 from dreamsmith.exporters.cleanup import cleanup
 from dreamsmith.exporters.decimate import decimate
 from dreamsmith.exporters.gltf import Material, write_glb, write_gltf
-from dreamsmith.exporters.obj import write_obj
-from dreamsmith.exporters.usdz import write_usdz
+from dreamsmith.exporters.obj import GLTF_DIELECTRIC_IOR, write_obj
+from dreamsmith.exporters.usdz import usd_available, write_usdz
 from dreamsmith.exporters.uv import unwrap
 
 EXTRAS = {"prompt": "a ball of many colours", "seed": 3}
@@ -72,15 +73,16 @@ def test_trimesh_reloads_the_same_triangles_uvs_and_texture(asset, tmp_path, wri
     assert np.abs(np.asarray(image.convert("RGB"), dtype=np.float64) - expected).max() <= 1
 
 
-def test_usdz_holds_the_mesh_y_up_in_metres_with_its_texture(asset, tmp_path):
+def test_usdz_passes_usd_validators_and_holds_the_mesh_y_up_in_metres_with_its_texture(asset, tmp_path):
     pytest.importorskip("pxr", reason="usd-core (the usd extra) is not installed")
     import zipfile
 
     from pxr import Usd, UsdGeom
 
     write_usdz(tmp_path / "asset.usdz", asset, EXTRAS)
+    assert usd_validation_errors(tmp_path / "asset.usdz") == []
     stage = Usd.Stage.Open(str(tmp_path / "asset.usdz"))
-    mesh = UsdGeom.Mesh(stage.GetPrimAtPath("/asset/mesh"))
+    mesh = UsdGeom.Mesh(stage.GetPrimAtPath("/asset/asset_mesh"))
     counts = np.array(mesh.GetFaceVertexCountsAttr().Get())
     assert len(counts) == asset.n_faces and (counts == 3).all()
     assert UsdGeom.GetStageUpAxis(stage) == "Y" and UsdGeom.GetStageMetersPerUnit(stage) == 1.0
@@ -93,3 +95,55 @@ def test_usdz_without_usd_core_is_a_clear_error(asset, tmp_path, monkeypatch):
     with pytest.raises(DreamsmithError, match=r"pip install 'dreamsmith\[usd\]'"):
         write_usdz(tmp_path / "asset.usdz", asset)
     assert not (tmp_path / "asset.usdz").exists()
+
+
+def test_parts_are_named_after_the_asset_in_every_format(asset, tmp_path):
+    write_glb(tmp_path / "red cube-2.glb", asset, EXTRAS)
+    document = glb_json(tmp_path / "red cube-2.glb")
+    assert document["nodes"][0]["name"] == "red_cube_2" and document["meshes"][0]["name"] == "red_cube_2_mesh"
+    assert document["materials"][0]["name"] == "red_cube_2_material"
+    assert document["images"][0]["name"] == document["textures"][0]["name"] == "red_cube_2_basecolor"
+    write_obj(tmp_path / "red cube-2.obj", asset, EXTRAS, Material(name="painted metal"))
+    obj_text = (tmp_path / "red cube-2.obj").read_text()
+    assert "\no red_cube_2\n" in obj_text and "\nusemtl painted_metal\n" in obj_text
+    assert "newmtl painted_metal\n" in (tmp_path / "red cube-2.mtl").read_text()
+    if usd_available():
+        from pxr import Usd
+
+        write_usdz(tmp_path / "3 red-cubes.usdz", asset, EXTRAS)
+        stage = Usd.Stage.Open(str(tmp_path / "3 red-cubes.usdz"))
+        assert stage.GetDefaultPrim().GetPath() == "/_3_red_cubes"
+        assert {str(prim.GetPath()) for prim in stage.GetDefaultPrim().GetChildren()} == {
+            "/_3_red_cubes/_3_red_cubes_mesh", "/_3_red_cubes/_3_red_cubes_material"}
+        assert usd_validation_errors(tmp_path / "3 red-cubes.usdz") == []
+
+
+def obj_pbr(material) -> dict:
+    """The metallic-roughness values a PBR-aware reader takes from an OBJ material trimesh loaded:
+    ``Pr``/``Pm``, the base colour factor from ``Kd``, and the roughness trimesh derives from ``Ns``."""
+    return {"roughness": float(material.kwargs["pr"][0]), "metallic": float(material.kwargs["pm"][0]),
+            "base_color_factor": np.asarray(material.diffuse, dtype=np.float64) / 255,
+            "roughness_from_ns": float(material.to_pbr().roughnessFactor)}
+
+
+@pytest.mark.parametrize("material", [Material(), Material(metallic=0.3, roughness=0.45)])
+def test_glb_and_obj_read_back_with_the_same_material(asset, tmp_path, material):
+    write_glb(tmp_path / "asset.glb", asset, EXTRAS, material)
+    write_obj(tmp_path / "asset.obj", asset, EXTRAS, material)
+    from_glb = trimesh.load(tmp_path / "asset.glb", force="mesh", process=False).visual.material
+    from_obj = trimesh.load(tmp_path / "asset.obj", force="mesh", process=False).visual.material
+    obj = obj_pbr(from_obj)
+    assert from_glb.roughnessFactor == pytest.approx(material.roughness) == obj["roughness"]
+    assert from_glb.metallicFactor == pytest.approx(material.metallic) == obj["metallic"]
+    assert obj["roughness_from_ns"] == pytest.approx(material.roughness, abs=1e-4)  # Phong readers agree too
+    glb_factor = from_glb.baseColorFactor if from_glb.baseColorFactor is not None else np.full(4, 255)
+    assert np.allclose(np.asarray(glb_factor) / 255, obj["base_color_factor"])  # both white: the texture alone
+    glb_texels = np.asarray(from_glb.baseColorTexture.convert("RGB"))
+    obj_texels = np.asarray(from_obj.image.convert("RGB"))
+    assert glb_texels.shape == (128, 128, 3) and np.array_equal(glb_texels, obj_texels)
+    # glTF's dielectric reflects F0 = 0.04 (IOR 1.5); Blender reads the mean of Ks as the specular level
+    # that scales F0 from Ni (0.5: unchanged): the OBJ must say the same, not Ks 0 (no specular at all).
+    mtl = dict(line.split(" ", 1) for line in (tmp_path / "asset.mtl").read_text().splitlines()[1:])
+    ior, level = float(mtl["Ni"]), np.mean([float(v) for v in mtl["Ks"].split()])
+    assert ior == GLTF_DIELECTRIC_IOR and ((ior - 1) / (ior + 1)) ** 2 * 2 * level == pytest.approx(0.04)
+    assert mtl["illum"] == "2"  # highlights on

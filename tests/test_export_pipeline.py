@@ -1,6 +1,9 @@
 """export_mesh end to end: every file, placement, previews, and nothing partial on failure."""
 
 import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -8,10 +11,12 @@ import pytest
 import trimesh
 from export_shapes import ball, smooth_albedo, validate_gltf
 from PIL import Image
+from usd_checks import usd_validation_errors
 
 from dreamsmith.errors import DreamsmithError
 from dreamsmith.exporters import pipeline
-from dreamsmith.exporters.pipeline import ExportOptions, export_mesh
+from dreamsmith.exporters.options import Material
+from dreamsmith.exporters.pipeline import ExportOptions, check_options, export_mesh
 from dreamsmith.exporters.usdz import usd_available
 from dreamsmith.representations.mesh import Mesh
 
@@ -54,6 +59,13 @@ def test_validator_accepts_the_asset_and_its_lod(exported, name):
     assert report["issues"]["numErrors"] == 0 and report["issues"]["numWarnings"] == 0, report["issues"]["messages"]
 
 
+@pytest.mark.skipif("usdz" not in FORMATS, reason="usd-core (the usd extra) is not installed")
+@pytest.mark.parametrize("name", ["asset.usdz", "asset_lod1.usdz"])
+def test_usd_validators_accept_the_asset_and_its_lod(exported, name):
+    out, _ = exported
+    assert usd_validation_errors(out / name) == []
+
+
 def test_every_format_reloads_placed_on_the_ground_with_the_asked_size(exported):
     out, result = exported
     for name in ("asset.glb", "asset.gltf", "asset.obj"):
@@ -94,18 +106,64 @@ def test_a_failure_leaves_the_previous_asset_and_no_partial_files(tmp_path, monk
 @pytest.mark.parametrize("change, message", [
     ({"texture_size": 1000}, "not a power of two"),
     ({"texture_size": 32}, "not a power of two between 64"),
+    ({"texture_size": 16384}, "not a power of two between 64 and 8192"),
+    ({"texture_size": 1024.0}, "--texture-size 1024.0 must be a whole number"),
+    ({"texture_size": True}, "--texture-size True must be a whole number"),
     ({"max_triangles": 99}, "below the minimum of 100"),
+    ({"max_triangles": float("nan")}, "--max-triangles nan must be a whole number"),
     ({"formats": ("glb", "fbx")}, "unknown export format 'fbx'"),
+    ({"formats": "glb"}, "export formats 'glb' must be a list of names, e.g. ['glb']"),
     ({"lods": -1}, "must be 0 or more"),
+    ({"lods": 30}, "--lods 30 is more than any mesh can use: at most 10"),
+    ({"lods": 6, "max_triangles": 5000}, "--lods 6 is more than --max-triangles 5000 allows: at most 5"),
     ({"origin": "top"}, "choose center or base"),
     ({"scale": 0.0}, "positive size in metres"),
+    ({"scale": -1.0}, "--scale -1.0 must be a positive size in metres from 0.001 to 10000"),
+    ({"scale": float("inf")}, "--scale inf must be a positive size"),
+    ({"scale": float("nan")}, "--scale nan must be a positive size"),
+    ({"scale": 1e9}, "--scale 1000000000.0 must be a positive size in metres from 0.001 to 10000"),
     ({"profile": "console"}, "unknown QA profile"),
     ({"preview_resolution": 50}, "multiple of 16"),
+    ({"preview_resolution": 65536}, "multiple of 16 from 32 to 2048"),
+    ({"name": "../escaped"}, "export.name '../escaped' cannot be used in file names"),
+    ({"name": ""}, "export.name '' cannot be used in file names"),
+    ({"material": Material(roughness=float("nan"))}, "export.material.roughness nan must be a number from 0 to 1"),
+    ({"material": Material(metallic=2.0)}, "export.material.metallic 2.0 must be a number from 0 to 1"),
+    ({"keep_components_fraction": float("nan")}, "export.keep_components_fraction nan must be a number from 0"),
+    ({"crease_angle": float("inf")}, "export.crease_angle inf must be an angle from 0 to 180 degrees"),
+    ({"crease_angle": 200.0}, "export.crease_angle 200.0 must be an angle from 0 to 180 degrees"),
+    ({"extras": {"guidance_scale": float("nan")}}, "export extras must be JSON values with finite numbers"),
+    ({"extras": {"out": Path("/tmp")}}, "export extras must be JSON values"),
 ])
 def test_bad_options_are_refused_before_anything_is_written(tmp_path, change, message):
-    with pytest.raises(DreamsmithError, match=message):
+    with pytest.raises(DreamsmithError, match=re.escape(message)) as raised:
         export_mesh(ball(resolution=16), smooth_albedo, tmp_path / "out", ExportOptions(**change))
+    assert "\n" not in str(raised.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_non_finite_values_in_a_subclass_of_the_options_are_refused():
+    @dataclass
+    class WithIsosurface(ExportOptions):
+        isosurface_smoothing: float = 0.0
+
+    check_options(WithIsosurface())
+    with pytest.raises(DreamsmithError, match=r"^export.isosurface_smoothing is nan; give a finite number$"):
+        check_options(WithIsosurface(isosurface_smoothing=float("nan")))
+
+
+def test_lods_beyond_what_the_triangles_allow_are_not_written_and_the_qa_says_so(tmp_path):
+    mesh = ball(resolution=16)  # about 1000 triangles: 3 halvings down to 100
+    result = export_mesh(mesh, smooth_albedo, tmp_path, ExportOptions(texture_size=64, lods=5, preview_resolution=0))
+    triangles = result.mesh.n_faces
+    allowed = int(np.log2(triangles / 100))
+    assert [lod["level"] for lod in result.qa["lods"]] == list(range(1, allowed + 1)) and allowed == 3
+    assert {p.name for p in tmp_path.iterdir()} == {"asset.glb", "qa.json", *(f"asset_lod{k}.glb" for k in (1, 2, 3))}
+    counts = [triangles] + [lod["triangles"] for lod in result.qa["lods"]]
+    assert all(after < 0.6 * before for before, after in zip(counts, counts[1:], strict=False))  # no repeated level
+    check = next(c for c in result.qa["asset"]["checks"] if c["check"] == "LOD levels")
+    assert check == {"check": "LOD levels", "value": 3, "status": "warn",
+                     "limit": f"5 asked; {triangles} triangles allow 3"}
 
 
 def test_an_unwritable_output_is_a_clear_error(tmp_path):

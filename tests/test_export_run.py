@@ -94,6 +94,11 @@ def test_cli_export_prints_the_qa_table_and_writes_the_files(finished_run, tmp_p
     (["--max-triangles", "50"], "--max-triangles 50 is below the minimum of 100"),
     (["--format", "glb", "fbx"], "unknown export format 'fbx'"),
     (["--out", "/proc/forbidden"], "cannot write to /proc/forbidden"),
+    (["--scale", "inf"], "--scale inf must be a positive size in metres"),
+    (["--scale", "nan"], "--scale nan must be a positive size in metres"),
+    (["--lods", "30"], "--lods 30 is more than any mesh can use: at most 10"),
+    (["--lods", "4", "--max-triangles", "1000"], "--lods 4 is more than --max-triangles 1000 allows: at most 3"),
+    (["--preview-size", "100000"], "--preview-size 100000 must be 0 (no previews) or a multiple of 16 from 32"),
 ])
 def test_cli_bad_input_is_one_line_and_a_non_zero_exit(finished_run, arguments, message):
     result = CliRunner().invoke(app, ["export", str(finished_run), *arguments])

@@ -16,7 +16,12 @@ FORMAT_VERSION = 1
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` atomically (temp file + rename): an interrupted write keeps the old checkpoint."""
     payload = {"format_version": FORMAT_VERSION, **state}
-    atomic_write(path, lambda temp: torch.save(payload, temp))
+    try:
+        atomic_write(path, lambda temp: torch.save(payload, temp))
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+        reason = getattr(error, "strerror", None) or "the write failed (is the disk full?)"
+        raise RunDirError(f"cannot write the checkpoint {path}: {reason}; the previous checkpoint is kept. "
+                          "Free some space and continue with --resume") from None
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:

@@ -9,31 +9,32 @@ its name (``coarse.camera.resolution=32``). An unknown key is an error naming th
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
+from dreamsmith.configs import Range, build, nearest, valid_keys
 from dreamsmith.engine.part_configs import CameraConfig, LossConfig, OptimConfig, ShadingConfig
-from dreamsmith.errors import ConfigError
+from dreamsmith.engine.run_dir import safe_name
+from dreamsmith.errors import ConfigError, DreamsmithError
+from dreamsmith.exporters.options import ExportOptions
 from dreamsmith.renderers.configs import MeshRendererConfig, VolumeRendererConfig
 from dreamsmith.representations.configs import BackgroundConfig, DMTetConfig, NeRFConfig
-from dreamsmith.schedules import ScheduleSpec, check_schedule
-
-REPRESENTATION_NAMES = ("nerf", "dmtet")
 
 
 @dataclass
 class StageConfig:
     name: str = "coarse"
     """Name of the stage (used in logs, checkpoints and per-stage overrides)."""
-    steps: int = 10000
+    steps: Annotated[int, Range(0, 10_000_000)] = 10000
     """Optimization steps of this stage."""
-    representation: str = "nerf"
+    representation: Literal["nerf", "dmtet"] = "nerf"
     """What is optimized: nerf (a NeRF field) or dmtet (a DMTet surface textured by the nerf field's albedo)."""
+    model: str | None = None
+    """This stage's own diffusion model (a folder, a Hugging Face id or embedded:NAME); null: the run's.
+    Stages naming the same model share one loaded copy."""
     nerf: NeRFConfig = field(default_factory=NeRFConfig)
     """The NeRF field (representation nerf), or the texture field (dmtet: must match the NeRF stage before)."""
     dmtet: DMTetConfig = field(default_factory=DMTetConfig)
@@ -54,33 +55,25 @@ class StageConfig:
     """Optimizer and learning rates."""
     loss: LossConfig = field(default_factory=LossConfig)
     """Regularizer weights."""
-    preview_every: int = 500
+    preview_every: Annotated[int, Range(0, None)] = 500
     """Steps between preview grids (0: only at the end)."""
-    checkpoint_every: int = 250
+    checkpoint_every: Annotated[int, Range(0, None)] = 250
     """Steps between checkpoints (the last is kept; one is always written at the end)."""
 
 
 @dataclass
-class ExportConfig:
-    isosurface_resolution: int = 128
+class ExportConfig(ExportOptions):
+    """What leaves a run: the exporters' options plus how the surface is extracted from a field."""
+
+    formats: tuple[str, ...] = ("glb",)
+    """Files written at the end of generate: any of glb, gltf, obj, usdz."""
+    isosurface_resolution: Annotated[int, Range(8, 512)] = 128
     """Marching-cubes grid cells per side."""
     isosurface_threshold: float | str = 25.0
     """Density at the extracted surface, or "auto": the density whose silhouettes best match the NeRF's
     rendered opacity (faint fields export, haze does not)."""
-    isosurface_smoothing: float = 0.0
+    isosurface_smoothing: Annotated[float, Range(0, 16)] = 0.0
     """Gaussian blur of the density grid before marching cubes (standard deviation in cells)."""
-    keep_components_fraction: float = 0.05
-    """Drop connected components with fewer faces than this fraction of the largest (floaters)."""
-    formats: list[str] = field(default_factory=lambda: ["glb"])
-    """Files written at the end of generate: any of glb, gltf, obj, usdz."""
-    texture_size: int = 1024
-    """Side of the baked base-colour texture (a power of two)."""
-    max_triangles: int | None = None
-    """Triangle budget (quadric decimation); null keeps every triangle."""
-    lods: int = 0
-    """Further levels of detail, each about half the triangles of the one before."""
-    preview_resolution: int = 256
-    """Turntable frame size beside the asset (GIF, MP4, poster); 0 writes none."""
 
 
 @dataclass
@@ -91,7 +84,7 @@ class RunConfig:
     """The preset the run started from."""
     model: str | None = None
     """Diffusion model: a local diffusers folder or a Hugging Face id (None: the preset's default)."""
-    seed: int = 0
+    seed: Annotated[int, Range(0, 2**63 - 1)] = 0
     """Seed of the run's random generator."""
     device: str = "auto"
     """auto, cpu or cuda."""
@@ -101,76 +94,6 @@ class RunConfig:
     """The stages, run in order, each initialized from the one before."""
     export: ExportConfig = field(default_factory=ExportConfig)
     """How the final asset is extracted."""
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls, include_extras=True)
-
-
-def _dataclass_of(annotation: Any) -> type | None:
-    """The dataclass inside ``X`` or ``X | None``, if any."""
-    if dataclasses.is_dataclass(annotation):
-        return annotation
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        for arg in typing.get_args(annotation):
-            if dataclasses.is_dataclass(arg):
-                return arg
-    return None
-
-
-def nearest(key: str, candidates: list[str]) -> str:
-    """A ``; did you mean ...?`` hint for a misspelt key ('' when nothing is close)."""
-    match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
-    if not match:
-        last = key.rsplit(".", 1)[-1]
-        match = [c for c in candidates if c.rsplit(".", 1)[-1] == last][:1]
-    return f"; did you mean '{match[0]}'?" if match else ""
-
-
-def valid_keys(cls: type, prefix: str = "") -> list[str]:
-    """Every dotted key a dataclass accepts (nested dataclasses expanded)."""
-    keys = []
-    for name, annotation in _field_types(cls).items():
-        keys.append(prefix + name)
-        inner = _dataclass_of(annotation)
-        if inner is not None:
-            keys += valid_keys(inner, f"{prefix}{name}.")
-    return keys
-
-
-def build(cls: type, values: dict[str, Any], path: str = "", extra_keys: typing.Callable | None = None) -> Any:
-    """Instantiate dataclass ``cls`` from a plain dict, refusing unknown keys by name."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"'{path.rstrip('.') or 'config'}' must be a mapping, got {values!r}")
-    hints = _field_types(cls)
-    kwargs = {}
-    for key, value in values.items():
-        if key not in hints:
-            raise ConfigError(f"unknown config key '{path}{key}'{nearest(path + key, valid_keys(cls, path))}")
-        kwargs[key] = _convert(hints[key], value, f"{path}{key}")
-    return cls(**kwargs)
-
-
-def _convert(annotation: Any, value: Any, path: str) -> Any:
-    if annotation == ScheduleSpec:
-        check_schedule(value, path)
-        return value
-    inner = _dataclass_of(annotation)
-    if inner is not None and isinstance(value, dict):
-        return build(inner, value, path + ".")
-    origin = typing.get_origin(annotation)
-    if origin is list and value is not None:
-        (item_type,) = typing.get_args(annotation)
-        if dataclasses.is_dataclass(item_type):
-            return [build(item_type, v, f"{path}.{i}.") for i, v in enumerate(value)]
-        return list(value)
-    if origin is tuple and value is not None:
-        return tuple(value)
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if annotation in (int, float, str, bool) and not isinstance(value, annotation):
-        raise ConfigError(f"'{path}' must be {annotation.__name__}, got {value!r}")
-    return value
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -200,15 +123,16 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def parse_override(text: str) -> tuple[str, Any]:
     """``"a.b=value"`` -> ``("a.b", value)`` with the value parsed as YAML (numbers, lists, null)."""
     if "=" not in text:
-        raise ConfigError(f"override '{text}' is not KEY=VALUE")
+        raise ConfigError(f"override {text!r} is not KEY=VALUE")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"override '{text}' has no key")
+        raise ConfigError(f"override {text!r} has no key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as error:
-        raise ConfigError(f"override '{text}': cannot parse the value ({error.problem})") from None
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ConfigError(f"override {text!r}: cannot parse the value ({problem})") from None
     return key, value
 
 
@@ -266,7 +190,10 @@ def validate_guidance(stage: StageConfig, path: str) -> None:
     if name not in GUIDANCES:
         raise ConfigError(f"unknown guidance '{name}' in {path}guidance.name; choose one of {sorted(GUIDANCES)}")
     options = {k: v for k, v in stage.guidance.items() if k != "name"}
-    build(GUIDANCES[name].config_class, options, f"{path}guidance.")
+    if "prompt" in options:
+        raise ConfigError(f"'{path}guidance.prompt' cannot be set: the prompt is the run's (the PROMPT argument)")
+    guidance_class = GUIDANCES[name]
+    guidance_class.check_config(build(guidance_class.config_class, options, f"{path}guidance."), f"{path}guidance.")
 
 
 def resolve(raw: dict[str, Any]) -> RunConfig:
@@ -279,21 +206,34 @@ def resolve(raw: dict[str, Any]) -> RunConfig:
         if stage.name in field_names or not stage.name:
             raise ConfigError(f"stage {index} is named '{stage.name}'; stage names must be non-empty and differ "
                               "from config fields (they prefix per-stage overrides)")
+        safe_name(stage.name, f"stage {index}'s name")
         validate_guidance(stage, f"stages.{index}.")
         if stage.steps < 0:
             raise ConfigError(f"steps of stage '{stage.name}' must be >= 0, got {stage.steps}")
         validate_representation(stage, config.stages[index - 1] if index else None)
+    safe_name(config.export.name, "export.name")
+    check_export_options(config.export)
     threshold = config.export.isosurface_threshold
-    if threshold != "auto" and (isinstance(threshold, (bool, str)) or not threshold > 0):
+    if threshold != "auto" and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                or not math.isfinite(threshold) or threshold <= 0):
         raise ConfigError(f"export.isosurface_threshold must be a density > 0 or \"auto\", got {threshold!r}")
     return config
 
 
+def check_export_options(export: ExportConfig) -> None:
+    """The exporters' own checks of the export settings, as config errors before the run starts."""
+    from dreamsmith.exporters.pipeline import check_options
+
+    try:
+        check_options(export)
+    except ConfigError:
+        raise
+    except DreamsmithError as error:
+        raise ConfigError(f"export: {error}") from None
+
+
 def validate_representation(stage: StageConfig, previous: StageConfig | None) -> None:
     """Check that ``stage``'s representation exists and can start from the ``previous`` stage's."""
-    if stage.representation not in REPRESENTATION_NAMES:
-        raise ConfigError(f"unknown representation '{stage.representation}' in stage '{stage.name}'; "
-                          f"choose one of {list(REPRESENTATION_NAMES)}")
     if previous is None:
         return
     if stage.representation == "nerf" and previous.representation != "nerf":

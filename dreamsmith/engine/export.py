@@ -10,8 +10,9 @@ from typing import Any
 import torch
 import yaml
 
+from dreamsmith.configs import build
 from dreamsmith.engine.checkpoint import load_checkpoint
-from dreamsmith.engine.config import RunConfig, build
+from dreamsmith.engine.config import RunConfig
 from dreamsmith.engine.device import resolve_device
 from dreamsmith.engine.run_dir import RunDir
 from dreamsmith.engine.stages import REPRESENTATIONS

@@ -19,7 +19,8 @@ def make_config(
 ) -> RunConfig:
     """The run's config: the preset, then the options, then ``key=value`` overrides.
 
-    steps: the steps of the last stage (earlier stages keep the preset's; ``<stage>.steps=N`` sets one).
+    steps: the steps of the whole run, split over the stages in the preset's proportions (the last
+    stage takes what rounding leaves); ``<stage>.steps=N`` overrides set one stage.
     A config that cannot fit in the memory budget (:mod:`dreamsmith.engine.memory`) is refused.
     """
     if steps is not None and steps < 0:
@@ -35,7 +36,18 @@ def make_config(
     if device is not None:
         raw["device"] = device
     if steps is not None:
-        raw["stages"][-1]["steps"] = steps
+        for stage, count in zip(raw["stages"], split_steps(steps, [s.get("steps", 0) for s in raw["stages"]]),
+                                strict=True):
+            stage["steps"] = count
     config = resolve(apply_overrides(raw, list(overrides)))
     check_memory(config, resolve_model(config.model))
     return config
+
+
+def split_steps(total: int, proportions: list[int]) -> list[int]:
+    """``total`` steps over stages in the given proportions (each rounded down, the last takes the rest)."""
+    weight = sum(proportions)
+    if weight <= 0:
+        return [0] * (len(proportions) - 1) + [total]
+    counts = [total * p // weight for p in proportions[:-1]]
+    return [*counts, total - sum(counts)]

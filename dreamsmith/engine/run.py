@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
+import json
 import platform
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -19,12 +19,13 @@ from dreamsmith.engine.checkpoint import load_checkpoint, save_checkpoint
 from dreamsmith.engine.config import RunConfig, differences, to_dict
 from dreamsmith.engine.device import resolve_device
 from dreamsmith.engine.export import export_representation
-from dreamsmith.engine.presets import default_model, resolve_model
+from dreamsmith.engine.models import RunPriors
+from dreamsmith.engine.presets import default_model
 from dreamsmith.engine.previews import preview_grid, write_png
 from dreamsmith.engine.run_dir import RunDir, write_json, write_yaml
+from dreamsmith.engine.signals import RunInterrupted, deferred_stop_signals
 from dreamsmith.engine.stage import Stage
 from dreamsmith.errors import RunDirError
-from dreamsmith.exporters.pipeline import ExportOptions
 from dreamsmith.guidance.prompt_check import check_prompt
 
 
@@ -58,36 +59,53 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def load_model(config: RunConfig, device: torch.device) -> Any:
-    """The run's diffusion prior (``config.model``, or the preset's default)."""
-    from dreamsmith.guidance import load_prior
-
-    model = resolve_model(config.model or default_model(config.preset))
-    return load_prior(model, device=device, allow_pickle=config.allow_pickle)
-
-
 def generate(
     config: RunConfig,
     out: Path | str,
     resume: bool = False,
     prior: Any = None,
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run every stage of ``config`` into the run directory ``out`` and export the asset.
 
-    prior: an already loaded diffusion prior (tests pass exact oracles); by default the model is
-    loaded from ``config.model``. resume: continue from ``out``'s last checkpoint. Returns the report.
+    prior: an already loaded diffusion prior for the run's model (tests pass exact oracles); by
+    default each stage's model (its own ``model``, else ``config.model``, else the preset's) is loaded,
+    once per distinct model, before anything is written. resume: continue from ``out``'s last
+    checkpoint, which must belong to this run (same prompt, seed and settings). overwrite: replace a
+    run already in ``out`` (refused otherwise). The directory is locked for the run; SIGINT and
+    SIGTERM stop it at the next step boundary with a checkpoint (:class:`RunInterrupted`).
+    Returns the report.
     """
     progress = progress or Progress()
     check_prompt(config.prompt, None)
     run_dir = RunDir(out)
-    state = _resume_state(run_dir, config) if resume else None
+    if resume and not run_dir.config.exists():
+        run_dir.load_config()  # the one-line "not a run directory" error, before anything is written
     device = resolve_device(config.device)
-    prior = prior if prior is not None else load_model(config, device)
-    check_prompt(config.prompt, prior)
-    run_dir.prepare()
-    write_yaml(run_dir.config, to_dict(config))
+    priors = RunPriors(config, device, given=prior)
+    stage_priors = [priors.for_stage(stage_config) for stage_config in config.stages]
+    for stage_prior in stage_priors:
+        check_prompt(config.prompt, stage_prior)
+    for warning in {w for p in stage_priors if (w := long_prompt_warning(config.prompt, p))}:
+        progress.message(warning)
+    with run_dir.lock():
+        stale = run_dir.remove_stale_temporaries()
+        if stale:
+            progress.message(f"removed {len(stale)} temporary file(s) an interrupted run left behind")
+        state = _resume_state(run_dir, config) if resume else None
+        if state is None and run_dir.has_run():
+            if not overwrite:
+                raise RunDirError(f"{run_dir.root} already holds a run; continue it with --resume, or pass "
+                                  "--overwrite to replace it, or choose another --out")
+            run_dir.clear_run()
+        run_dir.prepare()
+        write_yaml(run_dir.config, to_dict(config))
+        return _run(config, run_dir, state, device, stage_priors, progress)
 
+
+def _run(config: RunConfig, run_dir: RunDir, state: dict[str, Any] | None, device: torch.device,
+         stage_priors: list[Any], progress: Progress) -> dict[str, Any]:
     generator = torch.Generator(device=device).manual_seed(config.seed)
     reports = [StageReport(stage.name) for stage in config.stages]
     start_stage, start_step, resumed_from = 0, 0, None
@@ -98,27 +116,28 @@ def generate(
         reports = [StageReport(**r) for r in state["reports"]]
 
     stage: Stage | None = None
-    for index in range(start_stage, len(config.stages)):
-        stage_config = config.stages[index]
-        previous = stage
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed + index)  # parameter initialization is part of "same seed, same asset"
-            stage = Stage(stage_config, prior, config.prompt, device)
-        first = 0
-        if state is not None and index == start_stage:
-            stage.load_state_dict(state["stage_state"])
-            first = start_step
-        elif previous is not None:
-            stage.representation.init_from(previous.representation, config.export)
-        _run_stage(stage, index, first, config, run_dir, generator, reports, progress)
+    with deferred_stop_signals() as stop_requested:
+        for index in range(start_stage, len(config.stages)):
+            stage_config = config.stages[index]
+            previous = stage
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed + index)  # parameter initialization is part of "same seed, same asset"
+                stage = Stage(stage_config, stage_priors[index], config.prompt, device, config.allow_pickle)
+            first = 0
+            if state is not None and index == start_stage:
+                stage.load_state_dict(state["stage_state"])
+                first = start_step
+            elif previous is not None:
+                stage.representation.init_from(previous.representation, config.export)
+            _run_stage(stage, index, first, config, run_dir, generator, reports, progress, stop_requested)
+        signum = stop_requested()
+    if signum is not None:
+        progress.message("stopped after the last step; the asset is exported when you continue with --resume")
+        raise RunInterrupted(signum, config.stages[-1].steps)
 
     assert stage is not None
     progress.message("extracting the surface")
-    export = config.export
-    options = ExportOptions(formats=tuple(export.formats), texture_size=export.texture_size,
-                            max_triangles=export.max_triangles, lods=export.lods,
-                            preview_resolution=export.preview_resolution)
-    mesh = export_representation(stage.representation, config, device, run_dir.root, options).mesh
+    mesh = export_representation(stage.representation, config, device, run_dir.root, config.export).mesh
     previews = stage.render_previews()
     write_png(run_dir.previews / "final.png", preview_grid(previews))
     report = {
@@ -146,6 +165,7 @@ def _run_stage(
     generator: torch.Generator,
     reports: list[StageReport],
     progress: Progress,
+    stop_requested: Callable[[], int | None],
 ) -> None:
     stage_config = stage.config
     report = reports[index]
@@ -163,63 +183,62 @@ def _run_stage(
                 "generator_state": generator.get_state().cpu(),
                 "reports": [vars(r) for r in reports],
                 "config": to_dict(config),
+                "identity": run_identity(config),
             },
         )
 
     completed = first
-    try:
-        with _interrupt_at_step_boundary() as interrupted:
-            for step in range(first, stage_config.steps):
-                started = time.perf_counter()
-                result = stage.step(step, generator)
-                report.wall_time_s += time.perf_counter() - started
-                completed = report.steps = step + 1
-                report.final_losses = {"loss": result.loss, **result.logs}
-                if stage_config.preview_every and completed % stage_config.preview_every == 0:
-                    preview = preview_grid(stage.render_previews())
-                    write_png(run_dir.previews / f"{stage_config.name}_{completed:06d}.png", preview)
-                if stage_config.checkpoint_every and completed % stage_config.checkpoint_every == 0:
-                    checkpoint(completed)
-                progress.step(completed, result.loss, result.logs)
-                if interrupted():
-                    raise KeyboardInterrupt
-    except KeyboardInterrupt:
+    for step in range(first, stage_config.steps):
+        if stop_requested() is not None:
+            break
+        started = time.perf_counter()
+        result = stage.step(step, generator)
+        report.wall_time_s += time.perf_counter() - started
+        completed = report.steps = step + 1
+        report.final_losses = {"loss": result.loss, **result.logs}
+        if stage_config.preview_every and completed % stage_config.preview_every == 0:
+            preview = preview_grid(stage.render_previews())
+            write_png(run_dir.previews / f"{stage_config.name}_{completed:06d}.png", preview)
+        if stage_config.checkpoint_every and completed % stage_config.checkpoint_every == 0:
+            checkpoint(completed)
+        try:
+            progress.step(completed, result.loss, result.logs)
+        except KeyboardInterrupt:  # a progress callback asking to stop is a stop at this boundary too
+            checkpoint(completed)
+            raise RunInterrupted(signal.SIGINT, completed) from None
+    checkpoint(completed)
+    signum = stop_requested()
+    if signum is not None and completed < stage_config.steps:
         progress.message(f"interrupted: checkpoint at step {completed}; continue with --resume")
-        checkpoint(completed)
-        raise
-    checkpoint(stage_config.steps)
+        raise RunInterrupted(signum, completed)
     progress.stage_finished(stage_config.name)
 
 
-@contextlib.contextmanager
-def _interrupt_at_step_boundary() -> Iterator[Callable[[], bool]]:
-    """Defer a first Ctrl-C to the end of the current step, so the checkpoint is a step boundary
-    (a second Ctrl-C interrupts at once). Outside the main thread, signals are left alone."""
-    flag = {"set": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum: int, frame: object) -> None:
-        if flag["set"]:
-            raise KeyboardInterrupt
-        flag["set"] = True
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield lambda: flag["set"]
-    finally:
-        signal.signal(signal.SIGINT, previous)
+def long_prompt_warning(prompt: str, prior: Any) -> str | None:
+    """A warning when the prompt is longer than the model's text encoder reads, else None."""
+    count = getattr(prior, "prompt_tokens", None)
+    if count is None:
+        return None
+    used, limit = count(prompt)
+    if used <= limit:
+        return None
+    return f"warning: the prompt is {used} tokens long; the model reads only the first {limit}"
 
 
 def _resume_state(run_dir: RunDir, config: RunConfig) -> dict[str, Any]:
-    """The last checkpoint of ``run_dir``, checked against ``config`` (only step counts may differ)."""
+    """The last checkpoint of ``run_dir``, checked against ``config`` (only step counts may differ) and
+    against the identity of the run that wrote it."""
     saved = run_dir.load_config()
     current = to_dict(config)
     for key in differences(_without_steps(saved), _without_steps(current)):
         raise RunDirError(f"cannot resume: '{key}' differs from the run's config.yaml; resume with the same settings")
     state = load_checkpoint(run_dir.last_checkpoint)
+    identity = state.get("identity")
+    if identity is not None and identity != run_identity(config):
+        raise RunDirError(f"cannot resume: the checkpoint in {run_dir.root} belongs to another run (prompt "
+                          f"{identity.get('prompt')!r}, seed {identity.get('seed')}); pass --overwrite to replace it")
+    if len(saved["stages"]) != len(current["stages"]) or state.get("stage_index", 0) >= len(config.stages):
+        raise RunDirError("cannot resume: the checkpoint does not match the run's stages")
     for index, (old, new) in enumerate(zip(saved["stages"], current["stages"], strict=True)):
         if index < state["stage_index"] and old["steps"] != new["steps"]:
             raise RunDirError(f"cannot resume: stage '{new['name']}' is finished; only later stages' steps may change")
@@ -233,3 +252,10 @@ def _resume_state(run_dir: RunDir, config: RunConfig) -> dict[str, Any]:
 
 def _without_steps(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "stages": [{k: v for k, v in s.items() if k != "steps"} for s in config["stages"]]}
+
+
+def run_identity(config: RunConfig) -> dict[str, Any]:
+    """What makes a run itself: prompt, seed, and a hash of every setting but the step counts."""
+    settings = json.dumps(_without_steps(to_dict(config)), sort_keys=True, default=str)
+    return {"prompt": config.prompt, "seed": config.seed,
+            "config_hash": hashlib.sha256(settings.encode()).hexdigest()[:16]}

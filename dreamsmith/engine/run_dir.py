@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import re
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from dreamsmith.errors import RunDirError
+from dreamsmith.errors import ConfigError, RunDirError
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+LOCK_FILE = ".dreamsmith.lock"
+RUN_FILES = ("config.yaml", "report.json", "qa.json")
+"""Files of a run besides checkpoints/, previews/ and the asset files (``asset*``)."""
+
+
+def safe_name(name: str, what: str) -> str:
+    """``name`` if it can be a file name inside a run directory (letters, digits, ``_ . -``, not starting
+    with a dot or dash, at most 64 characters), else a ConfigError naming ``what``."""
+    if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
+        raise ConfigError(f"{what} {name!r} cannot be used in file names: use letters, digits, '_', '-' and '.' "
+                          "(at most 64, starting with a letter or digit)")
+    return name
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -88,4 +106,62 @@ class RunDir:
     def load_config(self) -> dict[str, Any]:
         if not self.config.exists():
             raise RunDirError(f"{self.root} has no config.yaml: it is not a dreamsmith run directory")
-        return yaml.safe_load(self.config.read_text(encoding="utf-8"))
+        try:
+            config = yaml.safe_load(self.config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise RunDirError(f"{self.config} cannot be read ({type(error).__name__}); it was changed by hand or "
+                              "damaged") from None
+        if not isinstance(config, dict) or not isinstance(config.get("stages"), list):
+            raise RunDirError(f"{self.config} is not a run config (it was changed by hand or damaged)")
+        return config
+
+    def has_run(self) -> bool:
+        """Whether a run already wrote its checkpoint, report or asset here."""
+        return self.last_checkpoint.exists() or self.report.exists() or self.asset.exists()
+
+    def clear_run(self) -> None:
+        """Remove a previous run's files (``--overwrite``); anything else in the folder stays."""
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
+        shutil.rmtree(self.previews, ignore_errors=True)
+        for path in [*(self.root / name for name in RUN_FILES), *self.root.glob("asset*")]:
+            if path.is_file():
+                path.unlink()
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete what interrupted writes left behind (``.NAME.*.tmp`` files, ``.export-*`` staging
+        folders); only called while holding the lock, so no live writer owns them."""
+        stale: list[Path] = []
+        for folder in (self.root, self.checkpoints, self.previews):
+            if folder.is_dir():
+                stale += [p for p in folder.glob(".*.tmp") if p.is_file()]
+        stale += [p for p in self.root.glob(".export-*") if p.is_dir()]
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        return stale
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run directory for one process: a second run (or export) into it is refused at once."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            handle = open(self.root / LOCK_FILE, "a+")  # noqa: SIM115 (held for the whole block)
+        except OSError as error:
+            raise RunDirError(
+                f"cannot write the run directory {self.root}: {error.strerror or error}; choose another --out"
+            ) from None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                owner = handle.read().strip() or "another process"
+                raise RunDirError(f"{self.root} is in use by another dreamsmith run ({owner}); wait for it to "
+                                  "finish or choose another --out") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)

@@ -8,22 +8,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dreamsmith.configs import build
 from dreamsmith.engine.camera_sampling import eval_cameras, sample_cameras
-from dreamsmith.engine.config import StageConfig, build
+from dreamsmith.engine.config import StageConfig
 from dreamsmith.engine.losses import needs_normals
 from dreamsmith.engine.optim import make_optimizer, update_learning_rates
 from dreamsmith.engine.shading_sampling import choose_light, choose_shading
 from dreamsmith.engine.stages import REPRESENTATIONS, Representation
 from dreamsmith.guidance import GUIDANCES, Guidance, detached
+from dreamsmith.guidance.conditioner_registry import build_conditioners
 from dreamsmith.renderers.outputs import RenderOutput
 
 
-def build_guidance(config: StageConfig, prior: Any, prompt: str) -> Guidance:
-    """The stage's guidance module, configured for ``prompt``."""
+def build_guidance(config: StageConfig, prior: Any, prompt: str, allow_pickle: bool = False) -> Guidance:
+    """The stage's guidance module for ``prompt``, with the conditioners its config names."""
     guidance_class = GUIDANCES[config.guidance.get("name", "sds")]
     options = {k: v for k, v in config.guidance.items() if k != "name"}
     guidance_config = build(guidance_class.config_class, {**options, "prompt": prompt})
-    return guidance_class(prior, guidance_config)
+    conditioners = build_conditioners(getattr(guidance_config, "conditioners", []), prior, allow_pickle)
+    return guidance_class(prior, guidance_config, conditioners)
 
 
 @dataclass
@@ -37,28 +40,28 @@ class StepResult:
 class Stage:
     """Everything one stage optimizes, and how one step of it runs."""
 
-    def __init__(self, config: StageConfig, prior: Any, prompt: str, device: torch.device) -> None:
+    def __init__(
+        self, config: StageConfig, prior: Any, prompt: str, device: torch.device, allow_pickle: bool = False
+    ) -> None:
         if config.representation not in REPRESENTATIONS:
             raise ValueError(f"unknown representation {config.representation!r}; expected {list(REPRESENTATIONS)}")
         self.config = config
         self.device = device
         self.representation: Representation = REPRESENTATIONS[config.representation](config, device)
-        self.guidance = build_guidance(config, prior, prompt).to(device)
+        self.guidance = build_guidance(config, prior, prompt, allow_pickle).to(device)
+        # the guidance's own parameters (a LoRA) train with its own optimizer in update(), never here
         self.optimizer = make_optimizer(self.representation.parameter_groups(), config.optim)
-        extra = self.guidance.trainable_parameters()
-        for group in extra:
-            self.optimizer.add_param_group({"name": "guidance", **group})
 
     def state_dict(self) -> dict[str, Any]:
         return {
             **self.representation.state_dict(),
-            "guidance": self.guidance.state_dict(),
+            "guidance": self.guidance.checkpoint_state(),
             "optimizer": self.optimizer.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.representation.load_state_dict(state)
-        self.guidance.load_state_dict(state["guidance"])
+        self.guidance.load_checkpoint_state(state["guidance"])
         self.optimizer.load_state_dict(state["optimizer"])
 
     def step(self, step: int, generator: torch.Generator) -> StepResult:
@@ -72,7 +75,7 @@ class Stage:
         background_color = self._random_background(generator)
         render = self.representation.render(cameras, shading, light, background_color, generator,
                                             need_normals=needs_normals(config.loss, step))
-        out = self.guidance(render, cameras, step, generator)
+        out = self.guidance(render, cameras, step, generator, self.guidance.timestep(step))
         regularizers = self.representation.regularizers(render, step)
         total = out.loss + sum(regularizers.values(), torch.zeros((), device=self.device))
         self.optimizer.zero_grad(set_to_none=True)
@@ -80,7 +83,7 @@ class Stage:
         self.optimizer.step()
         logs = dict(out.logs)
         logs |= {f"loss_{name}": float(value.detach()) for name, value in regularizers.items()}
-        logs |= self.guidance.update(detached(render), cameras, step, generator)
+        logs |= self.guidance.update(detached(render), cameras, step, generator, out)
         return StepResult(loss=float(total.detach()), logs=logs)
 
     def _random_background(self, generator: torch.Generator) -> Tensor | None:

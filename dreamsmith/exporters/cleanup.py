@@ -26,10 +26,15 @@ def keep_faces(mesh: Mesh, faces: np.ndarray) -> Mesh:
     )
 
 
+def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Face normals ``[F, 3]`` (float64, counter-clockwise winding) of length twice the face's area."""
+    corners = vertices[faces].astype(np.float64)
+    return np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+
+
 def face_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Triangle areas ``[F]`` in square metres."""
-    corners = vertices[faces].astype(np.float64)
-    return 0.5 * np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=-1)
+    return 0.5 * np.linalg.norm(face_normals(vertices, faces), axis=-1)
 
 
 def degenerate_face_mask(vertices: np.ndarray, faces: np.ndarray, min_area: float = 1e-12) -> np.ndarray:
@@ -118,7 +123,7 @@ def orient_outward(mesh: Mesh) -> Mesh:
     n_labels = labels.max() + 1
     counts = np.bincount(labels, minlength=n_labels)[:, None]
     centre = np.stack([np.bincount(labels, centroid[:, k], n_labels) for k in range(3)], axis=1) / counts
-    cross = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+    cross = face_normals(mesh.vertices, wound)
     outward = np.bincount(labels, np.einsum("fk,fk->f", cross, centroid - centre[labels]), n_labels)
     flipped ^= (outward < 0)[labels]
     faces = mesh.faces.copy()
@@ -128,8 +133,7 @@ def orient_outward(mesh: Mesh) -> Mesh:
 
 def smooth_vertex_normals(mesh: Mesh) -> Mesh:
     """Area-weighted unit vertex normals; vertices split at UV seams get the same normal (no shading seam)."""
-    corners = mesh.vertices[mesh.faces].astype(np.float64)
-    face_normal = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])  # length = 2 × area
+    face_normal = face_normals(mesh.vertices, mesh.faces)  # length = 2 × area
     weld = weld_index(mesh.vertices)
     summed = np.zeros((mesh.n_vertices, 3))
     for corner in range(3):

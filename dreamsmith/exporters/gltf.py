@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,8 @@ import numpy as np
 from PIL import Image
 
 from dreamsmith import __version__
+from dreamsmith.exporters.names import AssetNames
+from dreamsmith.exporters.options import Material
 from dreamsmith.representations.mesh import Mesh
 
 GENERATOR = f"dreamsmith {__version__}"
@@ -25,18 +26,6 @@ _FLOAT, _UNSIGNED_SHORT, _UNSIGNED_INT = 5126, 5123, 5125
 _ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
 _LINEAR, _LINEAR_MIPMAP_LINEAR, _CLAMP_TO_EDGE = 9729, 9987, 33071
 _GLB_MAGIC, _JSON_CHUNK, _BIN_CHUNK = 0x46546C67, 0x4E4F534A, 0x004E4942
-
-
-@dataclass
-class Material:
-    """Metallic-roughness factors of the exported material (the base colour comes from the texture)."""
-
-    metallic: float = 0.0
-    """Metalness in [0, 1]; score-distilled albedo carries no metalness, so 0."""
-    roughness: float = 0.9
-    """Perceptual roughness in [0, 1]."""
-    name: str = "dreamsmith"
-    """Material name shown in DCC tools."""
 
 
 def texture_png(texture: np.ndarray) -> bytes:
@@ -69,14 +58,16 @@ class _Buffer:
 
 
 def gltf_document(mesh: Mesh, extras: dict[str, Any] | None = None, material: Material | None = None,
-                  image_uri: str | None = None) -> tuple[dict[str, Any], bytes, bytes | None]:
+                  image_uri: str | None = None, stem: str = "asset") -> tuple[dict[str, Any], bytes, bytes | None]:
     """The glTF JSON, its binary buffer and the base-colour PNG of ``mesh``.
 
     The PNG goes into the buffer (GLB) unless ``image_uri`` names an external file (.gltf). Writes
     POSITION, NORMAL, TEXCOORD_0 (v flipped to glTF's top-left origin) and, for an untextured mesh with
-    vertex colours, COLOR_0 (linear). ``extras`` (prompt, preset, seed) go in ``asset.extras``.
+    vertex colours, COLOR_0 (linear). ``extras`` (prompt, preset, seed) go in ``asset.extras``; the
+    node, mesh, material, texture and image are named after the file's ``stem``.
     """
     material = material or Material()
+    names = AssetNames.of(stem, material)
     buffer = _Buffer()
     accessors: list[dict[str, Any]] = []
 
@@ -111,20 +102,20 @@ def gltf_document(mesh: Mesh, extras: dict[str, Any] | None = None, material: Ma
         "asset": {"version": "2.0", "generator": GENERATOR, **({"extras": extras} if extras else {})},
         "scene": 0,
         "scenes": [{"nodes": [0]}],
-        "nodes": [{"mesh": 0, "name": "asset"}],
-        "meshes": [{"name": "asset", "primitives": [
+        "nodes": [{"mesh": 0, "name": names.object}],
+        "meshes": [{"name": names.mesh, "primitives": [
             {"attributes": attributes, "indices": index_accessor, "material": 0, "mode": 4}]}],
-        "materials": [{"name": material.name, "pbrMetallicRoughness": pbr, "doubleSided": False}],
+        "materials": [{"name": names.material, "pbrMetallicRoughness": pbr, "doubleSided": False}],
         "accessors": accessors,
     }
     png = None
     if textured:
         png = texture_png(mesh.base_color_texture)
         image = {"uri": image_uri} if image_uri else {"bufferView": buffer.add(png), "mimeType": "image/png"}
-        document["images"] = [image]
+        document["images"] = [{"name": names.image, **image}]
         document["samplers"] = [{"magFilter": _LINEAR, "minFilter": _LINEAR_MIPMAP_LINEAR,
                                  "wrapS": _CLAMP_TO_EDGE, "wrapT": _CLAMP_TO_EDGE}]
-        document["textures"] = [{"sampler": 0, "source": 0}]
+        document["textures"] = [{"name": names.image, "sampler": 0, "source": 0}]
         pbr["baseColorTexture"] = {"index": 0, "texCoord": 0}
     buffer.data += b"\0" * (-len(buffer.data) % 4)
     document["bufferViews"] = buffer.views
@@ -132,9 +123,10 @@ def gltf_document(mesh: Mesh, extras: dict[str, Any] | None = None, material: Ma
     return document, bytes(buffer.data), png
 
 
-def glb_bytes(mesh: Mesh, extras: dict[str, Any] | None = None, material: Material | None = None) -> bytes:
+def glb_bytes(mesh: Mesh, extras: dict[str, Any] | None = None, material: Material | None = None,
+              stem: str = "asset") -> bytes:
     """The binary glTF (GLB) of ``mesh``: header, JSON chunk (space-padded), BIN chunk (zero-padded)."""
-    document, binary, _ = gltf_document(mesh, extras, material)
+    document, binary, _ = gltf_document(mesh, extras, material, stem=stem)
     text = json.dumps(document, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 4)
     total = 12 + 8 + len(text) + 8 + len(binary)
@@ -149,7 +141,7 @@ def write_glb(path: Path, mesh: Mesh, extras: dict[str, Any] | None = None,
               material: Material | None = None) -> list[Path]:
     """Write ``mesh`` as one GLB file at ``path``; returns ``[path]``."""
     path = Path(path)
-    path.write_bytes(glb_bytes(mesh, extras, material))
+    path.write_bytes(glb_bytes(mesh, extras, material, path.stem))
     return [path]
 
 
@@ -160,7 +152,8 @@ def write_gltf(path: Path, mesh: Mesh, extras: dict[str, Any] | None = None,
     bin_path = path.with_suffix(".bin")
     png_path = path.with_name(f"{path.stem}_basecolor.png")
     textured = mesh.uvs is not None and mesh.base_color_texture is not None
-    document, binary, png = gltf_document(mesh, extras, material, image_uri=png_path.name if textured else None)
+    document, binary, png = gltf_document(mesh, extras, material, image_uri=png_path.name if textured else None,
+                                          stem=path.stem)
     document["buffers"][0]["uri"] = bin_path.name
     bin_path.write_bytes(binary)
     written = [path, bin_path]

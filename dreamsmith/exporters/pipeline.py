@@ -1,5 +1,5 @@
-"""The export pipeline: cleanup -> decimation -> UV unwrap -> texture bake -> placement -> writers, LODs,
-QA report and previews.
+"""The export pipeline: cleanup -> decimation -> UV unwrap -> texture bake -> normals split at the crease
+angle -> placement -> writers, LODs, QA report and previews.
 
 Everything is written into a hidden staging folder inside the output folder and renamed into place at
 the end, so a failure (or Ctrl-C) never leaves a partial asset where the asset should be.
@@ -7,27 +7,33 @@ the end, so a failure (or Ctrl-C) never leaves a partial asset where the asset s
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import numbers
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dreamsmith.engine.run_dir import safe_name
 from dreamsmith.errors import DreamsmithError
 from dreamsmith.exporters.bake import AlbedoFn, bake_base_color, vertex_color_albedo
 from dreamsmith.exporters.cleanup import cleanup
-from dreamsmith.exporters.decimate import check_budget, decimate
+from dreamsmith.exporters.decimate import MIN_TRIANGLES, check_budget, decimate
 from dreamsmith.exporters.gltf import Material, write_glb, write_gltf
-from dreamsmith.exporters.lod import lod_meshes, lod_texture_size
+from dreamsmith.exporters.lod import lod_meshes, lod_texture_size, max_lod_levels
+from dreamsmith.exporters.normals import crease_vertex_normals
 from dreamsmith.exporters.obj import write_obj
-from dreamsmith.exporters.qa import is_power_of_two, profile, qa_report
+from dreamsmith.exporters.options import ExportOptions
+from dreamsmith.exporters.qa import is_power_of_two, lod_levels_check, profile, qa_report
 from dreamsmith.exporters.usdz import write_usdz
 from dreamsmith.representations.mesh import Mesh
 
@@ -43,36 +49,11 @@ WRITERS: dict[str, tuple[str, Writer]] = {
 
 ORIGINS = ("center", "base")
 TEXTURE_SIZE_RANGE = (64, 8192)
-
-
-@dataclass
-class ExportOptions:
-    """What to write and how."""
-
-    formats: tuple[str, ...] = ("glb",)
-    """Any of glb, gltf, obj, usdz."""
-    texture_size: int = 1024
-    """Side of the square base-colour texture in texels (a power of two)."""
-    max_triangles: int | None = None
-    """Triangle budget of the asset (quadric decimation); None keeps every triangle."""
-    lods: int = 0
-    """Further levels of detail, each about half the triangles of the one before."""
-    origin: str = "center"
-    """center: the bounding box centred on the origin; base: resting on y = 0, centred in x and z."""
-    scale: float | None = None
-    """Longest bounding-box side in metres; None keeps the field's metres."""
-    profile: str = "pc"
-    """QA budgets: mobile, pc or hero."""
-    name: str = "asset"
-    """File stem: <name>.glb, <name>_lod1.glb, ..."""
-    extras: dict[str, Any] = field(default_factory=dict)
-    """Written into the files' metadata (the prompt, preset, seed)."""
-    material: Material = field(default_factory=Material)
-    """Metallic and roughness factors."""
-    preview_resolution: int = 256
-    """Turntable frame size in pixels (the poster is twice as large); 0 writes no previews."""
-    keep_fraction: float = 0.05
-    """Cleanup drops pieces with fewer faces than this fraction of the largest (floaters)."""
+PREVIEW_RESOLUTION_RANGE = (32, 2048)
+SCALE_RANGE_M = (1e-3, 1e4)
+"""Sizes float32 positions hold with sub-millimetre detail: a millimetre to ten kilometres."""
+MAX_LODS = 10
+"""Levels of detail any mesh can use: 2^10 = 1024 times fewer triangles than the asset."""
 
 
 @dataclass
@@ -84,33 +65,92 @@ class ExportResult:
     qa: dict[str, Any]
     """The QA report (also written to qa.json)."""
     timings: dict[str, float]
-    """Wall seconds per step: cleanup, decimate, unwrap, bake, write, lods, qa, previews."""
+    """Wall seconds per step: cleanup, decimate, unwrap, bake, normals, write, lods, qa, previews."""
     mesh: Mesh
     """The level-0 asset as written (placed, UV-textured)."""
 
 
 def check_options(options: ExportOptions) -> None:
-    """Refuse unusable options before any work, with one-line messages."""
-    unknown = [f for f in options.formats if f not in WRITERS]
-    if unknown or not options.formats:
+    """Refuse unusable options before any work, with one-line messages: every value that would fail
+    or write a wrong asset (non-finite numbers, sizes out of range, more LODs than triangles allow)."""
+    formats = options.formats
+    if isinstance(formats, str):
+        raise DreamsmithError(f"export formats {formats!r} must be a list of names, e.g. ['{formats}']")
+    unknown = [f for f in formats if f not in WRITERS]
+    if unknown or not formats:
         name = unknown[0] if unknown else ""
         raise DreamsmithError(f"unknown export format '{name}'; choose from {', '.join(WRITERS)}")
     low, high = TEXTURE_SIZE_RANGE
+    _whole_number("--texture-size", options.texture_size)
     if not (is_power_of_two(options.texture_size) and low <= options.texture_size <= high):
         raise DreamsmithError(f"--texture-size {options.texture_size} is not a power of two between {low} and {high} "
                               "(e.g. 512, 1024, 2048, 4096)")
     if options.max_triangles is not None:
+        _whole_number("--max-triangles", options.max_triangles)
         check_budget(options.max_triangles)
+    _whole_number("--lods", options.lods)
     if options.lods < 0:
         raise DreamsmithError(f"--lods {options.lods} must be 0 or more")
+    _check_lods(options.lods, options.max_triangles)
     if options.origin not in ORIGINS:
         raise DreamsmithError(f"--origin {options.origin} is unknown; choose center or base")
-    if options.scale is not None and not options.scale > 0:
-        raise DreamsmithError(f"--scale {options.scale} must be a positive size in metres")
-    if options.preview_resolution and not (options.preview_resolution >= 32 and options.preview_resolution % 16 == 0):
+    if options.scale is not None:
+        low, high = SCALE_RANGE_M
+        if not (_is_number(options.scale) and low <= options.scale <= high):
+            raise DreamsmithError(f"--scale {options.scale} must be a positive size in metres from {low:g} to {high:g}")
+    _whole_number("--preview-size", options.preview_resolution)
+    low, high = PREVIEW_RESOLUTION_RANGE
+    if options.preview_resolution and not (low <= options.preview_resolution <= high
+                                           and options.preview_resolution % 16 == 0):
         raise DreamsmithError(f"--preview-size {options.preview_resolution} must be 0 (no previews) or a multiple "
-                              "of 16 from 32 (video encoders need whole macro blocks)")
+                              f"of 16 from {low} to {high} (video encoders need whole macro blocks)")
     profile(options.profile)
+    safe_name(options.name, "export.name")  # the file stem of every file written: never a path
+    _fraction("export.material.metallic", options.material.metallic)
+    _fraction("export.material.roughness", options.material.roughness)
+    _fraction("export.keep_components_fraction", options.keep_components_fraction)
+    if not (_is_number(options.crease_angle) and 0 <= options.crease_angle <= 180):
+        raise DreamsmithError(f"export.crease_angle {options.crease_angle} must be an angle from 0 to 180 degrees")
+    try:
+        json.dumps(options.extras, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise DreamsmithError(f"export extras must be JSON values with finite numbers: {error}") from None
+    _check_finite(options)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite real number (not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole_number(label: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise DreamsmithError(f"{label} {value} must be a whole number")
+
+
+def _fraction(label: str, value: Any) -> None:
+    if not (_is_number(value) and 0 <= value <= 1):
+        raise DreamsmithError(f"{label} {value} must be a number from 0 to 1")
+
+
+def _check_lods(lods: int, max_triangles: int | None) -> None:
+    """More levels than halvings down to ``MIN_TRIANGLES`` would repeat the smallest level."""
+    halving = f"each level halves the triangles, down to {MIN_TRIANGLES}"
+    if max_triangles is not None and lods > max_lod_levels(max_triangles):
+        raise DreamsmithError(f"--lods {lods} is more than --max-triangles {max_triangles} allows: at most "
+                              f"{max_lod_levels(max_triangles)} ({halving})")
+    if lods > MAX_LODS:
+        raise DreamsmithError(f"--lods {lods} is more than any mesh can use: at most {MAX_LODS} ({halving})")
+
+
+def _check_finite(options: Any, prefix: str = "export.") -> None:
+    """Every number in ``options`` (nested dataclasses included) is finite."""
+    for item in dataclasses.fields(options):
+        value = getattr(options, item.name)
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, f"{prefix}{item.name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise DreamsmithError(f"{prefix}{item.name} is {value}; give a finite number")
 
 
 def check_writable(folder: Path) -> None:
@@ -138,14 +178,18 @@ def place(mesh: Mesh, anchor: np.ndarray, factor: float) -> Mesh:
     return mesh.copy(vertices=((mesh.vertices - anchor) * factor).astype(np.float32))
 
 
-def textured(geometry: Mesh, albedo: AlbedoFn, texture_size: int, timings: dict[str, float]) -> Mesh:
-    """Unwrap and bake one level (adds the time of each to ``timings``)."""
+def textured(geometry: Mesh, albedo: AlbedoFn, texture_size: int, crease_angle: float,
+             timings: dict[str, float]) -> Mesh:
+    """Unwrap, bake and split the normals at ``crease_angle`` degrees of one level (adds the time of
+    each to ``timings``). The split copies UVs with positions, so it leaves the texture as baked."""
     from dreamsmith.exporters.uv import unwrap
 
     with _timed(timings, "unwrap"):
         mesh = unwrap(geometry, texture_size)
     with _timed(timings, "bake"):
-        return bake_base_color(mesh, albedo, texture_size)
+        mesh = bake_base_color(mesh, albedo, texture_size)
+    with _timed(timings, "normals"):
+        return crease_vertex_normals(mesh, crease_angle)
 
 
 def export_mesh(mesh: Mesh, albedo: AlbedoFn | None, out_dir: Path | str, options: ExportOptions | None = None,
@@ -154,7 +198,8 @@ def export_mesh(mesh: Mesh, albedo: AlbedoFn | None, out_dir: Path | str, option
 
     albedo: sRGB albedo of surface points (e.g. the run's ``NeRFField.albedo``); None bakes ``mesh``'s
     vertex colours. Writes ``<name>.<format>`` per format (with sidecar .mtl/.bin/PNG files),
-    ``<name>_lod<k>.<format>`` per LOD, ``qa.json`` and the previews; returns the paths, QA and timings.
+    ``<name>_lod<k>.<format>`` per LOD (as many as the triangles allow: the QA report says when fewer
+    than asked), ``qa.json`` and the previews; returns the paths, QA and timings.
     """
     options = options or ExportOptions()
     check_options(options)
@@ -164,25 +209,27 @@ def export_mesh(mesh: Mesh, albedo: AlbedoFn | None, out_dir: Path | str, option
     timings: dict[str, float] = {}
 
     with _timed(timings, "cleanup"):
-        geometry = cleanup(mesh, keep_fraction=options.keep_fraction)
+        geometry = cleanup(mesh, options.keep_components_fraction)
     if geometry.n_faces == 0:
         raise DreamsmithError("the mesh has no faces left after cleanup: nothing to export")
     with _timed(timings, "decimate"):
         if options.max_triangles is not None and geometry.n_faces > options.max_triangles:
-            geometry = cleanup(decimate(geometry, options.max_triangles), keep_fraction=options.keep_fraction)
+            geometry = cleanup(decimate(geometry, options.max_triangles), options.keep_components_fraction)
     anchor, factor = placement(geometry, options.origin, options.scale)
+    levels = min(options.lods, max_lod_levels(geometry.n_faces))
 
     with _staging(out_dir) as staging:
         written: list[Path] = []
-        asset = place(textured(geometry, albedo, options.texture_size, timings), anchor, factor)
+        asset = place(textured(geometry, albedo, options.texture_size, options.crease_angle, timings), anchor, factor)
         with _timed(timings, "write"):
             written += _write_level(asset, staging / options.name, options)
         with _timed(timings, "qa"):
-            report = {"asset": qa_report(asset, options.profile), "lods": []}
+            lod_check = [lod_levels_check(options.lods, levels, geometry.n_faces)] if options.lods else []
+            report = {"asset": qa_report(asset, options.profile, extra_checks=lod_check), "lods": []}
         with _timed(timings, "lods"):
-            for level, lod_geometry in enumerate(lod_meshes(geometry, options.lods) if options.lods else [], start=1):
+            for level, lod_geometry in enumerate(lod_meshes(geometry, levels) if levels else [], start=1):
                 size = lod_texture_size(options.texture_size, level)
-                lod = place(textured(lod_geometry, albedo, size, {}), anchor, factor)
+                lod = place(textured(lod_geometry, albedo, size, options.crease_angle, {}), anchor, factor)
                 written += _write_level(lod, staging / f"{options.name}_lod{level}", options)
                 lod_qa = qa_report(lod, options.profile, level)
                 report["lods"].append({"level": level, "triangles": lod.n_faces, "texture_size": size,

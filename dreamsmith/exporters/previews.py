@@ -56,10 +56,12 @@ def render_views(mesh: Mesh, cameras: Cameras, centre: np.ndarray, batch: int = 
     """uint8 ``[B, H, W, 3]`` lambertian renders (headlight, white background) of the textured ``mesh``
     moved by ``-centre`` (the cameras look at the origin).
 
-    The rasterized faces index welded vertices, so the renderer's smooth normals are continuous across
-    UV seams (as the exported normals are); the texture is looked up on the unwelded mesh."""
+    The rasterized faces index vertices welded where position and normal agree, so the renderer's
+    area-weighted normals are those exported: continuous across UV seams, split at hard edges. The
+    texture is looked up on the unwelded mesh."""
     vertices = torch.from_numpy(mesh.vertices - centre.astype(np.float32))
-    faces = torch.from_numpy(weld_index(mesh.vertices)[mesh.faces])
+    key = mesh.vertices if mesh.vertex_normals is None else np.concatenate([mesh.vertices, mesh.vertex_normals], 1)
+    faces = torch.from_numpy(weld_index(key)[mesh.faces])
     textured = mesh.uvs is not None and mesh.base_color_texture is not None
     albedo = texture_albedo(mesh.copy(vertices=vertices.numpy())) if textured else None
     if albedo is None and mesh.vertex_colors is not None:

@@ -15,6 +15,7 @@ import numpy as np
 from dreamsmith.errors import DreamsmithError
 from dreamsmith.exporters.bake import uv_coverage
 from dreamsmith.exporters.cleanup import connected_component_labels, degenerate_face_mask, face_areas, weld_index
+from dreamsmith.exporters.lod import max_lod_levels
 from dreamsmith.representations.mesh import Mesh
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
@@ -28,7 +29,7 @@ class Profile:
     max_triangles: int
     """Triangles of the asset (warn up to 1.25x, fail beyond)."""
     max_vertices: int
-    """Vertices after UV-seam splits (warn beyond)."""
+    """Vertices after UV-seam and hard-edge splits (warn beyond)."""
     max_texture_size: int
     """Largest texture side in texels (warn beyond)."""
     min_texel_density: float
@@ -148,14 +149,22 @@ def evaluate(metrics: dict[str, Any], budgets: Profile) -> list[dict[str, Any]]:
     return checks
 
 
-def qa_report(mesh: Mesh, profile_name: str = "pc", level: int = 0) -> dict[str, Any]:
+def lod_levels_check(requested: int, written: int, triangles: int) -> dict[str, Any]:
+    """Whether every level of detail asked for was written: an asset of ``triangles`` allows only
+    ``lod.max_lod_levels`` levels (warn when fewer than asked)."""
+    return _check("LOD levels", written, PASS if written >= requested else WARN,
+                  f"{requested} asked; {triangles} triangles allow {max_lod_levels(triangles)}")
+
+
+def qa_report(mesh: Mesh, profile_name: str = "pc", level: int = 0,
+              extra_checks: list[dict[str, Any]] | tuple[()] = ()) -> dict[str, Any]:
     """``{"profile", "budgets", "status", "metrics", "checks"}``; status is the worst check's.
 
     level: the LOD level; level k is seen from further away, so its minimum texel density is 2^-k
-    of the profile's."""
+    of the profile's. extra_checks: checks of the export as a whole (e.g. ``lod_levels_check``)."""
     budgets = replace(profile(profile_name), min_texel_density=profile(profile_name).min_texel_density / 2**level)
     metrics = mesh_metrics(mesh)
-    checks = evaluate(metrics, budgets)
+    checks = evaluate(metrics, budgets) + list(extra_checks)
     status = max((c["status"] for c in checks), key=_SEVERITY.__getitem__)
     return {"profile": profile_name, "budgets": asdict(budgets), "status": status, "metrics": metrics, "checks": checks}
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from dreamsmith.errors import DreamsmithError
 from dreamsmith.exporters.gltf import GENERATOR, Material, texture_png
+from dreamsmith.exporters.names import AssetNames
 from dreamsmith.representations.mesh import Mesh
 
 
@@ -37,11 +38,13 @@ def write_usdz(path: Path, mesh: Mesh, extras: dict | None = None, material: Mat
     """Write ``mesh`` as a USDZ package at ``path``; returns ``[path]``.
 
     USD's default orientation (right-handed: counter-clockwise front faces) and ``upAxis = Y``,
-    ``metersPerUnit = 1`` match the mesh's frame. ``extras`` go in the layer's custom data.
+    ``metersPerUnit = 1`` match the mesh's frame. ``extras`` go in the layer's custom data. The root
+    prim (the default prim), its mesh and material are named after the file's stem.
     """
     Gf, Sdf, Usd, UsdGeom, UsdShade, UsdUtils, Vt = _pxr()
     path = Path(path)
     material = material or Material()
+    names = AssetNames.of(path.stem, material)
     textured = mesh.uvs is not None and mesh.base_color_texture is not None
     with tempfile.TemporaryDirectory(prefix="dreamsmith-usd-") as folder:
         layer_path = Path(folder) / f"{path.stem}.usdc"
@@ -51,10 +54,11 @@ def write_usdz(path: Path, mesh: Mesh, extras: dict | None = None, material: Mat
         UsdGeom.SetStageMetersPerUnit(stage, 1.0)
         metadata = {key: str(value) for key, value in (extras or {}).items()}
         stage.GetRootLayer().customLayerData = {"generator": GENERATOR, **metadata}
-        root = UsdGeom.Xform.Define(stage, "/asset")
+        root = UsdGeom.Xform.Define(stage, f"/{names.object}")
         stage.SetDefaultPrim(root.GetPrim())
+        material_path = root.GetPath().AppendChild(names.material)
 
-        geometry = UsdGeom.Mesh.Define(stage, "/asset/mesh")
+        geometry = UsdGeom.Mesh.Define(stage, root.GetPath().AppendChild(names.mesh))
         geometry.CreatePointsAttr(Vt.Vec3fArray.FromNumpy(mesh.vertices))
         geometry.CreateFaceVertexCountsAttr(Vt.IntArray.FromNumpy(np.full(mesh.n_faces, 3, dtype=np.int32)))
         geometry.CreateFaceVertexIndicesAttr(Vt.IntArray.FromNumpy(mesh.faces.reshape(-1).astype(np.int32)))
@@ -64,8 +68,8 @@ def write_usdz(path: Path, mesh: Mesh, extras: dict | None = None, material: Mat
             geometry.CreateNormalsAttr(Vt.Vec3fArray.FromNumpy(mesh.vertex_normals))
             geometry.SetNormalsInterpolation(UsdGeom.Tokens.vertex)
 
-        shader_material = UsdShade.Material.Define(stage, "/asset/material")
-        surface = UsdShade.Shader.Define(stage, "/asset/material/surface")
+        shader_material = UsdShade.Material.Define(stage, material_path)
+        surface = UsdShade.Shader.Define(stage, material_path.AppendChild("surface"))
         surface.CreateIdAttr("UsdPreviewSurface")
         surface.CreateInput("metallic", Sdf.ValueTypeNames.Float).Set(float(material.metallic))
         surface.CreateInput("roughness", Sdf.ValueTypeNames.Float).Set(float(material.roughness))
@@ -74,10 +78,10 @@ def write_usdz(path: Path, mesh: Mesh, extras: dict | None = None, material: Mat
             primvars = UsdGeom.PrimvarsAPI(geometry)
             st = primvars.CreatePrimvar("st", Sdf.ValueTypeNames.TexCoord2fArray, UsdGeom.Tokens.vertex)
             st.Set(Vt.Vec2fArray.FromNumpy(mesh.uvs))
-            reader = UsdShade.Shader.Define(stage, "/asset/material/st_reader")
+            reader = UsdShade.Shader.Define(stage, material_path.AppendChild("st_reader"))
             reader.CreateIdAttr("UsdPrimvarReader_float2")
-            reader.CreateInput("varname", Sdf.ValueTypeNames.Token).Set("st")
-            texture = UsdShade.Shader.Define(stage, "/asset/material/base_color")
+            reader.CreateInput("varname", Sdf.ValueTypeNames.String).Set("st")  # a string in UsdPreviewSurface's spec
+            texture = UsdShade.Shader.Define(stage, material_path.AppendChild(names.image))
             texture.CreateIdAttr("UsdUVTexture")
             texture.CreateInput("file", Sdf.ValueTypeNames.Asset).Set(texture_name)
             texture.CreateInput("sourceColorSpace", Sdf.ValueTypeNames.Token).Set("sRGB")

@@ -6,8 +6,12 @@ it. Every hook is a no-op by default, so a conditioner overrides only the ones i
 - ``transform_prompt_embeds``: textual inversion, identity embeddings, aligned multimodal prompts;
 - ``extra_input_channels``: image latents concatenated to z_t (InstructPix2Pix, try-on models);
 - ``unet_kwargs``: ControlNet residuals, ``added_cond_kwargs`` (IP-Adapter), ``cross_attention_kwargs``;
-- ``applied(unet)``: attention processors and weight deltas (LoRA, Prompt-to-Prompt, MVDream
-  attention), installed for the duration of the call and removed after.
+- ``attention_hooks()``: stages of every attention computation (multi-view attention, Prompt-to-Prompt,
+  shared-attention style, regional prompts), chained with other conditioners' hooks on each module
+  (:mod:`dreamsmith.guidance.attention`);
+- ``time_embedding_delta``: a vector added to the UNet's time embedding (camera embeddings);
+- ``applied(unet)``: anything else installed for the duration of the call and removed after (weight
+  deltas: named LoRA adapters, :mod:`dreamsmith.guidance.lora`).
 
 ``DiffusionPrior.predict_noise`` merges them (see :func:`merge_unet_kwargs`). Switched off or at
 scale 0, a conditioner must leave the model's output exactly unchanged: that is its first test.
@@ -23,6 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from dreamsmith.guidance.attention import AttentionHook, hooks_active
 from dreamsmith.renderers.cameras import Cameras
 from dreamsmith.renderers.outputs import RenderOutput
 
@@ -41,8 +46,12 @@ class ConditionContext:
     """What a conditioner may read about the current step.
 
     render: the asset's render of this step, detached (``[B, H, W, C]`` images); cameras: the ``B``
-    cameras it was rendered from; step: the optimization step. The prior fills in the rest for each
-    call: image_size: the pixel size the model expects; class_labels: the UNet's class labels for
+    cameras it was rendered from; step: the optimization step. branch_labels: the classifier-free
+    guidance branch of each sample of the call (``"cond"``, ``"uncond"``, ``"image"``, ...; empty when
+    the caller has no branches), e.g. an image prompt puts zeros in the unconditional branch;
+    source_image: ``[B_call, H, W, 3]`` images a branch is conditioned on (InstructPix2Pix's source
+    render), with source_mask ``[B_call]`` True where a sample has one. The prior fills in the rest for
+    each call: image_size: the pixel size the model expects; class_labels: the UNet's class labels for
     this call (camera conditioning), or None.
     """
 
@@ -51,6 +60,13 @@ class ConditionContext:
     step: int = 0
     image_size: int | None = None
     class_labels: Tensor | None = None
+    branch_labels: tuple[str, ...] = ()
+    source_image: Tensor | None = None
+    source_mask: Tensor | None = None
+
+    def branch_mask(self, label: str, device: torch.device | None = None) -> Tensor:
+        """``[B_call]`` True for the samples of branch ``label``."""
+        return torch.tensor([b == label for b in self.branch_labels], dtype=torch.bool, device=device)
 
 
 class Conditioner:
@@ -73,9 +89,16 @@ class Conditioner:
         and the (transformed) ``embeds``."""
         return {}
 
+    def attention_hooks(self) -> Sequence[AttentionHook]:
+        """Hooks active on the UNet's attention modules for the call (see :mod:`dreamsmith.guidance.attention`)."""
+        return ()
+
+    def time_embedding_delta(self, context: ConditionContext, batch: int) -> Tensor | None:
+        """``[batch, D]`` added to the UNet's time embedding (e.g. an MLP of the camera), or None."""
+        return None
+
     def applied(self, unet: torch.nn.Module) -> contextlib.AbstractContextManager[None]:
-        """A context manager that installs attention processors or weight deltas on ``unet`` and
-        restores it on exit."""
+        """A context manager that installs something on ``unet`` (a weight delta) and restores it on exit."""
         return contextlib.nullcontext()
 
 
@@ -119,11 +142,20 @@ def _add_residuals(a: Tensor | Sequence[Tensor], b: Tensor | Sequence[Tensor]) -
 
 
 @contextlib.contextmanager
-def all_applied(conditioners: Sequence[Conditioner], unet: torch.nn.Module) -> Iterator[None]:
-    """Enter every conditioner's ``applied(unet)``, in order; exit them in reverse."""
+def all_applied(
+    conditioners: Sequence[Conditioner], unet: torch.nn.Module, time_embedding_delta: Tensor | None = None
+) -> Iterator[None]:
+    """Enter every conditioner's ``applied(unet)`` in order, activate their attention hooks (chained in
+    the same order) and add ``time_embedding_delta`` to the time embedding; undo all on exit."""
     with contextlib.ExitStack() as stack:
         for conditioner in conditioners:
             stack.enter_context(conditioner.applied(unet))
+        stack.enter_context(hooks_active(unet, [h for c in conditioners for h in c.attention_hooks()]))
+        if time_embedding_delta is not None:
+            handle = unet.time_embedding.register_forward_hook(
+                lambda module, args, output: output + time_embedding_delta.to(output)
+            )
+            stack.callback(handle.remove)
         yield
 
 

@@ -67,8 +67,8 @@ def load_prior(
     unet = _load_weights(folder, index, "unet", dtype, allow_pickle)
     vae = _load_weights(folder, index, "vae", dtype, allow_pickle) if has_vae else None
     text_encoder = _load_weights(folder, index, "text_encoder", dtype, allow_pickle)
-    tokenizer = _load_config_only(folder, index, "tokenizer")
-    scheduler = _load_config_only(folder, index, "scheduler")
+    tokenizer = _load_config_only(folder, index, "tokenizer", allow_pickle)
+    scheduler = _load_config_only(folder, index, "scheduler", allow_pickle)
     for module in (unet, vae, text_encoder):
         if module is not None:
             module.requires_grad_(False).eval().to(device)
@@ -82,9 +82,15 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ModelLoadError(f"cannot read {path}: {error}") from error
 
 
-def _load_config_only(folder: Path, index: dict[str, Any], name: str) -> Any:
-    """A component without weights (tokenizer, scheduler)."""
+def _load_config_only(folder: Path, index: dict[str, Any], name: str, allow_pickle: bool) -> Any:
+    """A component without weights (tokenizer, scheduler): its class must be of that kind, and a pickle
+    in its folder is refused like any other (one pickle policy for every slot)."""
     cls = _component_class(folder, index, name)
+    _check_kind(folder, name, cls)
+    pickles = sorted(p.name for p in (folder / name).iterdir() if p.name.endswith(PICKLE_SUFFIXES))
+    if pickles and not allow_pickle:
+        raise ModelLoadError(f"{folder / name} holds pickled files ({', '.join(pickles)}), which can run code when "
+                             "loaded; remove them, or pass --allow-pickle if you trust their source")
     try:
         return cls.from_pretrained(folder / name)
     except (OSError, ValueError, TypeError) as error:
@@ -107,10 +113,23 @@ def _component_class(folder: Path, index: dict[str, Any], name: str) -> type:
     return cls
 
 
+def _check_kind(folder: Path, name: str, cls: type) -> None:
+    """Refuse a class in the wrong slot of model_index.json (a model where a scheduler belongs, ...)."""
+    import diffusers
+    import transformers
+
+    kinds = {"scheduler": (diffusers.SchedulerMixin,), "tokenizer": (transformers.PreTrainedTokenizerBase,)}
+    expected = kinds.get(name, (torch.nn.Module,))
+    if not issubclass(cls, expected):
+        raise ModelLoadError(f"{folder}/model_index.json puts {cls.__name__} in the {name!r} slot, which needs a "
+                             f"{' or '.join(k.__name__ for k in expected)}")
+
+
 def _load_weights(
     folder: Path, index: dict[str, Any], name: str, dtype: torch.dtype, allow_pickle: bool
 ) -> Any:
     cls = _component_class(folder, index, name)
+    _check_kind(folder, name, cls)
     use_safetensors, variant = _weights_format(folder / name, allow_pickle)
     if cls.__module__.startswith("diffusers"):
         # low-memory loading needs accelerate; without it diffusers warns on every load
@@ -218,3 +237,23 @@ def _hub_offline(timeout_s: float = 1.0) -> bool:
     probe.start()
     probe.join(timeout_s)
     return not reachable
+
+
+def load_controlnet(
+    folder: str | Path, device: torch.device | str, dtype: torch.dtype, allow_pickle: bool = False
+) -> torch.nn.Module:
+    """A frozen diffusers ``ControlNetModel`` from ``folder`` (safetensors only unless ``allow_pickle``)."""
+    from diffusers import ControlNetModel
+
+    path = Path(folder).expanduser()
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} is not a diffusers ControlNet folder (no config.json)")
+    use_safetensors, variant = _weights_format(path, allow_pickle)
+    try:
+        controlnet = ControlNetModel.from_pretrained(
+            path, use_safetensors=use_safetensors, variant=variant, torch_dtype=dtype,
+            low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
+        )
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ModelLoadError(f"cannot load the ControlNet {path}: {error}") from None
+    return controlnet.requires_grad_(False).eval().to(device)

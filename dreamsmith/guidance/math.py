@@ -8,6 +8,7 @@ Per-sample quantities are ``[B]`` tensors; images and latents are ``[B, C, H, W]
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -39,6 +40,21 @@ def cfg_combine(eps_cond: Tensor, eps_uncond: Tensor, scale: float) -> Tensor:
     is this form with s = s' + 1: a threestudio guidance scale of 100 is 101 here.
     """
     return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+def cfg_chain(eps: Sequence[Tensor], scales: Sequence[float]) -> Tensor:
+    """N-way classifier-free guidance: ε_0 + Σ_k s_k (ε_k − ε_{k−1}) over branches in order.
+
+    Two branches [ε_u, ε_y] with scale s give :func:`cfg_combine` exactly; InstructPix2Pix's three
+    [ε_∅, ε_I, ε_{I,T}] with (s_I, s_T) give ε_∅ + s_I(ε_I − ε_∅) + s_T(ε_{I,T} − ε_I) (Brooks et al.
+    2023, eq. 3). All scales 1 give the last branch's prediction.
+    """
+    if len(scales) != len(eps) - 1:
+        raise ValueError(f"{len(eps)} branches need {len(eps) - 1} scales, got {len(scales)}")
+    guided = eps[0]
+    for k in range(1, len(eps)):
+        guided = guided + scales[k - 1] * (eps[k] - eps[k - 1])
+    return guided
 
 
 def eps_from_v(v: Tensor, z_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:

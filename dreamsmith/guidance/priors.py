@@ -94,14 +94,23 @@ class DiffusionPrior:
             )
         self.camera_distance = float(self.metadata.get("camera_distance", 1.0))
 
+    def max_prompt_tokens(self) -> int:
+        """How many tokens of a prompt the text encoder reads."""
+        max_length = self.tokenizer.model_max_length
+        if max_length > 4096:  # tokenizers without a configured limit report a huge sentinel
+            max_length = getattr(self.text_encoder.config, "max_position_embeddings", 77)
+        return int(max_length)
+
+    def prompt_tokens(self, prompt: str) -> tuple[int, int]:
+        """(tokens in ``prompt`` with the special ones, tokens the encoder reads)."""
+        return len(self.tokenizer(prompt, truncation=False).input_ids), self.max_prompt_tokens()
+
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Tensor:
         """Text embeddings ``[B, L, D]`` (the encoder's last hidden state), padded to the tokenizer's
         max length. CLIP encoders see no attention mask (as Stable Diffusion was trained); others
         (T5 in DeepFloyd IF) get one."""
-        max_length = self.tokenizer.model_max_length
-        if max_length > 4096:  # tokenizers without a configured limit report a huge sentinel
-            max_length = getattr(self.text_encoder.config, "max_position_embeddings", 77)
+        max_length = self.max_prompt_tokens()
         tokens = self.tokenizer(
             list(prompts), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
         )
@@ -189,25 +198,23 @@ class DiffusionPrior:
             image_size=self.image_size,
             class_labels=class_labels,
         )
-        with torch.set_grad_enabled(enable_grad), all_applied(conditioners, self.unet):
-            for conditioner in conditioners:
-                embeds = conditioner.transform_prompt_embeds(embeds, context)
-            extra = [conditioner.extra_input_channels(sample, context) for conditioner in conditioners]
-            extra = [channels.to(sample) for channels in extra if channels is not None]
-            if extra:
-                sample = torch.cat([sample, *extra], dim=1)
-            kwargs = merge_unet_kwargs(
-                [conditioner.unet_kwargs(sample, t, embeds, context) for conditioner in conditioners],
-                reserved=_UNET_RESERVED,
-            )
-            output = self.unet(
-                sample,
-                t,
-                encoder_hidden_states=embeds,
-                class_labels=class_labels,
-                return_dict=False,
-                **kwargs,
-            )[0]
+        with torch.set_grad_enabled(enable_grad):
+            deltas = [d for d in (c.time_embedding_delta(context, batch) for c in conditioners) if d is not None]
+            delta = torch.stack(deltas).sum(0) if deltas else None
+            with all_applied(conditioners, self.unet, delta):
+                for conditioner in conditioners:
+                    embeds = conditioner.transform_prompt_embeds(embeds, context)
+                extra = [conditioner.extra_input_channels(sample, context) for conditioner in conditioners]
+                extra = [channels.to(sample) for channels in extra if channels is not None]
+                if extra:
+                    sample = torch.cat([sample, *extra], dim=1)
+                kwargs = merge_unet_kwargs(
+                    [conditioner.unet_kwargs(sample, t, embeds, context) for conditioner in conditioners],
+                    reserved=_UNET_RESERVED,
+                )
+                output = self.unet(
+                    sample, t, encoder_hidden_states=embeds, class_labels=class_labels, return_dict=False, **kwargs
+                )[0]
         output = output[:, : z_t.shape[1]].float()  # learned-variance models also output a variance
         if self.prediction_type == "v_prediction":
             alpha, sigma = alpha_sigma(self.alphas_cumprod, t)

@@ -4,13 +4,16 @@ answers a usage error) without importing torch. Each is re-exported beside the c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
+
+from dreamsmith.configs import Range
 
 
 @dataclass
 class VolumeRendererConfig:
     sampler: str = "auto"
     """Ray sampler: auto (occupancy_grid on CUDA, dense otherwise), dense or occupancy_grid."""
-    n_samples: int = 64
+    n_samples: Annotated[int, Range(1, 1024)] = 64
     """Samples per ray of the dense sampler."""
     prune_threshold: float = 1e-4
     """Dense sampler: samples whose weight is below this get no gradient (0 disables pruning)."""

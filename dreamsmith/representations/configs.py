@@ -4,35 +4,38 @@ line answers a usage error) without importing torch. Each is re-exported beside 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
+
+from dreamsmith.configs import Range
 
 
 @dataclass
 class HashGridConfig:
-    n_levels: int = 16
+    n_levels: Annotated[int, Range(1, 32)] = 16
     """Number of resolution levels."""
-    n_features_per_level: int = 2
+    n_features_per_level: Annotated[int, Range(1, 8)] = 2
     """Feature channels stored per level."""
-    log2_hashmap_size: int = 19
+    log2_hashmap_size: Annotated[int, Range(8, 24)] = 19
     """log2 of the number of entries of each level's table."""
-    base_resolution: int = 16
+    base_resolution: Annotated[int, Range(2, 4096)] = 16
     """Grid resolution of the coarsest level."""
-    per_level_scale: float = 1.447269237440378
+    per_level_scale: Annotated[float, Range(1, 4)] = 1.447269237440378
     """Resolution growth factor between levels (16 levels from 16 to 2048 by default)."""
-    start_level: int = 16
+    start_level: Annotated[int, Range(1, 32)] = 16
     """Levels active at step 0 (progressive training: fewer levels first)."""
-    update_steps: int = 0
+    update_steps: Annotated[int, Range(0, None)] = 0
     """Steps between enabling one more level (0: all levels from the start)."""
 
 
 @dataclass
 class NeRFConfig:
-    bound: float = 1.0
+    bound: Annotated[float, Range(0.01, 100)] = 1.0
     """Half-size of the cube [-bound, bound]^3 the field covers (metres)."""
     hash_grid: HashGridConfig = field(default_factory=HashGridConfig)
     """The multiresolution hash-grid encoding."""
-    hidden_dim: int = 64
+    hidden_dim: Annotated[int, Range(1, 1024)] = 64
     """Width of the density and albedo MLPs."""
-    hidden_layers: int = 1
+    hidden_layers: Annotated[int, Range(0, 16)] = 1
     """Hidden layers of each MLP."""
     blob_density: float = 10.0
     """Density bias at the centre (Magic3D blob initialization)."""
@@ -68,9 +71,9 @@ class BackgroundConfig:
 class DMTetConfig:
     """Configuration of a DMTet representation."""
 
-    resolution: int = 64
+    resolution: Annotated[int, Range(2, 256)] = 64
     """Grid cells along each axis; the grid has (resolution+1)^3 vertices and 6*resolution^3 tets."""
-    bound: float = 0.6
+    bound: Annotated[float, Range(0.01, 100)] = 0.6
     """Half-extent in metres of the grid cube [-bound, bound]^3 (the asset lives in radius 0.5)."""
     deformation_scale: float = 0.5
     """Largest vertex offset along each axis, in grid cells (offset = tanh(param) * cell * scale)."""

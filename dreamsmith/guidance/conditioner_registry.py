@@ -1,0 +1,94 @@
+"""Conditioners by the name configs use (``guidance.conditioners: [{name: ..., ...}]``), filled explicitly.
+
+Each entry is (options dataclass, factory). The options are checked when the run's config resolves,
+before any model loads; the factory builds the conditioner for a loaded prior when the stage starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from dreamsmith.configs import build, nearest
+from dreamsmith.errors import ConfigError
+from dreamsmith.guidance.conditioners import Conditioner, ControlNetConditioner
+
+
+@dataclass
+class ControlNetOptions:
+    """A ControlNet fed with the asset's own renders (Zhang et al. 2023)."""
+
+    model: str = ""
+    """A diffusers ControlNet folder (config.json + weights), for the stage's base model."""
+    source: Literal["depth", "normal", "opacity"] = "depth"
+    """Which render of the asset is the control image."""
+    scale: float = 1.0
+    """Conditioning scale (0: the base model exactly)."""
+
+
+@dataclass
+class LoRAOptions:
+    """A LoRA adapter file in the diffusers/peft layout (``pytorch_lora_weights.safetensors``)."""
+
+    path: str = ""
+    """The .safetensors file, or a folder holding pytorch_lora_weights.safetensors."""
+    scale: float = 1.0
+    """Strength of the weight delta (0: the base model exactly)."""
+    adapter_name: str = ""
+    """Name of the adapter on the model (default: the file's stem); keep it apart from a guidance's own."""
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _controlnet(options: ControlNetOptions, prior: Any, allow_pickle: bool) -> Conditioner:
+    from dreamsmith.guidance.loading import load_controlnet
+
+    controlnet = load_controlnet(options.model, prior.device, prior.dtype, allow_pickle)
+    base, control = prior.unet.config, controlnet.config
+    for key in ("cross_attention_dim", "block_out_channels", "in_channels"):
+        if _plain(base.get(key)) != _plain(control.get(key)):
+            raise ConfigError(f"the ControlNet {options.model} is for another base model: its {key} is "
+                              f"{control.get(key)}, the stage's model has {base.get(key)}")
+    return ControlNetConditioner(controlnet, options.source, options.scale)
+
+
+def _lora(options: LoRAOptions, prior: Any, allow_pickle: bool) -> Conditioner:
+    from dreamsmith.guidance.lora import LoRAConditioner, load_lora_file
+
+    name = load_lora_file(prior.unet, Path(options.path), options.adapter_name or None)
+    return LoRAConditioner(name, options.scale)
+
+
+CONDITIONERS: dict[str, tuple[type, Callable[[Any, Any, bool], Conditioner]]] = {
+    "controlnet": (ControlNetOptions, _controlnet),
+    "lora": (LoRAOptions, _lora),
+}
+
+
+def conditioner_options(spec: Any, path: str) -> tuple[str, Any]:
+    """``(name, typed options)`` of one ``{name: ..., ...}`` entry, or a ConfigError naming ``path``."""
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ConfigError(f"'{path}' must be a mapping with a name, e.g. {{name: controlnet, model: DIR}}")
+    name = spec["name"]
+    if name not in CONDITIONERS:
+        raise ConfigError(f"unknown conditioner '{name}' in '{path}'{nearest(str(name), list(CONDITIONERS))}; "
+                          f"choose one of {', '.join(CONDITIONERS)}")
+    options_class, _ = CONDITIONERS[name]
+    options = build(options_class, {k: v for k, v in spec.items() if k != "name"}, f"{path}.")
+    required = [f for f in ("model", "path") if hasattr(options, f) and not getattr(options, f)]
+    if required:
+        raise ConfigError(f"'{path}.{required[0]}' is required for the {name} conditioner")
+    return name, options
+
+
+def build_conditioners(specs: list[dict[str, Any]], prior: Any, allow_pickle: bool = False) -> list[Conditioner]:
+    """The conditioners of a guidance config's ``conditioners`` list, for ``prior``."""
+    built = []
+    for index, spec in enumerate(specs):
+        name, options = conditioner_options(spec, f"guidance.conditioners.{index}")
+        built.append(CONDITIONERS[name][1](options, prior, allow_pickle))
+    return built

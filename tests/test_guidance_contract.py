@@ -1,0 +1,130 @@
+"""The contract every registered guidance method passes (one shared test class over ``GUIDANCES``):
+determinism under a seed, a checkpoint round trip of its own state, the NaN guard, a CPU run through
+``dreamsmith generate`` on a tiny random model, and exactness of every conditioner kind at scale 0."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import ControlNetModel
+from safetensors.torch import save_file
+from test_generate import SMALL, run_cli
+
+from dreamsmith.guidance import GUIDANCES
+from dreamsmith.guidance.conditioner_registry import CONDITIONERS, build_conditioners
+from dreamsmith.guidance.conditioners import Conditioner
+from dreamsmith.guidance.loading import load_prior
+from dreamsmith.guidance.lora import add_lora, lora_state_dict
+from dreamsmith.renderers.cameras import Cameras
+from dreamsmith.renderers.outputs import RenderOutput
+
+
+def pytest_generate_tests(metafunc):
+    if "guidance_name" in metafunc.fixturenames:
+        metafunc.parametrize("guidance_name", sorted(GUIDANCES))
+
+
+def views(batch: int = 2, size: int = 16) -> tuple[torch.Tensor, Cameras]:
+    rgb = torch.rand(batch, size, size, 3, generator=torch.Generator().manual_seed(21))
+    cameras = Cameras.from_spherical(torch.linspace(0, 270, batch), torch.full((batch,), 15.0),
+                                     torch.tensor(2.0), torch.tensor(40.0), size)
+    return rgb, cameras
+
+
+def make(name: str, prior, conditioners=(), **options):
+    cls = GUIDANCES[name]
+    return cls(prior, cls.config_class(prompt="a hamburger", **options), list(conditioners))
+
+
+def gradient(guidance, seed: int, step: int = 0) -> tuple[torch.Tensor, dict]:
+    rgb, cameras = views(2 * guidance.views_per_group)
+    rgb.requires_grad_(True)
+    size = rgb.shape[1]
+    render = RenderOutput(rgb=rgb, opacity=torch.ones(len(cameras), size, size, 1),
+                          depth=torch.full((len(cameras), size, size, 1), 2.0))
+    generator = torch.Generator().manual_seed(seed)
+    out = guidance(render, cameras, step, generator, guidance.timestep(step))
+    out.loss.backward()
+    logs = guidance.update(RenderOutput(rgb=rgb.detach(), opacity=render.opacity, depth=render.depth), cameras,
+                           step, generator, out)
+    return rgb.grad, logs
+
+
+class NaNPrompt(Conditioner):
+    def transform_prompt_embeds(self, embeds, context):
+        return torch.full_like(embeds, float("nan"))
+
+
+class TestGuidanceContract:
+    def test_same_seed_same_gradient_other_seed_other_gradient(self, guidance_name, tiny_sd_dir):
+        first = gradient(make(guidance_name, load_prior(tiny_sd_dir)), seed=3)[0]
+        again = gradient(make(guidance_name, load_prior(tiny_sd_dir)), seed=3)[0]
+        other = gradient(make(guidance_name, load_prior(tiny_sd_dir)), seed=4)[0]
+        assert torch.equal(first, again) and not torch.equal(first, other)
+
+    def test_own_state_round_trips_through_a_checkpoint(self, guidance_name, tiny_sd_dir):
+        trained = make(guidance_name, load_prior(tiny_sd_dir))
+        for step in range(2):
+            gradient(trained, seed=step, step=step)
+        saved = trained.checkpoint_state()
+        restored = make(guidance_name, load_prior(tiny_sd_dir))
+        restored.load_checkpoint_state(torch.load(_round_trip(saved), weights_only=True))
+        assert torch.equal(gradient(trained, seed=9, step=2)[0], gradient(restored, seed=9, step=2)[0])
+        again = restored.checkpoint_state()
+        assert _flat(again) == _flat(trained.checkpoint_state())
+
+    def test_a_nan_model_output_gives_a_zero_gradient_not_nan(self, guidance_name, tiny_sd_dir):
+        grad, _ = gradient(make(guidance_name, load_prior(tiny_sd_dir), [NaNPrompt()]), seed=0)
+        assert torch.isfinite(grad).all() and torch.equal(grad, torch.zeros_like(grad))
+
+    def test_runs_through_dreamsmith_generate_on_a_tiny_model(self, guidance_name, tiny_sd_dir, tmp_path):
+        out = tmp_path / "run"
+        result = run_cli("generate", "a hamburger", "--model", str(tiny_sd_dir), "--steps", "2", "--out", str(out),
+                         "--quiet", *SMALL, f"guidance.name={guidance_name}")
+        assert result.returncode == 0, result.stderr
+        assert (out / "asset.glb").stat().st_size > 0
+
+    def test_every_conditioner_kind_at_scale_zero_is_exact(self, guidance_name, tiny_sd_dir, tmp_path):
+        assert set(CONDITIONERS) == {"controlnet", "lora"}, "add a scale-0 case for the new conditioner kind"
+        prior = load_prior(tiny_sd_dir)
+        controlnet = ControlNetModel.from_unet(prior.unet)
+        with torch.no_grad():  # non-zero everywhere, so only the scale keeps it out
+            for parameter in controlnet.parameters():
+                parameter.add_(0.1)
+        controlnet.save_pretrained(tmp_path / "controlnet", safe_serialization=True)
+        donor = load_prior(tiny_sd_dir)
+        for parameter in add_lora(donor.unet, "donor", rank=2):
+            with torch.no_grad():
+                parameter.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+        save_file({f"unet.{k}": v for k, v in lora_state_dict(donor.unet, "donor").items()},
+                  tmp_path / "style.safetensors")
+        specs = {
+            "controlnet": {"name": "controlnet", "model": str(tmp_path / "controlnet"), "source": "depth"},
+            "lora": {"name": "lora", "path": str(tmp_path / "style.safetensors")},
+        }
+        bare = gradient(make(guidance_name, prior), seed=5)[0]
+        for kind, spec in specs.items():
+            at_zero = build_conditioners([{**spec, "scale": 0.0}], prior)
+            assert torch.equal(gradient(make(guidance_name, prior, at_zero), seed=5)[0], bare), kind
+            at_one = build_conditioners([{**spec, "scale": 1.0, **({"adapter_name": "style1"} if kind == "lora"
+                                                                     else {})}], prior)
+            assert not torch.equal(gradient(make(guidance_name, prior, at_one), seed=5)[0], bare), kind
+
+
+def _round_trip(state):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def _flat(state, prefix=""):
+    """Nested dicts of tensors and numbers as comparable (key, value) pairs."""
+    if isinstance(state, dict):
+        return sorted(item for key, value in state.items() for item in _flat(value, f"{prefix}{key}."))
+    if isinstance(state, torch.Tensor):
+        return [(prefix, tuple(state.flatten().tolist()))]
+    if isinstance(state, (list, tuple)):
+        return [item for i, value in enumerate(state) for item in _flat(value, f"{prefix}{i}.")]
+    return [(prefix, state)]
