@@ -29,7 +29,6 @@ def make_config(
     raw = load_preset(preset)
     raw.pop("description", None)
     preset_model = raw.pop("model", None)
-    check_model(model or preset_model)
     raw = deep_merge(raw, {"prompt": prompt, "preset": preset, "model": model or preset_model})
     if seed is not None:
         raw["seed"] = seed
@@ -40,6 +39,8 @@ def make_config(
                                 strict=True):
             stage["steps"] = count
     config = resolve(apply_overrides(raw, list(overrides)))
+    for name in sorted({config.model, *(stage.model for stage in config.stages)} - {None}):
+        check_model(name)  # a missing folder fails here, before torch or the model loads
     check_memory(config, resolve_model(config.model))
     return config
 
