@@ -3,7 +3,9 @@
 # (target < 8 minutes): nvidia-smi, a venv with CUDA torch and the project, optional tiny-cuda-nn /
 # nvdiffrast (only from wheels), `dreamsmith doctor`, the hash grid (tcnn and torch), nerfacc's
 # occupancy-grid sampler (render + backward), the fp16 prior, then benchmarks/step_overhead.py with a
-# Stable-Diffusion-2.1-sized random UNet on CUDA and the tiny model on CPU for reference.
+# Stable-Diffusion-2.1-sized random UNet on CUDA (64² renders: step time, model-call ratio, peak GPU
+# memory), benchmarks/memory_phases.py on CUDA (peak GPU memory per phase, tiny model) and the tiny
+# model's step on CPU for reference: the figures benchmarks/README.md lists for the CPU.
 #
 # Through the device tool (a fresh machine without network), from the repo root:
 #   here, once:  echo /wheels/ >> .git/info/exclude && bash benchmarks/gpu_check.sh --prepare-wheels
@@ -247,6 +249,22 @@ def hash_grid():
 
     positions = torch.rand(1 << 16, 3, device=device, generator=torch.Generator(device).manual_seed(0))
     results, ok = {}, True
+    # the fused PyTorch path (no per-corner tensors) against the reference path, on this device
+    grid = HashGrid(HashGridConfig(), device=device, backend="torch").to(device)
+    with torch.no_grad():
+        for parameter in grid.parameters():
+            parameter.uniform_(-1, 1)
+    outputs = {}
+    for fused in (True, False):
+        grid.grid.fused = fused
+        grid.zero_grad(set_to_none=True)
+        features = grid(positions)
+        features.square().sum().backward()
+        outputs[fused] = (features.detach(), torch.cat([p.grad.flatten() for p in grid.parameters()]))
+    results["fused_max_abs_diff"] = float((outputs[True][0] - outputs[False][0]).abs().max())
+    results["fused_grad_max_rel_diff"] = float((outputs[True][1] - outputs[False][1]).abs().max()
+                                               / outputs[False][1].abs().max())
+    ok = results["fused_max_abs_diff"] < 1e-4 and results["fused_grad_max_rel_diff"] < 1e-3
     usable, why = tcnn_available()
     for backend in ("torch", "tcnn"):
         if backend == "tcnn" and not usable:
@@ -377,6 +395,20 @@ else
   status_line step_overhead_cuda_sd21 SKIP 0 "no CUDA device"
 fi
 benchmark step_overhead_cpu_tiny 120 --device cpu --resolution 64 --quick
+
+# --- benchmarks/memory_phases.py: peak GPU memory per phase (dreamfusion, tiny model) ----------------
+t=$SECONDS
+seconds=$(limit 120)
+if [ "$CUDA" != 1 ]; then
+  status_line memory_phases_cuda SKIP 0 "no CUDA device"
+elif [ "$seconds" = 0 ]; then
+  status_line memory_phases_cuda SKIP 0 "out of the ${BUDGET_S}s budget"
+elif output=$(timeout "$seconds" "$PY" benchmarks/memory_phases.py --preset dreamfusion --steps 3 --device cuda \
+              2>>"$LOG") && [ -n "$output" ]; then
+  emit "{\"check\": \"memory_phases_cuda\", \"status\": \"ok\", \"seconds\": $((SECONDS - t)), \"result\": $(printf '%s' "$output" | tail -n 1)}"
+else
+  status_line memory_phases_cuda FAIL $((SECONDS - t)) "memory_phases.py failed or timed out after ${seconds}s (see log)"
+fi
 
 # --- summary: every JSON line again, so the last screen of output holds them all --------------------
 log "done in $((SECONDS - START)) s"

@@ -6,7 +6,8 @@ with the exact inputs the step gave it (batched [cond, uncond], same shapes and 
 the step). Prints ONE JSON object on stdout (everything else goes to stderr):
 
     model, device, dtype, preset, resolution, image_size, batch, steps, warmup, threads,
-    step_s, model_call_s, overhead_ratio = step_s / model_call_s,
+    step_s, model_call_s, overhead_ratio = step_s / model_call_s, peak_gpu_memory_gb (CUDA: the
+    largest memory torch allocated over the steps and the bare calls; None on the CPU),
     breakdown {render_s, encode_s, model_call_in_step_s, rest_s} (means per step, measured inside the
     same steps; rest = backward, optimizer, camera sampling, guidance math)
 
@@ -199,6 +200,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     warm_prompt_cache(stage)
     generator = torch.Generator(device=device).manual_seed(config.seed)
 
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     timings = Timings(device)
     unet_forward = prior.unet.forward
     prior.unet.forward = timings.wrap("model_call", unet_forward)
@@ -250,6 +253,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "model_call_in_step_s": round(in_step_s, 6),
             "rest_s": round(step_s - render_s - encode_s - in_step_s, 6),
         },
+        "peak_gpu_memory_gb": (round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+                               if device.type == "cuda" else None),
         "overrides": overrides,
         "torch": torch.__version__,
     }

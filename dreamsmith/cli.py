@@ -58,6 +58,21 @@ def _error_line(error: object) -> None:
     console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
 
 
+THREADS_HELP = "CPU threads for torch (default: the cores idle when the command starts)."
+MEMORY_HELP = ("Memory the run may use, e.g. 4G (default: half the memory available); configs that cannot fit "
+               "are refused, batched evaluations are chunked to fit.")
+
+
+def _machine_settings(threads: int | None, memory_budget: str | None) -> None:
+    """Check --threads and apply --memory-budget (the config check reads it) before anything loads."""
+    from dreamsmith.engine.memory import ENV, parse_memory_size
+
+    if threads is not None and threads < 1:
+        raise DreamsmithError(f"--threads must be >= 1, got {threads}")
+    if memory_budget is not None:
+        os.environ[ENV] = str(parse_memory_size(memory_budget))
+
+
 def _fail(error: Exception) -> None:
     _error_line(error)
     raise typer.Exit(1)
@@ -87,15 +102,21 @@ def generate(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out (refused otherwise).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow pickled (.bin/.ckpt) model weights; only for models you trust.")] = False,
+    threads: Annotated[int | None, typer.Option(help=THREADS_HELP)] = None,
+    memory_budget: Annotated[str | None, typer.Option(help=MEMORY_HELP)] = None,
 ) -> None:
     """Optimize a 3D asset for PROMPT and write it, with previews and a report, to the run directory."""
     from dreamsmith.engine.overrides import make_config
-    from dreamsmith.engine.run import Progress as SilentProgress
-    from dreamsmith.engine.run import generate as run_generate
+    from dreamsmith.engine.threads import apply_thread_policy
 
     try:
+        _machine_settings(threads, memory_budget)
         extra = ["allow_pickle=true"] if allow_pickle else []
         config = make_config(prompt, preset, model, steps, seed, device, [*(overrides or []), *extra])
+        apply_thread_policy(threads)  # after validation: a usage error does not wait to count idle cores
+        from dreamsmith.engine.run import Progress as SilentProgress
+        from dreamsmith.engine.run import generate as run_generate
+
         out = out or Path("runs") / _slug(prompt)
         progress = SilentProgress() if quiet else RichProgress()
         report = run_generate(config, out, resume=resume, progress=progress, overwrite=overwrite)
@@ -122,12 +143,18 @@ def export(
     profile: Annotated[str, typer.Option(help="QA budgets: mobile, pc or hero.")] = "pc",
     preview_size: Annotated[int, typer.Option(help="Turntable frame size in pixels (poster: twice); 0: no previews.")] = 256,
     quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing but errors.")] = False,
+    threads: Annotated[int | None, typer.Option(help=THREADS_HELP)] = None,
+    memory_budget: Annotated[str | None, typer.Option(help=MEMORY_HELP)] = None,
 ) -> None:
     """Write RUN_DIR's asset as UV-textured PBR GLB/glTF/OBJ/USDZ with LODs, a QA report and previews."""
-    from dreamsmith.engine.export import export_run
+    from dreamsmith.engine.threads import apply_thread_policy
 
     formats = [name.strip().lower() for value in [*(format or ["glb"]), *(more_formats or [])] for name in value.split(",")]
     try:
+        _machine_settings(threads, memory_budget)
+        apply_thread_policy(threads)
+        from dreamsmith.engine.export import export_run
+
         result = export_run(run_dir, formats=formats, texture_size=texture_size, max_triangles=max_triangles, lods=lods,
                             origin=origin, scale=scale, out=out, profile=profile, preview_resolution=preview_size)
     except DreamsmithError as error:
@@ -197,6 +224,7 @@ def main() -> None:
     """Entry point: user mistakes end in one line, not a traceback; SIGTERM stops like Ctrl-C (a run
     defers both to its next step boundary)."""
     _quiet_libraries()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loads
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         app()

@@ -193,3 +193,14 @@ def test_regularizers_on_hand_computed_meshes() -> None:
     assert (neighbours >= 0).all()
     assert all(set(neighbours[f].tolist()) == set(range(4)) - {f} for f in range(4))
     assert (face_adjacency(torch.tensor([[0, 1, 2]])) == -1).all()
+
+
+def test_tet_grid_edges_equal_the_unique_edges_of_the_tets_in_order():
+    from dreamsmith.representations.tets import grid_edges, tet_grid, tet_grid_edges
+
+    for resolution in (1, 2, 5):
+        _, tets = tet_grid(resolution, 1.0)
+        expected = grid_edges(tets)
+        assert torch.equal(tet_grid_edges(resolution), expected)
+    n = 6  # vertices per axis: edges along 1, 2 or 3 axes from every vertex that has room for them
+    assert expected.shape[0] == 3 * 5 * n * n + 3 * 5 * 5 * n + 5**3 == 1115

@@ -18,6 +18,7 @@ from dreamsmith.exporters import pipeline
 from dreamsmith.exporters.options import Material
 from dreamsmith.exporters.pipeline import ExportOptions, check_options, export_mesh
 from dreamsmith.exporters.usdz import usd_available
+from dreamsmith.representations.mesh import Mesh
 
 FORMATS = ("glb", "gltf", "obj", "usdz") if usd_available() else ("glb", "gltf", "obj")
 
@@ -169,3 +170,17 @@ def test_an_unwritable_output_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(DreamsmithError, match="cannot write to .*choose another --out"):
         export_mesh(ball(resolution=16), smooth_albedo, tmp_path / "file" / "out", ExportOptions())
+
+
+def test_unwrap_caps_chart_area_cutting_more_seams_without_overlapping_uvs():
+    from dreamsmith.exporters.bake import uv_coverage
+    from dreamsmith.exporters.uv import unwrap
+
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.4)  # 5120 faces, one component
+    mesh = Mesh(np.asarray(sphere.vertices, dtype=np.float64), np.asarray(sphere.faces, dtype=np.int64))
+    capped = unwrap(mesh, 512, chart_faces=256)
+    unbounded = unwrap(mesh, 512, chart_faces=0)
+    charts = [len(np.unique(m.vertices, axis=0)) for m in (capped, unbounded)]  # split seam vertices
+    assert capped.n_vertices > unbounded.n_vertices  # more seams: more split vertices
+    assert charts[0] == charts[1] == mesh.n_vertices  # the same surface, only cut differently
+    assert uv_coverage(capped.uvs, capped.faces, 512).max() <= 1  # no two triangles share a texel centre

@@ -1,5 +1,6 @@
 """The PyTorch hash grid: the dense levels (grid_sample) and the hashed levels compute the same math."""
 
+import pytest
 import torch
 
 from dreamsmith.representations.hashgrid import (
@@ -62,3 +63,57 @@ def test_encoding_is_continuous_and_progressive_levels_mask_features():
     assert (out[:, 4:] == 0).all() and (out[:, :4] != 0).any()
     grid.set_step(25)
     assert (grid(torch.rand(10, 3))[:, 4:] != 0).any()
+
+
+def test_fused_levels_equal_the_reference_path_values_and_table_gradients():
+    grid = TorchHashGrid(HashGridConfig(n_levels=8, log2_hashmap_size=15))
+    assert len(grid.dense_resolutions) == 2 and len(grid.hashed_resolutions) == 6  # both kinds of level
+    with torch.no_grad():
+        for parameter in grid.parameters():
+            parameter.uniform_(-1, 1)
+    points = torch.rand(3000, 3, generator=torch.Generator().manual_seed(1))
+    points[:5] = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.5], [0.5, 1.0, 0.0], [0.25, 0.5, 1.0]])
+    weights = torch.randn(3000, grid.n_output_dims, generator=torch.Generator().manual_seed(2))
+    results = {}
+    for fused in (True, False):
+        grid.fused = fused
+        grid.zero_grad(set_to_none=True)
+        out = grid(points)
+        (out * weights).sum().backward()
+        results[fused] = (out.detach(), [p.grad.clone() for p in grid.parameters()])
+    assert torch.allclose(results[True][0], results[False][0], atol=1e-5, rtol=1e-5)
+    for fast, reference in zip(results[True][1], results[False][1], strict=True):
+        assert reference.abs().sum() > 0
+        assert torch.allclose(fast, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_fused_position_gradients_equal_the_reference_paths_and_double_backward_refuses():
+    grid = TorchHashGrid(HashGridConfig(n_levels=8, log2_hashmap_size=15))
+    with torch.no_grad():
+        for parameter in grid.parameters():
+            parameter.uniform_(-1, 1)
+    points = torch.rand(400, 3, generator=torch.Generator().manual_seed(3)) * 0.98 + 0.01
+    upstream = torch.randn(400, grid.n_output_dims, generator=torch.Generator().manual_seed(4))
+    gradients = {}
+    for fused in (True, False):
+        grid.fused = fused
+        moving = points.clone().requires_grad_(True)
+        (grid(moving) * upstream).sum().backward()
+        gradients[fused] = moving.grad
+    assert gradients[False].abs().max() > 1.0
+    assert torch.allclose(gradients[True], gradients[False], rtol=1e-4, atol=1e-3)
+    grid.fused = True
+    moving = points.clone().requires_grad_(True)
+    with pytest.raises(RuntimeError, match="differentiable once"):  # analytic normals take the reference path
+        torch.autograd.grad(grid(moving).sum(), moving, create_graph=True)
+
+
+def test_analytic_normals_keep_the_reference_path_for_their_second_derivative():
+    from dreamsmith.representations.nerf import NeRFConfig, NeRFField
+
+    field = NeRFField(NeRFConfig(hash_grid=HashGridConfig(n_levels=4, log2_hashmap_size=12), normals="analytic"))
+    assert field.encoding.grid.fused_position_gradients is False
+    points = torch.rand(64, 3, generator=torch.Generator().manual_seed(5)) - 0.5
+    density, _, normal = field(points, with_normals=True)
+    normal.sum().backward()  # through the normals' own gradient
+    assert field.encoding.grid.hash_tables.grad is not None

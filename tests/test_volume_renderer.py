@@ -82,3 +82,54 @@ def test_blob_initialization_renders_an_opaque_centre_and_empty_corners():
     assert out.opacity[0, 8, 8, 0] > 0.99 and out.opacity[0, 0, 0, 0] < 0.05
     # the centre normal of a ball seen from +Z points at the camera
     assert out.normal[0, 8, 8, 2] > 0.95
+
+
+def blob_field() -> NeRFField:
+    torch.manual_seed(0)
+    return NeRFField(NeRFConfig(hash_grid=HashGridConfig(n_levels=4, log2_hashmap_size=15)))
+
+
+def test_occupancy_grid_keeps_the_blob_and_skips_the_empty_corners():
+    field = blob_field()
+    renderer = VolumeRenderer(VolumeRendererConfig(n_samples=64, grid_resolution=32), bound=1.0)
+    assert renderer.occupancy.occupied_fraction() == 1.0  # never updated: nothing is skipped
+    renderer.update_occupancy(field, 0)
+    occupied = renderer.occupancy.is_occupied(torch.tensor([[0.0, 0.0, 0.0], [0.95, 0.95, 0.95], [0.3, -0.2, 0.1]]))
+    assert occupied.tolist() == [True, False, True]
+    assert 0.05 < renderer.occupancy.occupied_fraction() < 0.5
+    # every skipped cell's sampled density is below the density that gives a visible alpha
+    skipped = ~renderer.occupancy.occupied
+    assert renderer.occupancy.cell_density[skipped].max() < renderer.skip_density()
+
+
+def test_empty_space_skipping_changes_pixels_by_less_than_its_bound_and_keeps_the_gradient():
+    field = blob_field()
+    background = Background(BackgroundConfig(kind="solid"))
+    cameras = Cameras.from_spherical(torch.tensor([0.0, 120.0]), torch.tensor(20.0), torch.tensor(1.8),
+                                     torch.tensor(50.0), 24)
+    outputs, grads = [], []
+    for skip in (False, True):
+        config = VolumeRendererConfig(n_samples=48, skip_empty=skip)
+        renderer = VolumeRenderer(config, bound=1.0)
+        renderer.update_occupancy(field, 0)
+        field.zero_grad()
+        out = renderer(field, background, cameras, shading="lambertian", generator=torch.Generator().manual_seed(4))
+        (out.rgb * torch.linspace(0, 1, 3)).sum().backward()
+        outputs.append(out.rgb.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in field.parameters() if p.grad is not None]))
+    assert (outputs[0] - outputs[1]).abs().max() < 48 * config.skip_alpha
+    assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6 * grads[0].abs().max())
+
+
+def test_chunked_renders_equal_one_batch_render():
+    field = blob_field()
+    renderer = VolumeRenderer(VolumeRendererConfig(n_samples=32), bound=1.0)
+    renderer.update_occupancy(field, 0)
+    background = Background(BackgroundConfig(kind="solid"))
+    cameras = Cameras.from_spherical(torch.tensor([0.0, 90.0]), torch.tensor(10.0), torch.tensor(2.0),
+                                     torch.tensor(40.0), 12)
+    with torch.no_grad():
+        whole = renderer(field, background, cameras, shading="lambertian")
+    chunked = renderer.render_chunked(field, background, cameras, chunk_points=32 * 4 * 7, shading="lambertian")
+    for name in ("rgb", "opacity", "depth", "normal"):
+        assert torch.allclose(getattr(whole, name), getattr(chunked, name), atol=1e-6), name

@@ -6,10 +6,7 @@ directory with an asset), ``Progress`` (the run's progress callbacks) and ``expo
 finished run).
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from dreamsmith.lazy import lazy_names
 
 _PUBLIC = {
     "make_config": "dreamsmith.engine.overrides",
@@ -19,9 +16,4 @@ _PUBLIC = {
 }
 
 __all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'dreamsmith.engine' has no attribute {name!r}")
-    return getattr(importlib.import_module(_PUBLIC[name]), name)
+__getattr__ = lazy_names(__name__, _PUBLIC)

@@ -28,9 +28,10 @@ def backend_report() -> list[tuple[str, str, str]]:
         ("device", "cuda" if cuda else "cpu", "--device auto picks CUDA when available"),
     ]
     use_tcnn, why = tcnn_available()
-    rows.append(("hash-grid encoding", "tiny-cuda-nn" if use_tcnn else "PyTorch hash grid", why))
+    rows.append(("hash-grid encoding", "tiny-cuda-nn" if use_tcnn else "PyTorch hash grid (fused gathers)", why))
     ok, why = _importable("nerfacc")
-    sampler = "nerfacc occupancy grid" if cuda and ok else "nerfacc dense samples" if ok else "unavailable"
+    sampler = ("nerfacc occupancy grid" if cuda and ok else
+               "dense samples, PyTorch occupancy grid skips empty space" if ok else "unavailable")
     rows.append(("volume rendering", sampler, why if not cuda else f"{why}; CUDA present"))
     ok_nv, why_nv = _importable("nvdiffrast.torch") if cuda else (False, "no CUDA device")
     ok_o3d, why_o3d = _importable("open3d")

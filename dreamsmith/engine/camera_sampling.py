@@ -7,39 +7,10 @@ views that share elevation, distance and field of view and are 360/k deg apart i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated
-
 import torch
 
-from dreamsmith.configs import Range
+from dreamsmith.engine.part_configs import CameraConfig
 from dreamsmith.renderers.cameras import Cameras, orbit_cameras
-
-
-@dataclass
-class CameraConfig:
-    batch_size: Annotated[int, Range(1, 256)] = 1
-    """Views rendered per optimization step."""
-    resolution: Annotated[int, Range(8, 4096)] = 64
-    """Render height and width in pixels."""
-    elevation_range: Annotated[tuple[float, float], Range(-90, 90)] = (-10.0, 90.0)
-    """Elevation of random cameras (degrees above the XZ plane)."""
-    azimuth_range: Annotated[tuple[float, float], Range(-360, 360)] = (-180.0, 180.0)
-    """Azimuth of random cameras (degrees; 0 looks at the front, +Z)."""
-    distance_range: Annotated[tuple[float, float], Range(0.01, 1000)] = (1.5, 2.0)
-    """Distance of random cameras from the origin (metres)."""
-    fovy_range: Annotated[tuple[float, float], Range(1, 179)] = (40.0, 70.0)
-    """Vertical field of view of random cameras (degrees)."""
-    eval_elevation: Annotated[float, Range(-90, 90)] = 15.0
-    """Elevation of preview cameras (degrees)."""
-    eval_distance: Annotated[float, Range(0.01, 1000)] = 2.0
-    """Distance of preview cameras (metres)."""
-    eval_fovy: Annotated[float, Range(1, 179)] = 50.0
-    """Field of view of preview cameras (degrees)."""
-    eval_views: Annotated[int, Range(1, 64)] = 8
-    """Views in a preview grid."""
-    eval_resolution: Annotated[int, Range(8, 4096)] = 128
-    """Resolution of preview views."""
 
 
 def _uniform(low: float, high: float, count: int, generator: torch.Generator) -> torch.Tensor:

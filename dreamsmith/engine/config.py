@@ -16,18 +16,12 @@ from typing import Annotated, Any, Literal
 import yaml
 
 from dreamsmith.configs import Range, build, nearest, valid_keys
-from dreamsmith.engine.camera_sampling import CameraConfig
-from dreamsmith.engine.losses import LossConfig
-from dreamsmith.engine.optim import OptimConfig
+from dreamsmith.engine.part_configs import CameraConfig, LossConfig, OptimConfig, ShadingConfig
 from dreamsmith.engine.run_dir import safe_name
-from dreamsmith.engine.shading_sampling import ShadingConfig
 from dreamsmith.errors import ConfigError, DreamsmithError
 from dreamsmith.exporters.options import ExportOptions
-from dreamsmith.renderers.mesh_renderer import MeshRendererConfig
-from dreamsmith.renderers.volume import VolumeRendererConfig
-from dreamsmith.representations.background import BackgroundConfig
-from dreamsmith.representations.dmtet import DMTetConfig
-from dreamsmith.representations.nerf import NeRFConfig
+from dreamsmith.renderers.configs import MeshRendererConfig, VolumeRendererConfig
+from dreamsmith.representations.configs import BackgroundConfig, DMTetConfig, NeRFConfig
 
 
 @dataclass
@@ -179,7 +173,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             continue
         for index in targets:
             stage = raw["stages"][index]
-            allowed = stage_keys + guidance_keys(stage.get("guidance", {"name": "sds"}), "guidance.")
+            allowed = stage_keys
+            if stage_key.startswith("guidance"):  # only guidance keys need the guidance registry (torch)
+                allowed = stage_keys + guidance_keys(stage.get("guidance", {"name": "sds"}), "guidance.")
             if stage_key not in allowed and not (stage_key.startswith("guidance.") and stage_key.count(".") > 1):
                 raise ConfigError(f"unknown config key '{key}'{nearest(stage_key, allowed)}")
             raw["stages"][index] = deep_merge(stage, _nested(stage_key, value))

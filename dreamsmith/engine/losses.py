@@ -2,36 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated
-
 import torch
 from torch import Tensor
 
-from dreamsmith.configs import Range
+from dreamsmith.engine.part_configs import LossConfig
 from dreamsmith.renderers.outputs import RenderOutput
 from dreamsmith.representations.mesh_regularizers import laplacian_smoothness, normal_consistency
-from dreamsmith.schedules import ScheduleSpec, schedule_value
-
-
-@dataclass
-class LossConfig:
-    """Regularizer weights: orient, sparsity and opaque act on NeRF renders; normal_consistency,
-    laplacian and sdf_sign on DMTets."""
-
-    lambda_orient: Annotated[ScheduleSpec, Range(0, None)] = (0, 10.0, 1000.0, 5000)
-    """Orientation loss weight (DreamFusion: visible normals must not face away from the camera);
-    a number or [start_step, start_value, end_value, end_step]."""
-    lambda_sparsity: Annotated[ScheduleSpec, Range(0, None)] = 1.0
-    """Weight of the opacity sparsity loss mean(sqrt(opacity^2 + 0.01)) (threestudio)."""
-    lambda_opaque: Annotated[ScheduleSpec, Range(0, None)] = 0.0
-    """Weight of the binary-entropy loss pushing opacity to 0 or 1 (removes haze)."""
-    lambda_normal_consistency: Annotated[ScheduleSpec, Range(0, None)] = 0.0
-    """Weight of the mesh normal consistency, mean(1 - cos) of neighbouring face normals (Magic3D)."""
-    lambda_laplacian: Annotated[ScheduleSpec, Range(0, None)] = 0.0
-    """Weight of the mesh's uniform Laplacian smoothness."""
-    lambda_sdf_sign: Annotated[ScheduleSpec, Range(0, None)] = 0.0
-    """Weight of nvdiffrec's SDF sign regularizer: removes surfaces no view sees (bubbles inside the shape)."""
+from dreamsmith.schedules import schedule_value
 
 
 def sparsity_loss(opacity: Tensor) -> Tensor:

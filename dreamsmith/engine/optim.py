@@ -2,29 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated
-
 import torch
 
-from dreamsmith.configs import Range
-from dreamsmith.schedules import ScheduleSpec, schedule_value
-
-
-@dataclass
-class OptimConfig:
-    lr_encoding: Annotated[ScheduleSpec, Range(0, None)] = 0.01
-    """Learning rate of the hash-grid tables (number or schedule); in a dmtet stage, the texture field's."""
-    lr_mlp: Annotated[ScheduleSpec, Range(0, None)] = 0.001
-    """Learning rate of the density and albedo MLPs; in a dmtet stage, the texture field's albedo MLP."""
-    lr_geometry: Annotated[ScheduleSpec, Range(0, None)] = 0.01
-    """Learning rate of a DMTet's SDF (metre-like values) and vertex deformation (dmtet stages)."""
-    lr_background: Annotated[ScheduleSpec, Range(0, None)] = 0.001
-    """Learning rate of a learned background."""
-    betas: tuple[float, float] = (0.9, 0.99)
-    """Adam betas."""
-    eps: Annotated[float, Range(0, 1)] = 1e-15
-    """Adam epsilon (tiny: hash-grid entries get rare, small gradients)."""
+from dreamsmith.engine.part_configs import OptimConfig
+from dreamsmith.schedules import schedule_value
 
 
 def make_optimizer(groups: dict[str, list[torch.nn.Parameter]], config: OptimConfig) -> torch.optim.Adam:

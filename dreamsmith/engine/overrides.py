@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dreamsmith.configs import build
 from dreamsmith.engine.config import RunConfig, apply_overrides, deep_merge, resolve
-from dreamsmith.engine.presets import load_preset, preset_for_model
+from dreamsmith.engine.memory import check_memory
+from dreamsmith.engine.presets import check_model, load_preset, preset_for_model, resolve_model
 from dreamsmith.errors import ConfigError
 
 
@@ -20,6 +22,7 @@ def make_config(
 
     steps: the steps of the whole run, split over the stages in the preset's proportions (the last
     stage takes what rounding leaves); ``<stage>.steps=N`` overrides set one stage.
+    A config that cannot fit in the memory budget (:mod:`dreamsmith.engine.memory`) is refused.
     """
     if steps is not None and steps < 0:
         raise ConfigError(f"--steps must be >= 0, got {steps}")
@@ -36,7 +39,24 @@ def make_config(
         for stage, count in zip(raw["stages"], split_steps(steps, [s.get("steps", 0) for s in raw["stages"]]),
                                 strict=True):
             stage["steps"] = count
-    return resolve(apply_overrides(raw, list(overrides)))
+    raw = apply_overrides(raw, list(overrides))
+    # Config errors come before a missing model. Validating the guidance section needs the guidance
+    # registry (torch), but a preset's own guidance is valid: without guidance overrides the models
+    # are checked first, after the torch-free checks, so a usage error never waits for torch.
+    guidance_overridden = any(text.split("=", 1)[0].split(".")[:2].count("guidance") for text in overrides)
+    if not guidance_overridden:
+        check_models(build(RunConfig, raw))
+    config = resolve(raw)
+    if guidance_overridden:
+        check_models(config)
+    check_memory(config, resolve_model(config.model))
+    return config
+
+
+def check_models(config: RunConfig) -> None:
+    """The run's and every stage's model: an existing folder or a Hugging Face id (no loading)."""
+    for name in sorted({config.model, *(stage.model for stage in config.stages)} - {None}):
+        check_model(name)
 
 
 def split_steps(total: int, proportions: list[int]) -> list[int]:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from dreamsmith.errors import ConfigError
+from dreamsmith.errors import ConfigError, ModelLoadError
 
 EMBEDDED_PREFIX = "embedded:"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+"""A Hugging Face model id, ``owner/name`` (the rule ``guidance.loading`` applies when it loads)."""
 
 
 def _preset_files() -> dict[str, Any]:
@@ -56,3 +59,17 @@ def preset_for_model(model: str | None) -> str:
     if folder.is_dir() and (folder / "model_index.json").exists() and not (folder / "vae").exists():
         return "dreamfusion-if"
     return "dreamfusion"
+
+
+def check_model(model: str) -> None:
+    """Fail at once, before torch or a model loads, when ``model`` (``embedded:<name>`` resolved) is
+    neither an existing folder nor a Hugging Face id."""
+    path = Path(resolve_model(model)).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"{path} is a file; pass a diffusers model folder (with model_index.json)")
+        return
+    if not (HUB_ID.match(model) and not model.startswith(".")):
+        raise ModelLoadError(
+            f"model folder {path} does not exist; pass a diffusers model folder or a Hugging Face id (owner/name)"
+        )

@@ -7,32 +7,11 @@ the texture, to explain the image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
+from dreamsmith.engine.part_configs import ShadingConfig
 from dreamsmith.renderers.cameras import Cameras
-
-
-@dataclass
-class ShadingConfig:
-    albedo_steps: int = 1000
-    """Steps at the start that render albedo only."""
-    albedo_probability: float = 0.2
-    """Afterwards, chance of an albedo render."""
-    textureless_probability: float = 0.5
-    """Chance of a textureless render among the shaded ones."""
-    light: str = "dreamfusion"
-    """dreamfusion: a directional light near the camera, perturbed; headlight: light from the camera."""
-    light_perturb: float = 1.0
-    """Standard deviation of the light position perturbation (metres) for the dreamfusion light."""
-    ambient: float = 0.1
-    """Ambient light."""
-    diffuse: float = 0.9
-    """Diffuse light."""
-    preview_shading: str = "lambertian"
-    """Shading of preview renders."""
 
 
 def choose_shading(config: ShadingConfig, step: int, generator: torch.Generator) -> str:

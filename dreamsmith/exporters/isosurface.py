@@ -10,6 +10,7 @@ from scipy import ndimage
 from skimage import measure
 from torch import Tensor
 
+from dreamsmith.representations.chunked import evaluate_in_chunks
 from dreamsmith.representations.mesh import Mesh
 
 
@@ -19,7 +20,9 @@ def sample_grid(function: Callable[[Tensor], Tensor], bound: float, resolution: 
     """``function`` on a ``resolution^3`` grid of points spanning [-bound, bound]^3, as ``[x, y, z]``."""
     axis = torch.linspace(-bound, bound, resolution, device=device)
     points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-    values = torch.cat([function(points[i : i + chunk]).float().cpu() for i in range(0, points.shape[0], chunk)])
+    values = torch.empty(points.shape[0])
+    for start in range(0, points.shape[0], chunk):
+        values[start : start + chunk] = function(points[start : start + chunk]).float().cpu()
     return values.view(resolution, resolution, resolution).numpy()
 
 
@@ -52,24 +55,27 @@ def remove_small_components(mesh: Mesh, keep_fraction: float) -> Mesh:
 
 
 def density_volume(density: Callable[[Tensor], Tensor], bound: float, resolution: int,
-                   device: torch.device | str = "cpu", smoothing: float = 0.0) -> np.ndarray:
-    """A density field sampled on a ``resolution^3`` grid over [-bound, bound]^3, then blurred.
+                   device: torch.device | str = "cpu", smoothing: float = 0.0, chunk: int = 262144) -> np.ndarray:
+    """A density field sampled on a ``resolution^3`` grid over [-bound, bound]^3 (``chunk`` points per
+    call), then blurred.
 
     smoothing: standard deviation (grid cells) of a Gaussian blur of the sampled density; it closes
     the pinholes marching cubes finds in the thin, noisy shells SDS tends to make.
     """
-    volume = sample_grid(density, bound, resolution, device=device)
+    volume = sample_grid(density, bound, resolution, chunk=chunk, device=device)
     return ndimage.gaussian_filter(volume, smoothing) if smoothing > 0 else volume
 
 
 def volume_mesh(volume: np.ndarray, albedo: Callable[[Tensor], Tensor], bound: float, threshold: float,
-                keep_fraction: float = 0.05, device: torch.device | str = "cpu") -> Mesh:
-    """The ``threshold`` isosurface of a sampled density, floaters removed, vertex colours from ``albedo``."""
+                keep_fraction: float = 0.05, device: torch.device | str = "cpu", chunk: int = 262144) -> Mesh:
+    """The ``threshold`` isosurface of a sampled density, floaters removed, vertex colours from ``albedo``
+    (``chunk`` vertices per call)."""
     mesh = remove_small_components(marching_cubes(volume, threshold, bound), keep_fraction)
     if mesh.n_faces == 0:
         return mesh
+    vertices = torch.from_numpy(mesh.vertices).float().to(device)
     with torch.no_grad():
-        colors = albedo(torch.from_numpy(mesh.vertices).to(device)).float().cpu().numpy()
+        colors = evaluate_in_chunks(albedo, vertices, chunk).float().cpu().numpy()
     return mesh.copy(vertex_colors=np.clip(colors, 0.0, 1.0))
 
 

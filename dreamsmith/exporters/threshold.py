@@ -17,25 +17,37 @@ from torch import Tensor
 
 from dreamsmith.renderers.cameras import Cameras
 
+RAY_MAX_POINT_BYTES = 64
+"""Bytes per sample point of ``ray_max_density`` (coordinates, interpolated value, temporaries)."""
 
-def ray_max_density(volume: np.ndarray, bound: float, cameras: Cameras, n_samples: int | None = None) -> Tensor:
+
+def ray_max_density(volume: np.ndarray, bound: float, cameras: Cameras, n_samples: int | None = None,
+                    chunk_points: int = 1 << 22) -> Tensor:
     """Per pixel ``[B, H, W]``, the largest trilinearly interpolated density of ``volume`` (sampled on
-    [-bound, bound]^3, indexed [x, y, z]) along the pixel's ray through the bounding box."""
+    [-bound, bound]^3, indexed [x, y, z]) along the pixel's ray through the bounding box; at most
+    ``chunk_points`` sample points are held at once (rays in chunks)."""
     resolution = volume.shape[0]
     n_samples = n_samples or 2 * resolution
     origins, directions = cameras.generate_rays()
-    distance = cameras.distance.float().view(-1, 1, 1, 1, 1).to(origins.device)
+    batch, height, width = origins.shape[:3]
+    distance = cameras.distance.float().view(-1, 1, 1).expand(batch, height, width).reshape(-1, 1, 1)
+    origins, directions = origins.reshape(-1, 1, 3), directions.reshape(-1, 1, 3)
     half = bound * 3**0.5
-    t = torch.linspace(0.0, 1.0, n_samples, device=origins.device).view(1, 1, 1, -1, 1)
-    t = distance - half + 2 * half * t  # the sphere around the box, seen from each camera's distance
-    points = origins[..., None, :] + directions[..., None, :] * t  # [B, H, W, S, 3]
+    t = torch.linspace(0.0, 1.0, n_samples, device=origins.device).view(1, -1, 1)
     grid = torch.from_numpy(np.ascontiguousarray(volume)).float().to(origins.device)
     # grid_sample reads [D, H, W] = [z, y, x] with x the last coordinate: permute the [x, y, z] volume.
     grid = grid.permute(2, 1, 0)[None, None]
-    batch, height, width = points.shape[:3]
-    coords = (points / bound).reshape(1, 1, 1, -1, 3)
-    values = F.grid_sample(grid, coords, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return values.view(batch, height, width, n_samples).amax(dim=-1)
+    rays = max(1, chunk_points // n_samples)
+    out = torch.empty(origins.shape[0], device=origins.device)
+    for start in range(0, origins.shape[0], rays):
+        stop = start + rays
+        # the sphere around the box, seen from each camera's distance
+        along = distance[start:stop].to(origins.device) - half + 2 * half * t  # [R, S, 1]
+        points = origins[start:stop] + directions[start:stop] * along  # [R, S, 3]
+        coords = (points / bound).reshape(1, 1, 1, -1, 3)
+        values = F.grid_sample(grid, coords, mode="bilinear", padding_mode="zeros", align_corners=True)
+        out[start:stop] = values.view(-1, n_samples).amax(dim=-1)
+    return out.view(batch, height, width)
 
 
 def opacity_silhouette(opacity: Tensor, faint: float = 0.2, quantile: float = 0.9) -> Tensor:

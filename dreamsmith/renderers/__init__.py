@@ -1,30 +1,27 @@
 """renderers: how a representation is seen — cameras and rays, volume rendering, mesh rasterization, shading.
 
-Imports only ``dreamsmith.representations``.
+Imports only ``dreamsmith.representations``. Public names import on first use (``dreamsmith.lazy``), so
+the torch-free configs (``renderers.configs``) load without torch.
 """
 
-from dreamsmith.renderers.cameras import Cameras, look_at_c2w, orbit_cameras
-from dreamsmith.renderers.mesh_renderer import MeshRenderer, MeshRendererConfig
-from dreamsmith.renderers.outputs import RenderOutput
-from dreamsmith.renderers.rasterizer import Fragments, antialias, interpolate, rasterize
-from dreamsmith.renderers.sdf_tracer import render_sdf
-from dreamsmith.renderers.shading import SHADING_MODES, shade
-from dreamsmith.renderers.volume import VolumeRenderer, VolumeRendererConfig
+from dreamsmith.lazy import lazy_names
 
-__all__ = [
-    "SHADING_MODES",
-    "Cameras",
-    "Fragments",
-    "MeshRenderer",
-    "MeshRendererConfig",
-    "RenderOutput",
-    "VolumeRenderer",
-    "VolumeRendererConfig",
-    "antialias",
-    "interpolate",
-    "look_at_c2w",
-    "orbit_cameras",
-    "rasterize",
-    "render_sdf",
-    "shade",
-]
+_PUBLIC = {
+    "SHADING_MODES": "dreamsmith.renderers.shading",
+    "Cameras": "dreamsmith.renderers.cameras",
+    "Fragments": "dreamsmith.renderers.rasterizer",
+    "MeshRenderer": "dreamsmith.renderers.mesh_renderer",
+    "MeshRendererConfig": "dreamsmith.renderers.configs",
+    "RenderOutput": "dreamsmith.renderers.outputs",
+    "VolumeRenderer": "dreamsmith.renderers.volume",
+    "VolumeRendererConfig": "dreamsmith.renderers.configs",
+    "antialias": "dreamsmith.renderers.rasterizer",
+    "interpolate": "dreamsmith.renderers.rasterizer",
+    "look_at_c2w": "dreamsmith.renderers.cameras",
+    "orbit_cameras": "dreamsmith.renderers.cameras",
+    "rasterize": "dreamsmith.renderers.rasterizer",
+    "render_sdf": "dreamsmith.renderers.sdf_tracer",
+    "shade": "dreamsmith.renderers.shading",
+}
+__all__ = sorted(_PUBLIC)
+__getattr__ = lazy_names(__name__, _PUBLIC)

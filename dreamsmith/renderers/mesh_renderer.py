@@ -9,10 +9,11 @@ together with opacity and depth, so all three carry gradients to the outline's v
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from dreamsmith.renderers.configs import MeshRendererConfig
 
 from ..representations.mesh_regularizers import face_normals, vertex_normals
 from .cameras import Cameras
@@ -24,24 +25,6 @@ MESH_SHADING_MODES = (*SHADING_MODES, "normal")
 
 TextureField = Callable[[Tensor], Tensor]
 """Albedo of surface points: ``points [N, 3] -> albedo [N, 3]`` in [0, 1] (e.g. a hash-grid MLP)."""
-
-
-@dataclass
-class MeshRendererConfig:
-    """Configuration of the mesh renderer."""
-
-    backend: str = "auto"
-    """Rasterizer: auto (nvdiffrast on CUDA when installed, else open3d), open3d or nvdiffrast."""
-    smooth_normals: bool = True
-    """Shade with interpolated area-weighted vertex normals; False uses flat face normals."""
-    antialias: bool = True
-    """Blend silhouette edges; without it opacity has no gradient with respect to the outline."""
-    background_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    """Solid background (sRGB in [0, 1]) when the call gives no background."""
-    ambient: float = 0.4
-    """Ambient light of the lambertian and textureless modes."""
-    diffuse: float = 0.6
-    """Diffuse light of the lambertian and textureless modes."""
 
 
 class MeshRenderer(nn.Module):

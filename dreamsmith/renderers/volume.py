@@ -2,11 +2,12 @@
 
 Two samplers give the same image:
 - ``dense`` (any device): stratified samples between the ray's entry and exit of the field's cube,
-  weights from nerfacc's batched ``render_weight_from_density``. While training, densities are first
-  evaluated without gradients and only samples with a visible weight are re-evaluated with them;
-  the others keep their (detached) density, so transmittance stays exact, and are left out of the
-  colour sums: a pixel changes by less than n_samples x prune_threshold, and backward skips samples
-  that cannot matter.
+  weights from nerfacc's batched ``render_weight_from_density``. Samples in cells that a PyTorch
+  occupancy grid (:mod:`dreamsmith.renderers.occupancy`) marks empty are never evaluated (density 0:
+  their alpha is below ``skip_alpha``). While training, densities are first evaluated without
+  gradients and only samples with a visible weight are re-evaluated with them; the others keep their
+  (detached) density, so transmittance stays exact, and are left out of the colour sums: a pixel
+  changes by less than n_samples x prune_threshold, and backward skips samples that cannot matter.
 - ``occupancy_grid`` (CUDA): nerfacc's ``OccGridEstimator`` marches only through occupied cells
   (Instant-NGP's occupancy grid), packed samples.
 Shading happens per sample, then nerfacc accumulates along the rays.
@@ -14,37 +15,20 @@ Shading happens per sample, then nerfacc accumulates along the rays.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Annotated
 
 import nerfacc
 import torch
 from torch import Tensor, nn
 
-from dreamsmith.configs import Range
 from dreamsmith.renderers.cameras import Cameras
+from dreamsmith.renderers.configs import VolumeRendererConfig
+from dreamsmith.renderers.occupancy import OccupancyGrid
 from dreamsmith.renderers.outputs import RenderOutput
 from dreamsmith.renderers.shading import shade
 from dreamsmith.representations.background import Background
 from dreamsmith.representations.nerf import NeRFField
-
-
-@dataclass
-class VolumeRendererConfig:
-    sampler: str = "auto"
-    """Ray sampler: auto (occupancy_grid on CUDA, dense otherwise), dense or occupancy_grid."""
-    n_samples: Annotated[int, Range(1, 1024)] = 64
-    """Samples per ray of the dense sampler."""
-    prune_threshold: float = 1e-4
-    """Dense sampler: samples whose weight is below this get no gradient (0 disables pruning)."""
-    render_step_size: float = 0.005
-    """Occupancy-grid sampler: marching step (metres)."""
-    grid_resolution: int = 64
-    """Occupancy-grid sampler: cells per side."""
-    grid_update_every: int = 16
-    """Occupancy-grid sampler: steps between grid updates."""
-    chunk_rays: int = 65536
-    """Rays per chunk when rendering without gradients (previews, export)."""
 
 
 def ray_cube_intersection(origins: Tensor, directions: Tensor, bound: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -90,12 +74,32 @@ class VolumeRenderer(nn.Module):
         self.bound = bound
         self.sampler = resolve_sampler(config.sampler, torch.device(device))
         self.estimator = None
+        self.occupancy = None
         if self.sampler == "occupancy_grid":
             aabb = torch.tensor([-bound, -bound, -bound, bound, bound, bound], dtype=torch.float32)
             self.estimator = nerfacc.OccGridEstimator(aabb, resolution=config.grid_resolution).to(device)
+        elif config.skip_empty:
+            self.occupancy = OccupancyGrid(bound, config.grid_resolution, self.skip_density()).to(device)
 
-    def update_occupancy(self, field: NeRFField, step: int) -> None:
-        """Refresh the occupancy grid from the field's density (no-op for the dense sampler)."""
+    @staticmethod
+    def bytes_per_sample() -> int:
+        """Bytes the sampler itself holds per sample (distances, points, densities, weights, indices)."""
+        return 96
+
+    def skip_density(self) -> float:
+        """The density below which a dense sample's alpha is under ``skip_alpha`` at the widest spacing
+        (the cube's diagonal over ``n_samples``)."""
+        widest = 2.0 * 3**0.5 * self.bound / self.config.n_samples
+        return -math.log1p(-self.config.skip_alpha) / widest
+
+    def update_occupancy(self, field: NeRFField, step: int, chunk_points: int = 1 << 18) -> None:
+        """Refresh the occupancy grid from the field's density every ``grid_update_every`` steps (and
+        at the first call, when it has never been updated)."""
+        if self.occupancy is not None:
+            fresh = bool(torch.isinf(self.occupancy.cell_density).any())
+            if fresh or step % max(1, self.config.grid_update_every) == 0:
+                self.occupancy.update(field.density, step, chunk_points)
+            return
         if self.estimator is None:
             return
         step_size = self.config.render_step_size
@@ -130,12 +134,41 @@ class VolumeRenderer(nn.Module):
         origins, directions = cameras.generate_rays()
         batch, height, width = origins.shape[:3]
         origins, directions = origins.reshape(-1, 3), directions.reshape(-1, 3)
-        n_rays = origins.shape[0]
-        if light_dir is None:
-            ray_light = -directions
-        else:
-            ray_light = light_dir.to(directions).repeat_interleave(height * width, dim=0)
+        ray_light = self._ray_light(light_dir, directions, height * width)
         with_normals = shading != "albedo" if need_normals is None else need_normals or shading != "albedo"
+        flat = self.render_rays(field, background, origins, directions, ray_light, shading, ambient, diffuse,
+                                background_color, generator, with_normals)
+        return RenderOutput(
+            rgb=flat.rgb.view(batch, height, width, 3),
+            opacity=flat.opacity.view(batch, height, width, 1),
+            depth=flat.depth.view(batch, height, width, 1),
+            normal=None if flat.normal is None else flat.normal.view(batch, height, width, 3),
+            losses=flat.losses,
+        )
+
+    @staticmethod
+    def _ray_light(light_dir: Tensor | None, directions: Tensor, pixels: int) -> Tensor:
+        """Per ray ``[R, 3]`` the direction towards the light (a headlight when ``light_dir`` is None)."""
+        if light_dir is None:
+            return -directions
+        return light_dir.to(directions).repeat_interleave(pixels, dim=0)
+
+    def render_rays(
+        self,
+        field: NeRFField,
+        background: Background,
+        origins: Tensor,
+        directions: Tensor,
+        ray_light: Tensor,
+        shading: str,
+        ambient: float,
+        diffuse: float,
+        background_color: Tensor | None,
+        generator: torch.Generator | None,
+        with_normals: bool,
+    ) -> RenderOutput:
+        """Render rays ``origins, directions, ray_light [R, 3]``: a ``RenderOutput`` of ``[R, C]`` tensors."""
+        n_rays = origins.shape[0]
         if self.sampler == "dense":
             samples = self._dense_samples(field, origins, directions, with_normals, generator)
         else:
@@ -156,13 +189,7 @@ class VolumeRenderer(nn.Module):
             # DreamFusion's orientation loss: visible normals should not face away from the camera.
             facing_away = (samples.normal * directions[index]).sum(-1).clamp(min=0.0) ** 2
             losses["orientation"] = (weights[:, 0].detach() * facing_away).sum() / n_rays
-        return RenderOutput(
-            rgb=rgb.view(batch, height, width, 3),
-            opacity=opacity.view(batch, height, width, 1),
-            depth=depth.view(batch, height, width, 1),
-            normal=None if normal_image is None else normal_image.view(batch, height, width, 3),
-            losses=losses,
-        )
+        return RenderOutput(rgb=rgb, opacity=opacity, depth=depth, normal=normal_image, losses=losses)
 
     def _dense_samples(
         self,
@@ -184,21 +211,23 @@ class VolumeRenderer(nn.Module):
         t_mid = t_starts + (t_ends - t_starts) * offset
         points = origins[:, None] + directions[:, None] * t_mid[..., None]  # [R, S, 3]
         flat_points = points.reshape(-1, 3)
-        grad = torch.is_grad_enabled()
-        if grad and self.config.prune_threshold > 0:
+        candidates = None if self.occupancy is None else self.occupancy.is_occupied(flat_points).nonzero()[:, 0]
+        density_all = torch.zeros(n_rays * n_samples, device=origins.device)
+        if torch.is_grad_enabled() and self.config.prune_threshold > 0:
             with torch.no_grad():
-                density_all = field.density(flat_points).view(n_rays, n_samples)
-                weights_all, _, _ = nerfacc.render_weight_from_density(t_starts, t_ends, density_all)
-            keep = (weights_all > self.config.prune_threshold).reshape(-1)
+                if candidates is None:
+                    density_all = field.density(flat_points)
+                else:
+                    density_all[candidates] = field.density(flat_points[candidates])
+                weights_all, _, _ = nerfacc.render_weight_from_density(
+                    t_starts, t_ends, density_all.view(n_rays, n_samples))
+            kept = (weights_all.reshape(-1) > self.config.prune_threshold).nonzero()[:, 0]
+        elif candidates is None:
+            kept = torch.arange(n_rays * n_samples, device=origins.device)
         else:
-            density_all = None
-            keep = torch.ones(n_rays * n_samples, dtype=torch.bool, device=origins.device)
-        kept = keep.nonzero()[:, 0]
+            kept = candidates
         density, albedo, normal = field(flat_points[kept], with_normals=with_normals)
-        if density_all is None:
-            density_full = density.view(n_rays, n_samples)
-        else:
-            density_full = density_all.reshape(-1).index_put((kept,), density).view(n_rays, n_samples)
+        density_full = density_all.index_put((kept,), density).view(n_rays, n_samples)
         weights, _, _ = nerfacc.render_weight_from_density(t_starts, t_ends, density_full)
         return Samples(
             ray_indices=torch.div(kept, n_samples, rounding_mode="floor"),
@@ -240,15 +269,34 @@ class VolumeRenderer(nn.Module):
 
     @torch.no_grad()
     def render_chunked(
-        self, field: NeRFField, background: Background, cameras: Cameras, **kwargs: object
+        self,
+        field: NeRFField,
+        background: Background,
+        cameras: Cameras,
+        chunk_points: int,
+        shading: str = "albedo",
+        light_dir: Tensor | None = None,
+        ambient: float = 0.4,
+        diffuse: float = 0.6,
     ) -> RenderOutput:
-        """Render without gradients, a few cameras at a time (previews, scoring)."""
-        per_chunk = max(1, self.config.chunk_rays // (cameras.height * cameras.width))
-        starts = range(0, len(cameras), per_chunk)
-        parts = [self(field, background, cameras[i : i + per_chunk], **kwargs) for i in starts]
+        """Render without gradients (previews, scoring) with at most ``chunk_points`` field queries at
+        a time: rays in chunks of ``chunk_points`` over the queries per ray (samples, times four with
+        the finite-difference normals of shaded modes). Deterministic samples, learned background."""
+        origins, directions = cameras.generate_rays()
+        batch, height, width = origins.shape[:3]
+        origins, directions = origins.reshape(-1, 3), directions.reshape(-1, 3)
+        ray_light = self._ray_light(light_dir, directions, height * width)
+        with_normals = shading != "albedo"
+        per_ray = self.config.n_samples * (4 if with_normals else 1)
+        rays = max(1, chunk_points // per_ray)
+        parts = [
+            self.render_rays(field, background, origins[i : i + rays], directions[i : i + rays],
+                             ray_light[i : i + rays], shading, ambient, diffuse, None, None, with_normals)
+            for i in range(0, origins.shape[0], rays)
+        ]
         return RenderOutput(
-            rgb=torch.cat([p.rgb for p in parts]),
-            opacity=torch.cat([p.opacity for p in parts]),
-            depth=torch.cat([p.depth for p in parts]),
-            normal=None if parts[0].normal is None else torch.cat([p.normal for p in parts]),
+            rgb=torch.cat([p.rgb for p in parts]).view(batch, height, width, 3),
+            opacity=torch.cat([p.opacity for p in parts]).view(batch, height, width, 1),
+            depth=torch.cat([p.depth for p in parts]).view(batch, height, width, 1),
+            normal=None if not with_normals else torch.cat([p.normal for p in parts]).view(batch, height, width, 3),
         )

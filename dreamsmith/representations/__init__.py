@@ -1,22 +1,21 @@
 """representations: what is optimized — NeRF fields on hash grids, DMTet, meshes, backgrounds.
 
-Imports nothing else of dreamsmith.
+Imports nothing else of dreamsmith. Public names import on first use (``dreamsmith.lazy``), so the
+torch-free configs (``representations.configs``) load without torch.
 """
 
-from dreamsmith.representations.background import Background, BackgroundConfig
-from dreamsmith.representations.dmtet import DMTet, DMTetConfig
-from dreamsmith.representations.hashgrid import HashGrid, HashGridConfig
-from dreamsmith.representations.mesh import Mesh
-from dreamsmith.representations.nerf import NeRFConfig, NeRFField
+from dreamsmith.lazy import lazy_names
 
-__all__ = [
-    "Background",
-    "BackgroundConfig",
-    "DMTet",
-    "DMTetConfig",
-    "HashGrid",
-    "HashGridConfig",
-    "Mesh",
-    "NeRFConfig",
-    "NeRFField",
-]
+_PUBLIC = {
+    "Background": "dreamsmith.representations.background",
+    "BackgroundConfig": "dreamsmith.representations.configs",
+    "DMTet": "dreamsmith.representations.dmtet",
+    "DMTetConfig": "dreamsmith.representations.configs",
+    "HashGrid": "dreamsmith.representations.hashgrid",
+    "HashGridConfig": "dreamsmith.representations.configs",
+    "Mesh": "dreamsmith.representations.mesh",
+    "NeRFConfig": "dreamsmith.representations.configs",
+    "NeRFField": "dreamsmith.representations.nerf",
+}
+__all__ = sorted(_PUBLIC)
+__getattr__ = lazy_names(__name__, _PUBLIC)

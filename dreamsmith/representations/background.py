@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
+from dreamsmith.representations.configs import BackgroundConfig
 from dreamsmith.representations.nerf import mlp
-
-
-@dataclass
-class BackgroundConfig:
-    kind: str = "mlp"
-    """solid (a fixed colour) or mlp (a small learned function of the view direction)."""
-    color: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    """Colour of a solid background (sRGB in [0, 1])."""
-    random_color_probability: float = 0.5
-    """While training an mlp background, chance per step of a random solid colour instead
-    (threestudio's trick that stops the background from explaining the object)."""
-    hidden_dim: int = 32
-    """Width of the mlp background."""
 
 
 class Background(nn.Module):

@@ -8,35 +8,17 @@ reaches the SDF values and the offsets.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from dreamsmith.configs import Range
+from dreamsmith.representations.configs import DMTetConfig
 
 from .marching_tets import marching_tets
 from .tets import tet_grid
 
 PointFunction = Callable[[Tensor], Tensor]
-
-
-@dataclass
-class DMTetConfig:
-    """Configuration of a DMTet representation."""
-
-    resolution: Annotated[int, Range(2, 256)] = 64
-    """Grid cells along each axis; the grid has (resolution+1)^3 vertices and 6*resolution^3 tets."""
-    bound: Annotated[float, Range(0.01, 100)] = 0.6
-    """Half-extent in metres of the grid cube [-bound, bound]^3 (the asset lives in radius 0.5)."""
-    deformation_scale: float = 0.5
-    """Largest vertex offset along each axis, in grid cells (offset = tanh(param) * cell * scale)."""
-    optimize_deformation: bool = True
-    """Whether the vertex offsets are learned (False: only the SDF moves the surface)."""
-    eval_chunk: int = 65536
-    """Points per call when an initializer evaluates a field (bounds memory for NeRF fields)."""
 
 
 class DMTet(torch.nn.Module):

@@ -7,34 +7,15 @@ adapter for tiny-cuda-nn used when it is installed and the encoding lives on a C
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Annotated
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
-from dreamsmith.configs import Range
+from dreamsmith.representations.configs import HashGridConfig
 
 # Instant-NGP's spatial hash primes (pi_1 = 1 keeps the x dimension coherent in memory).
 _PRIMES = (1, 2654435761, 805459861)
-
-
-@dataclass
-class HashGridConfig:
-    n_levels: Annotated[int, Range(1, 32)] = 16
-    """Number of resolution levels."""
-    n_features_per_level: Annotated[int, Range(1, 8)] = 2
-    """Feature channels stored per level."""
-    log2_hashmap_size: Annotated[int, Range(8, 24)] = 19
-    """log2 of the number of entries of each level's table."""
-    base_resolution: Annotated[int, Range(2, 4096)] = 16
-    """Grid resolution of the coarsest level."""
-    per_level_scale: Annotated[float, Range(1, 4)] = 1.447269237440378
-    """Resolution growth factor between levels (16 levels from 16 to 2048 by default)."""
-    start_level: Annotated[int, Range(1, 32)] = 16
-    """Levels active at step 0 (progressive training: fewer levels first)."""
-    update_steps: Annotated[int, Range(0, None)] = 0
-    """Steps between enabling one more level (0: all levels from the start)."""
 
 
 def level_resolutions(config: HashGridConfig) -> list[int]:
@@ -72,16 +53,128 @@ def corner_weights(frac: Tensor) -> Tensor:
     return (wx[..., :, None, None] * wy[..., None, :, None] * wz[..., None, None, :]).flatten(-3)
 
 
+_ROW_DTYPES = {1: torch.float32, 2: torch.complex64}
+"""Element types as wide as a table row of 1 or 2 float32 features: a row is gathered, and its
+gradient scattered, as one element (complex addition adds both features); 1-D gathers and scatters
+are several times faster than 2-D ones on the CPU."""
+
+
+def _hashed_corners(
+    positions: Tensor, resolution: int, table_size: int, derivatives: bool = False
+) -> Iterator[tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]]:
+    """For one hashed level, per corner (same order as ``corner_indices``) its table index ``[N]``,
+    trilinear weight ``[N]`` and, with ``derivatives``, the weight's partial derivatives along x, y
+    and z (each ``[N]``): the math of ``corner_indices``/``corner_weights`` one corner at a time, so
+    nothing of size ``[N, 8]`` is ever held. Each axis's hashed coordinate and weight, and the (y, z)
+    combinations, are computed once and shared by the corners."""
+    scaled = positions * resolution
+    cell = scaled.floor()
+    frac = scaled - cell
+    lower = cell.long()
+    upper = torch.clamp(lower + 1, max=resolution)
+    hashed = [(lower[:, axis] * _PRIMES[axis], upper[:, axis] * _PRIMES[axis]) for axis in range(3)]
+    weights = [(1.0 - frac[:, axis], frac[:, axis]) for axis in range(3)]
+    slope = (-float(resolution), float(resolution))  # d weight / d position of the lower, upper corner
+    pairs = {(by, bz): (torch.bitwise_xor(hashed[1][by], hashed[2][bz]), weights[1][by] * weights[2][bz])
+             for by in (0, 1) for bz in (0, 1)}
+    for corner in range(8):
+        bx, by, bz = (corner >> 2) & 1, (corner >> 1) & 1, corner & 1
+        yz_index, yz_weight = pairs[by, bz]
+        index = torch.bitwise_xor(hashed[0][bx], yz_index).bitwise_and_(table_size - 1)
+        partials = None
+        if derivatives:
+            wx, wy, wz = weights[0][bx], weights[1][by], weights[2][bz]
+            partials = (slope[bx] * yz_weight, wx * slope[by] * wz, wx * wy * slope[bz])
+        yield index, weights[0][bx] * yz_weight, partials
+
+
+def _row_dtype(table: Tensor) -> torch.dtype | None:
+    """The one-element row type of a float32 ``[..., F]`` CPU table, or None (rows as 2-D: other
+    devices, where complex scatters are not guaranteed)."""
+    if table.dtype != torch.float32 or table.device.type != "cpu":
+        return None
+    return _ROW_DTYPES.get(table.shape[-1])
+
+
+def _gather_rows(table: Tensor, index: Tensor) -> Tensor:
+    """``table[index]`` ``[N, F]`` for a contiguous ``[T, F]`` table."""
+    row_dtype = _row_dtype(table)
+    if row_dtype is None:
+        return table.index_select(0, index)
+    return table.view(row_dtype).view(-1).index_select(0, index).view(torch.float32).view(-1, table.shape[1])
+
+
+def _scatter_rows(grad_table: Tensor, index: Tensor, rows: Tensor) -> None:
+    """``grad_table[index] += rows`` (repeated indices accumulate) for contiguous ``[T, F]``/``[N, F]``."""
+    row_dtype = _row_dtype(grad_table)
+    if row_dtype is None:
+        grad_table.index_add_(0, index, rows)
+        return
+    grad_table.view(row_dtype).view(-1).index_add_(0, index, rows.contiguous().view(row_dtype).view(-1))
+
+
+class _FusedHashedLevels(torch.autograd.Function):
+    """The hashed levels as one autograd function that keeps only the positions: forward accumulates
+    corner by corner, backward recomputes each corner's index and weight, scatters the gradient into
+    the tables and, when the positions need one, accumulates theirs (the features times the weights'
+    derivatives). Differentiable once: a second derivative (analytic normals trained through their
+    own gradient) takes the reference path (``TorchHashGrid.fused_position_gradients``)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, positions: Tensor, tables: Tensor,
+                resolutions: list[int]) -> Tensor:
+        ctx.save_for_backward(positions, tables)
+        ctx.resolutions = resolutions
+        n_levels, table_size, n_features = tables.shape
+        out = positions.new_empty(positions.shape[0], n_levels, n_features)
+        for level, resolution in enumerate(resolutions):
+            table = tables[level].contiguous()
+            accumulated = torch.zeros(positions.shape[0], n_features, dtype=positions.dtype, device=positions.device)
+            for index, weight, _ in _hashed_corners(positions, resolution, table_size):
+                accumulated.addcmul_(_gather_rows(table, index), weight[:, None])
+            out[:, level] = accumulated
+        return out.view(positions.shape[0], -1)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        if torch.is_grad_enabled():  # create_graph: a second derivative would silently miss this part
+            raise RuntimeError("the fused hash grid is differentiable once; set fused_position_gradients=False "
+                               "on the TorchHashGrid for second derivatives")
+        positions, tables = ctx.saved_tensors
+        need_positions, need_tables = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        n_levels, table_size, n_features = tables.shape
+        grad = grad.reshape(positions.shape[0], n_levels, n_features)
+        grad_tables = grad.new_zeros(tables.shape) if need_tables else None
+        grad_positions = torch.zeros_like(positions) if need_positions else None
+        for level, resolution in enumerate(ctx.resolutions):
+            level_grad = grad[:, level]
+            corners = _hashed_corners(positions, resolution, table_size, derivatives=need_positions)
+            for index, weight, partials in corners:
+                if need_tables:
+                    _scatter_rows(grad_tables[level], index, level_grad * weight[:, None])
+                if need_positions:
+                    along = (level_grad * _gather_rows(tables[level], index)).sum(-1)
+                    for axis in range(3):
+                        grad_positions[:, axis].addcmul_(along, partials[axis])
+        return grad_positions, grad_tables, None
+
+
 class TorchHashGrid(nn.Module):
     """Pure PyTorch hash grid: ``positions [N, 3] in [0, 1] -> features [N, L * F]``.
 
     Levels whose dense grid fits in a table are stored densely and interpolated by ``grid_sample``
-    (a fused trilinear kernel, the same math); the finer levels use the spatial hash and a gather.
+    (a fused trilinear kernel, the same math); the finer levels use the spatial hash. Their gathers
+    run corner by corner in ``_FusedHashedLevels`` (memory ``O(N)`` per level, nothing saved for
+    backward but the positions). ``fused=False`` forces the reference path over ``[L, N, 8]``
+    tensors; so do positions that need a gradient when ``fused_position_gradients`` is False (a
+    NeRF with analytic normals, whose training differentiates the encoding twice).
     """
 
-    def __init__(self, config: HashGridConfig) -> None:
+    def __init__(self, config: HashGridConfig, fused: bool = True) -> None:
         super().__init__()
         self.config = config
+        self.fused = fused
+        self.fused_position_gradients = True
         self.table_size = 2**config.log2_hashmap_size
         resolutions = level_resolutions(config)
         n_features = config.n_features_per_level
@@ -98,6 +191,13 @@ class TorchHashGrid(nn.Module):
     def n_output_dims(self) -> int:
         return self.config.n_levels * self.config.n_features_per_level
 
+    def bytes_per_point(self) -> int:
+        """Peak bytes of temporaries per evaluated point (forward and backward) on the fused path:
+        the output and its gradient, one corner's index, weight and gathered features, and the
+        per-axis corner coordinates and weights of one level (float32, int64)."""
+        n_features = self.config.n_features_per_level
+        return 4 * 3 * self.n_output_dims + 8 * (6 + 2) + 4 * (6 + 4 + 3 * n_features) + 64
+
     def forward(self, positions: Tensor) -> Tensor:
         positions = positions.clamp(0.0, 1.0)
         n_points = positions.shape[0]
@@ -108,10 +208,15 @@ class TorchHashGrid(nn.Module):
                 sampled = nn.functional.grid_sample(table, grid, mode="bilinear", align_corners=True)
                 outputs.append(sampled.view(-1, n_points).t())  # [N, F]
         if len(self.hashed_resolutions):
-            outputs.append(self._hashed(positions))
+            if self.fused and (self.fused_position_gradients or not positions.requires_grad):
+                resolutions = self.hashed_resolutions.tolist()
+                outputs.append(_FusedHashedLevels.apply(positions, self.hash_tables, resolutions))
+            else:
+                outputs.append(self._hashed(positions))
         return torch.cat(outputs, dim=-1)
 
     def _hashed(self, positions: Tensor) -> Tensor:
+        """The reference path: every level's 8 corners at once (``[L, N, 8]`` tensors)."""
         scaled = positions[None] * self.hashed_resolutions.view(-1, 1, 1).to(positions.dtype)  # [L, N, 3]
         cell = scaled.detach().floor()
         indices = corner_indices(cell.long(), self.hashed_resolutions, self.table_size)  # [L, N, 8]
@@ -183,6 +288,12 @@ class HashGrid(nn.Module):
     @property
     def n_output_dims(self) -> int:
         return self.grid.n_output_dims
+
+    def bytes_per_point(self) -> int:
+        """Peak bytes of temporaries per encoded point (tiny-cuda-nn: its output and gradient)."""
+        if isinstance(self.grid, TorchHashGrid):
+            return self.grid.bytes_per_point()
+        return 4 * 3 * self.n_output_dims
 
     def set_step(self, step: int) -> None:
         """Enable the levels that progressive training allows at ``step``."""

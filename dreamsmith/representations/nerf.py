@@ -9,41 +9,11 @@ albedo = sigmoid(raw); normals are the normalized negative density gradient.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Annotated
-
 import torch
 from torch import Tensor, nn
 
-from dreamsmith.configs import Range
-from dreamsmith.representations.hashgrid import HashGrid, HashGridConfig
-
-
-@dataclass
-class NeRFConfig:
-    bound: Annotated[float, Range(0.01, 100)] = 1.0
-    """Half-size of the cube [-bound, bound]^3 the field covers (metres)."""
-    hash_grid: HashGridConfig = field(default_factory=HashGridConfig)
-    """The multiresolution hash-grid encoding."""
-    hidden_dim: Annotated[int, Range(1, 1024)] = 64
-    """Width of the density and albedo MLPs."""
-    hidden_layers: Annotated[int, Range(0, 16)] = 1
-    """Hidden layers of each MLP."""
-    blob_density: float = 10.0
-    """Density bias at the centre (Magic3D blob initialization)."""
-    blob_radius: float = 0.5
-    """Radius where the blob bias crosses zero (metres)."""
-    backend: str = "auto"
-    """Hash-grid backend: auto (tiny-cuda-nn on CUDA when installed), torch or tcnn."""
-    normals: str = "finite_difference"
-    """How normals come from the density: finite_difference (3 extra density queries, forward
-    differences; cheap on the CPU) or analytic (autograd of the density, differentiated again in
-    backward)."""
-    normal_eps: float = 0.005
-    """Step of the finite differences (metres)."""
-    normal_gradients: bool = True
-    """Backpropagate through the normals, so shading trains the geometry directly; False detaches
-    them (shading then trains geometry only through where the surface is; several times cheaper)."""
+from dreamsmith.representations.configs import NeRFConfig
+from dreamsmith.representations.hashgrid import HashGrid, TorchHashGrid
 
 
 class _TruncExp(torch.autograd.Function):
@@ -83,6 +53,8 @@ class NeRFField(nn.Module):
         super().__init__()
         self.config = config
         self.encoding = HashGrid(config.hash_grid, device=device, backend=config.backend)
+        if isinstance(self.encoding.grid, TorchHashGrid) and config.normals == "analytic":
+            self.encoding.grid.fused_position_gradients = False  # trained through a second derivative
         self.density_head = mlp(self.encoding.n_output_dims, 1, config.hidden_dim, config.hidden_layers)
         self.albedo_head = mlp(self.encoding.n_output_dims, 3, config.hidden_dim, config.hidden_layers)
 
@@ -92,6 +64,12 @@ class NeRFField(nn.Module):
             "encoding": list(self.encoding.parameters()),
             "mlp": list(self.density_head.parameters()) + list(self.albedo_head.parameters()),
         }
+
+    def bytes_per_point(self) -> int:
+        """Bytes one point's evaluation holds at its peak: the encoding's temporaries and both heads'
+        activations (float32)."""
+        heads = 2 * self.config.hidden_dim * self.config.hidden_layers + 4
+        return self.encoding.bytes_per_point() + 4 * (self.encoding.n_output_dims + 2 * heads)
 
     def set_step(self, step: int) -> None:
         """Progressive hash-grid levels."""

@@ -23,11 +23,12 @@ from dreamsmith.renderers.cameras import Cameras
 from dreamsmith.renderers.mesh_renderer import MeshRenderer
 from dreamsmith.renderers.outputs import RenderOutput
 from dreamsmith.representations.background import Background
+from dreamsmith.representations.chunked import evaluate_in_chunks
 from dreamsmith.representations.dmtet import DMTet, max_over_cell, sphere_sdf
 from dreamsmith.representations.marching_tets import marching_tets
 from dreamsmith.representations.mesh import Mesh
 from dreamsmith.representations.nerf import NeRFField
-from dreamsmith.representations.tets import cavities, grid_edges
+from dreamsmith.representations.tets import cavities, tet_grid_edges
 
 
 class DMTetRepresentation:
@@ -50,7 +51,7 @@ class DMTetRepresentation:
         )
         grid = self.dmtet.grid_vertices
         self.boundary = (grid.abs() >= config.dmtet.bound * (1 - 1e-6)).any(-1)
-        self.edges = grid_edges(self.dmtet.tets)
+        self.edges = tet_grid_edges(config.dmtet.resolution, device)
         self.surface_of_last_render: tuple[Tensor, Tensor] | None = None
         self.dmtet.init_from_sdf(sphere_sdf(0.5 * config.nerf.blob_radius))
 
@@ -163,7 +164,9 @@ class DMTetRepresentation:
         when both stages configure the same one.
         """
         if isinstance(previous, NeRFRepresentation):
-            density = max_over_cell(previous.field.density, self.dmtet.cell_size)
+            field, chunk = previous.field, previous.chunk_points
+            density = max_over_cell(lambda points: evaluate_in_chunks(field.density, points, chunk),
+                                    self.dmtet.cell_size)
             self.dmtet.init_from_density(density, threshold=previous.surface_threshold(export))
             self.texture.load_state_dict(previous.field.state_dict())
         elif isinstance(previous, DMTetRepresentation):

@@ -11,9 +11,11 @@ from torch import Tensor, nn
 from dreamsmith.engine.camera_sampling import eval_cameras
 from dreamsmith.engine.config import ExportConfig, StageConfig
 from dreamsmith.engine.losses import regularizer_losses
+from dreamsmith.engine.memory import chunk_points
 from dreamsmith.errors import DreamsmithError
 from dreamsmith.exporters.isosurface import density_volume, volume_mesh
 from dreamsmith.exporters.threshold import (
+    RAY_MAX_POINT_BYTES,
     candidate_thresholds,
     opacity_silhouette,
     ray_max_density,
@@ -23,6 +25,7 @@ from dreamsmith.renderers.cameras import Cameras, orbit_cameras
 from dreamsmith.renderers.outputs import RenderOutput
 from dreamsmith.renderers.volume import VolumeRenderer
 from dreamsmith.representations.background import Background
+from dreamsmith.representations.chunked import evaluate_in_chunks
 from dreamsmith.representations.mesh import Mesh
 from dreamsmith.representations.nerf import NeRFField
 
@@ -33,7 +36,12 @@ AUTO_HIGH_ELEVATION = 60.0
 
 
 class NeRFRepresentation:
-    """A ``NeRFField`` seen through the volume renderer, over a ``Background``."""
+    """A ``NeRFField`` seen through the volume renderer, over a ``Background``.
+
+    Every batched evaluation of the field without gradients (previews, the occupancy grid, the
+    density volume, vertex colours, baking, the auto threshold's renders) holds at most
+    ``chunk_points`` points at once: the memory budget's share over the field's cost per point.
+    """
 
     def __init__(self, config: StageConfig, device: torch.device) -> None:
         self.config = config
@@ -41,6 +49,7 @@ class NeRFRepresentation:
         self.field = NeRFField(config.nerf, device=device).to(device)
         self.background = Background(config.background).to(device)
         self.renderer = VolumeRenderer(config.renderer, bound=config.nerf.bound, device=device).to(device)
+        self.chunk_points = chunk_points(self.field.bytes_per_point() + self.renderer.bytes_per_sample())
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by learning-rate group (``lr_<name>`` of the stage's optimizer config)."""
@@ -52,7 +61,7 @@ class NeRFRepresentation:
     def set_step(self, step: int) -> None:
         """Progressive hash-grid levels and the occupancy grid's refresh."""
         self.field.set_step(step)
-        self.renderer.update_occupancy(self.field, step)
+        self.renderer.update_occupancy(self.field, step, self.chunk_points)
 
     def render(
         self,
@@ -86,6 +95,7 @@ class NeRFRepresentation:
             self.field,
             self.background,
             cameras,
+            self.chunk_points,
             shading=shading,
             light_dir=None,
             ambient=shading_config.ambient,
@@ -97,8 +107,8 @@ class NeRFRepresentation:
         return regularizer_losses(render, self.config.loss, step)
 
     def albedo(self, points: Tensor) -> Tensor:
-        """The field's albedo at ``points [N, 3]``."""
-        return self.field.albedo(points.to(self.device))
+        """The field's albedo at ``points [N, 3]`` (in chunks)."""
+        return evaluate_in_chunks(self.field.albedo, points.to(self.device), self.chunk_points)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -110,7 +120,8 @@ class NeRFRepresentation:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.field.load_state_dict(state["field"])
         self.background.load_state_dict(state["background"])
-        self.renderer.load_state_dict(state["renderer"])
+        # checkpoints from before the occupancy grid keep the fresh (all-occupied) grid
+        self.renderer.load_state_dict({**self.renderer.state_dict(), **state["renderer"]})
 
     def init_from(self, previous: Any, export: ExportConfig) -> None:
         """Continue from the previous stage's NeRF: its field's parameters."""
@@ -123,7 +134,7 @@ class NeRFRepresentation:
         volume = self.density_volume(export)
         threshold = self.surface_threshold(export, volume)
         mesh = volume_mesh(volume, self.field.albedo, self.config.nerf.bound, threshold,
-                           export.keep_components_fraction, self.device)
+                           export.keep_components_fraction, self.device, self.chunk_points)
         if mesh.n_faces == 0:
             raise DreamsmithError(
                 f"the optimized field has no surface at density {threshold:g}: nothing to export. "
@@ -134,7 +145,7 @@ class NeRFRepresentation:
     def density_volume(self, export: ExportConfig) -> np.ndarray:
         """The field's density on the export grid, blurred as ``export`` says."""
         return density_volume(self.field.density, self.config.nerf.bound, export.isosurface_resolution,
-                              self.device, export.isosurface_smoothing)
+                              self.device, export.isosurface_smoothing, self.chunk_points)
 
     @torch.no_grad()
     def surface_threshold(self, export: ExportConfig, volume: np.ndarray | None = None) -> float:
@@ -155,7 +166,8 @@ class NeRFRepresentation:
         for cameras in rings:
             cameras = cameras.to(self.device)
             opacity.append(self.render_previews(cameras, "albedo").opacity[..., 0].flatten())
-            ray_max.append(ray_max_density(volume, bound, cameras).flatten())
+            ray_max.append(ray_max_density(volume, bound, cameras,
+                                           chunk_points=chunk_points(RAY_MAX_POINT_BYTES)).flatten())
         candidates = candidate_thresholds(volume)
         target = opacity_silhouette(torch.cat(opacity))
         if not target.any() or candidates.numel() == 0:
