@@ -109,3 +109,42 @@ def test_any_command_line_ends_cleanly_and_writes_nothing_outside(sandbox, monke
         lines = [line for line in output.strip().splitlines() if line.strip()]
         assert lines[0].startswith("error:") or lines[0].startswith("interrupted"), output
     assert set(Path(sandbox).rglob("*")) == before, "a file was written"
+
+
+ROW = st.dictionaries(st.sampled_from(["prompt", "preset", "seed", "steps", "id", "overrides", "formats",
+                                       "texture_size", "max_triangles", "model", "mesh", "bogus"]),
+                      VALUES, max_size=5)
+
+
+@settings(max_examples=200, deadline=None, derandomize=bool(os.environ.get("CI")), database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(ROW, max_size=4), suffix=st.sampled_from([".jsonl", ".csv", ".yaml"]), raw=TEXT)
+def test_any_manifest_parses_into_jobs_and_line_numbered_problems_or_one_error(sandbox, rows, suffix, raw):
+    import csv
+    import json as json_module
+
+    import yaml
+
+    from dreamsmith.engine.batch.manifest import load_manifest
+    from dreamsmith.engine.batch.validation import validate
+
+    path = Path(sandbox) / f"manifest{suffix}"
+    if suffix == ".jsonl":
+        text = "\n".join(json_module.dumps(row, default=str) for row in rows) + "\n" + raw
+    elif suffix == ".yaml":
+        text = yaml.safe_dump({"jobs": rows}) + raw
+    else:
+        buffer = io.StringIO()
+        keys = sorted({key for row in rows for key in row})
+        writer = csv.DictWriter(buffer, fieldnames=keys or ["prompt"])
+        writer.writeheader()
+        writer.writerows([{k: yaml_text(v) for k, v in row.items()} for row in rows])
+        text = buffer.getvalue() + raw
+    path.write_text(text, encoding="utf-8")
+    try:
+        manifest = validate(load_manifest(path))
+    except DreamsmithError as error:
+        assert str(error) and "\n" not in str(error).strip()
+        return
+    assert all(problem.line >= 1 and problem.message for problem in manifest.problems)
+    assert len(manifest.jobs) + len(manifest.problems) >= 1

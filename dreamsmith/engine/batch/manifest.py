@@ -209,7 +209,10 @@ def _csv_rows(text: str, path: Path) -> tuple[dict[str, Any], list[tuple[int, An
 
 
 def _yaml_rows(text: str, path: Path) -> tuple[dict[str, Any], list[tuple[int, Any]]]:
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # reads (and checks) the characters at once
+    except yaml.YAMLError as error:
+        raise BatchError(f"{path}: not YAML ({_yaml_problem(error)})") from None
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
@@ -235,7 +238,8 @@ def _yaml_rows(text: str, path: Path) -> tuple[dict[str, Any], list[tuple[int, A
 def _yaml_problem(error: yaml.YAMLError) -> str:
     mark = getattr(error, "problem_mark", None)
     where = f" at line {mark.line + 1}" if mark is not None else ""
-    return f"{getattr(error, 'problem', None) or error}{where}"
+    problem = " ".join(str(getattr(error, "problem", None) or error).split())
+    return f"{problem}{where}"
 
 
 def _mapping(value: Any, path: Path, line: int) -> dict[str, Any]:
