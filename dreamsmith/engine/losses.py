@@ -14,7 +14,7 @@ from dreamsmith.schedules import ScheduleSpec, schedule_value
 
 @dataclass
 class LossConfig:
-    """Regularizer weights: orient, sparsity and opaque act on NeRF renders; normal_consistency,
+    """Regularizer weights: orient, sparsity, opaque and normal_smoothness act on NeRF renders; normal_consistency,
     laplacian and sdf_sign on DMTets."""
 
     lambda_orient: ScheduleSpec = (0, 10.0, 1000.0, 5000)
