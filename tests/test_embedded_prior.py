@@ -94,3 +94,12 @@ def test_a_caption_outside_the_world_gets_a_message_not_a_blob(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "only its 48 captions" in result.stderr and "--model" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_the_camera_probe_sees_the_text_conditioning(prior):
+    from dreamsmith.toyworld.camera_probe import camera_sensitivity
+
+    result = camera_sensitivity(prior, "a red cube", "a red sphere", offsets=((45.0, 0.0),), timesteps=(300,),
+                                n_noise=2)
+    assert result.wrong_text > 1.1 * result.right  # the text is used: the wrong caption predicts worse
+    assert set(result.turned) == {"45,0"} and 0 < result.no_camera < 1

@@ -22,6 +22,22 @@ def opaque_loss(opacity: Tensor, eps: float = 1e-4) -> Tensor:
     return -(opacity * opacity.log() + (1.0 - opacity) * (1.0 - opacity).log()).mean()
 
 
+def normal_smoothness_loss(normal: Tensor, opacity: Tensor) -> Tensor:
+    """Mean (1 - cos) between the rendered normals ``[B, H, W, 3]`` of horizontally and vertically
+    neighbouring pixels, each pair weighted by the product of their opacities ``[B, H, W, 1]`` (detached:
+    the loss shapes the surface, not the silhouette); a scalar, 0 for a flat surface."""
+    weight = opacity.detach()[..., 0]
+    total = normal.new_zeros(())
+    mass = normal.new_zeros(())
+    for dim in (1, 2):
+        n = normal.size(dim) - 1
+        cos = (normal.narrow(dim, 0, n) * normal.narrow(dim, 1, n)).sum(-1)
+        pair = weight.narrow(dim, 0, n) * weight.narrow(dim, 1, n)
+        total = total + (pair * (1.0 - cos)).sum()
+        mass = mass + pair.sum()
+    return total / mass.clamp(min=1e-6)
+
+
 def regularizer_losses(render: RenderOutput, config: LossConfig, step: int) -> dict[str, Tensor]:
     """Weighted regularizers of one render; zero weights cost nothing."""
     losses: dict[str, Tensor] = {}
@@ -34,6 +50,9 @@ def regularizer_losses(render: RenderOutput, config: LossConfig, step: int) -> d
     weight = schedule_value(config.lambda_opaque, step)
     if weight:
         losses["opaque"] = weight * opaque_loss(render.opacity)
+    weight = schedule_value(config.lambda_normal_smoothness, step)
+    if weight and render.normal is not None:
+        losses["normal_smoothness"] = weight * normal_smoothness_loss(render.normal, render.opacity)
     return losses
 
 
@@ -72,5 +91,6 @@ def dmtet_regularizer_losses(
 
 
 def needs_normals(config: LossConfig, step: int) -> bool:
-    """Whether the orientation loss is active (normals must be computed even for albedo renders)."""
-    return bool(schedule_value(config.lambda_orient, step))
+    """Whether the orientation or normal-smoothness loss is active (normals must be computed even for
+    albedo renders)."""
+    return bool(schedule_value(config.lambda_orient, step) or schedule_value(config.lambda_normal_smoothness, step))

@@ -59,7 +59,7 @@ class ShadingConfig:
 
 @dataclass
 class LossConfig:
-    """Regularizer weights: orient, sparsity and opaque act on NeRF renders; normal_consistency,
+    """Regularizer weights: orient, sparsity, opaque and normal_smoothness act on NeRF renders; normal_consistency,
     laplacian and sdf_sign on DMTets."""
 
     lambda_orient: Annotated[ScheduleSpec, Range(0, None)] = (0, 10.0, 1000.0, 5000)
@@ -69,6 +69,9 @@ class LossConfig:
     """Weight of the opacity sparsity loss mean(sqrt(opacity^2 + 0.01)) (threestudio)."""
     lambda_opaque: Annotated[ScheduleSpec, Range(0, None)] = 0.0
     """Weight of the binary-entropy loss pushing opacity to 0 or 1 (removes haze)."""
+    lambda_normal_smoothness: Annotated[ScheduleSpec, Range(0, None)] = 0.0
+    """Weight of the rendered normals' smoothness: mean (1 - cos) between neighbouring foreground pixels'
+    normals (against the noisy shell of a NeRF; needs normal renders)."""
     lambda_normal_consistency: Annotated[ScheduleSpec, Range(0, None)] = 0.0
     """Weight of the mesh normal consistency, mean(1 - cos) of neighbouring face normals (Magic3D)."""
     lambda_laplacian: Annotated[ScheduleSpec, Range(0, None)] = 0.0

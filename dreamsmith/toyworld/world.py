@@ -33,6 +33,12 @@ DIFFUSE = 0.6
 BACKGROUND = (1.0, 1.0, 1.0)
 SCORE_ELEVATION_DEG = 20.0
 SCORE_N_VIEWS = 8
+SCORE_TOP_ELEVATION_DEG = 70.0
+"""Elevation of the score's views from above, where a filled torus hole or a cone's disc shows."""
+SCORE_TOP_N_VIEWS = 4
+SCORE_VOLUME_BOUND = 0.75
+"""Half-width of the score's occupancy grid: the toy NeRF's bound, so no part of an asset is cut off."""
+SCORE_VOLUME_RESOLUTION = 96
 
 
 def _length_xz(points: Tensor) -> Tensor:
@@ -91,6 +97,17 @@ def sdf_capsule(points: Tensor) -> Tensor:
     nearest[:, 1] = points[:, 1].clamp(-half_segment, half_segment)
     return torch.linalg.vector_norm(points - nearest, dim=-1) - CAPSULE_RADIUS
 
+
+SHAPE_EXTENTS: dict[str, tuple[float, float, float]] = {
+    "sphere": (2 * SPHERE_RADIUS,) * 3,
+    "cube": (CUBE_EDGE,) * 3,
+    "cylinder": (2 * CYLINDER_RADIUS, CYLINDER_HEIGHT, 2 * CYLINDER_RADIUS),
+    "cone": (2 * CONE_BASE_RADIUS, CONE_HEIGHT, 2 * CONE_BASE_RADIUS),
+    "torus": (2 * (TORUS_MAJOR_RADIUS + TORUS_MINOR_RADIUS), 2 * TORUS_MINOR_RADIUS,
+              2 * (TORUS_MAJOR_RADIUS + TORUS_MINOR_RADIUS)),
+    "capsule": (2 * CAPSULE_RADIUS, CAPSULE_HEIGHT, 2 * CAPSULE_RADIUS),
+}
+"""Axis-aligned bounding-box size (x, y, z) in metres of each shape, all centred at the origin."""
 
 SHAPES: dict[str, SdfFn] = {
     "sphere": sdf_sphere,
