@@ -80,6 +80,7 @@ def _fail(error: Exception) -> None:
 
 def _interrupted(error: KeyboardInterrupt, out: Path) -> None:
     """What a stopped run left, and the exit code a shell expects (130 for Ctrl-C, 143 for SIGTERM)."""
+    _ignore_further_stops()
     step = getattr(error, "checkpoint_step", None)
     has_checkpoint = step is not None or (out / "checkpoints" / "last.pt").exists()
     message = (f"interrupted; the checkpoint in {out} is kept: continue with --resume" if has_checkpoint
@@ -214,6 +215,12 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+def _ignore_further_stops() -> None:
+    """The process is ending after a stop: another Ctrl-C must not cut its exit (and exit code) short."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def _stop_on_sigterm(signum: int, frame: object) -> None:
     from dreamsmith.engine.signals import RunInterrupted
 
@@ -232,6 +239,7 @@ def main() -> None:
         _error_line(error)
         sys.exit(1)
     except KeyboardInterrupt as interrupt:
+        _ignore_further_stops()
         console.print("interrupted", markup=False)
         sys.exit(getattr(interrupt, "exit_code", 130))
     except Exception as error:

@@ -20,6 +20,7 @@ from dreamsmith.engine.checkpoint import load_checkpoint
 
 STEPS = 28
 KILLS_PER_SIGNAL = 10
+KILL_POINTS = 12  # a few spare: a run may finish before a late kill point on a fast machine
 RUN = ["checkpoint_every=1", "preview_every=0", "export.preview_resolution=0", "export.texture_size=64",
        "export.isosurface_resolution=24"]
 
@@ -73,7 +74,7 @@ def test_random_kills_and_resumes_end_bit_identical_to_an_uninterrupted_run(how,
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     rng = random.Random(f"{how}-kills")
-    targets = sorted(rng.sample(range(1, STEPS - 1), KILLS_PER_SIGNAL))
+    targets = sorted(rng.sample(range(1, STEPS - 1), KILL_POINTS))
     expected_code = {"SIGKILL": -signal.SIGKILL, "SIGTERM": 143, "SIGINT-twice": 130}[how]
     kills = 0
     for target in targets:
@@ -83,7 +84,7 @@ def test_random_kills_and_resumes_end_bit_identical_to_an_uninterrupted_run(how,
         # wait until this process itself has written a checkpoint at or past the kill point
         while (checkpoint_step(out) <= start or checkpoint_step(out) < target) and process.poll() is None:
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.15))  # anywhere in the next step or its checkpoint write
+        time.sleep(rng.uniform(0.0, 0.03))  # anywhere in the next step or its checkpoint write
         if process.poll() is not None:
             break  # finished before this kill point
         stop(process, how)
@@ -96,7 +97,7 @@ def test_random_kills_and_resumes_end_bit_identical_to_an_uninterrupted_run(how,
                 assert "continue with --resume" in stderr, stderr
     finished = subprocess.run(command(tiny_sd_dir, out, True), env=env, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr
-    assert kills >= KILLS_PER_SIGNAL - 1, f"only {kills} kills landed before the run ended"
+    assert kills >= KILLS_PER_SIGNAL, f"only {kills} kills landed before the run ended"
     resumed = final_state(out)
     assert resumed.keys() == straight.keys()
     for name, tensor in straight.items():

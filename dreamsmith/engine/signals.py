@@ -29,8 +29,9 @@ class RunInterrupted(KeyboardInterrupt):
 @contextlib.contextmanager
 def deferred_stop_signals() -> Iterator[Callable[[], int | None]]:
     """Within the block SIGINT and SIGTERM only record that a stop was asked (the first signal wins);
-    the callable yielded returns that signal's number, or None. Outside the main thread signals are
-    left alone (the callable then always returns None)."""
+    the callable yielded returns that signal's number, or None. After a stop, both stay ignored (the
+    caller is ending the run). Outside the main thread signals are left alone (the callable then always
+    returns None)."""
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield lambda: None
@@ -46,4 +47,5 @@ def deferred_stop_signals() -> Iterator[Callable[[], int | None]]:
         yield lambda: received[0] if received else None
     finally:
         for signum, old in previous.items():
-            signal.signal(signum, old)
+            # once a stop was asked the process is ending: a further Ctrl-C must not cut its exit short
+            signal.signal(signum, signal.SIG_IGN if received else old)
