@@ -17,9 +17,9 @@ import yaml
 
 from dreamsmith.configs import Range, build, nearest, valid_keys
 from dreamsmith.engine.part_configs import CameraConfig, LossConfig, OptimConfig, ShadingConfig
-from dreamsmith.engine.run_dir import safe_name
 from dreamsmith.errors import ConfigError, DreamsmithError
 from dreamsmith.exporters.options import ExportOptions
+from dreamsmith.paths import safe_name
 from dreamsmith.renderers.configs import MeshRendererConfig, VolumeRendererConfig
 from dreamsmith.representations.configs import BackgroundConfig, DMTetConfig, NeRFConfig
 

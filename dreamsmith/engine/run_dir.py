@@ -6,7 +6,6 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -15,21 +14,11 @@ from typing import Any
 
 import yaml
 
-from dreamsmith.errors import ConfigError, RunDirError
+from dreamsmith.errors import RunDirError
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 LOCK_FILE = ".dreamsmith.lock"
 RUN_FILES = ("config.yaml", "report.json", "qa.json")
 """Files of a run besides checkpoints/, previews/ and the asset files (``asset*``)."""
-
-
-def safe_name(name: str, what: str) -> str:
-    """``name`` if it can be a file name inside a run directory (letters, digits, ``_ . -``, not starting
-    with a dot or dash, at most 64 characters), else a ConfigError naming ``what``."""
-    if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
-        raise ConfigError(f"{what} {name!r} cannot be used in file names: use letters, digits, '_', '-' and '.' "
-                          "(at most 64, starting with a letter or digit)")
-    return name
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from dreamsmith.engine.run_dir import safe_name
 from dreamsmith.errors import DreamsmithError
 from dreamsmith.exporters.bake import AlbedoFn, bake_base_color, vertex_color_albedo
 from dreamsmith.exporters.cleanup import cleanup
@@ -35,6 +34,7 @@ from dreamsmith.exporters.obj import write_obj
 from dreamsmith.exporters.options import ExportOptions
 from dreamsmith.exporters.qa import is_power_of_two, lod_levels_check, profile, qa_report
 from dreamsmith.exporters.usdz import write_usdz
+from dreamsmith.paths import safe_name
 from dreamsmith.representations.mesh import Mesh
 
 Writer = Callable[[Path, Mesh, dict, Material], list[Path]]

@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 
 from dreamsmith.configs import nearest
-from dreamsmith.engine.run_dir import safe_name
 from dreamsmith.errors import BatchError, ConfigError
+from dreamsmith.paths import safe_name
 
 UNSUPPORTED = {
     "image": "image prompts",
