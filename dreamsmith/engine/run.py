@@ -237,7 +237,7 @@ def _resume_state(run_dir: RunDir, config: RunConfig) -> dict[str, Any]:
     if identity is not None and identity != run_identity(config):
         raise RunDirError(f"cannot resume: the checkpoint in {run_dir.root} belongs to another run (prompt "
                           f"{identity.get('prompt')!r}, seed {identity.get('seed')}); pass --overwrite to replace it")
-    if len(saved["stages"]) != len(current["stages"]) or state.get("stage_index", 0) >= len(config.stages):
+    if not 0 <= state.get("stage_index", -1) < len(config.stages):  # equal stage lists: checked above
         raise RunDirError("cannot resume: the checkpoint does not match the run's stages")
     for index, (old, new) in enumerate(zip(saved["stages"], current["stages"], strict=True)):
         if index < state["stage_index"] and old["steps"] != new["steps"]:

@@ -17,7 +17,7 @@ pass's output (its latents, timesteps) so nothing is encoded twice.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -41,7 +41,6 @@ class GuidanceOutput:
     logs: dict[str, float]
     latents: Tensor | None = None
     timesteps: Tensor | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class Guidance(torch.nn.Module):
