@@ -124,7 +124,7 @@ def test_a_new_guidance_trains_its_own_lora_on_a_schedule_with_two_stacked_hooks
     # its own optimizer trained its LoRA (not the asset's Adam) and its state is in the checkpoint
     assert guidance.own_optimizer.updates == 6 and report["final_losses"]["loss_guidance_own"] > 0
     state = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["stage_state"]
-    loras = state["guidance"]["loras"]["constant-target"]
+    loras = state["guidance"]["loras"][0]
     assert loras and any(v.abs().sum() > 0 for k, v in loras.items() if "lora_B" in k)
     assert state["guidance"]["optimizer"]["updates"] == 6
     asset_params = {id(p) for group in state["optimizer"]["param_groups"] for p in group["params"]}
@@ -140,8 +140,8 @@ def test_a_guidance_lora_and_its_optimizer_resume_exactly(tiny_sd_dir, tmp_path,
     assert constant_target[-1].seen == [(3, 700), (4, 500), (5, 500)]
     straight, resumed = (load_checkpoint(tmp_path / n / "checkpoints" / "last.pt")["stage_state"]
                          for n in ("straight", "resumed"))
-    for name, tensor in straight["guidance"]["loras"]["constant-target"].items():
-        assert torch.equal(tensor, resumed["guidance"]["loras"]["constant-target"][name]), name
+    for name, tensor in straight["guidance"]["loras"][0].items():
+        assert torch.equal(tensor, resumed["guidance"]["loras"][0][name]), name
     adam = [straight["guidance"]["optimizer"]["optimizer"]["state"],
             resumed["guidance"]["optimizer"]["optimizer"]["state"]]
     assert adam[0].keys() == adam[1].keys()

@@ -189,11 +189,25 @@ def validate_guidance(stage: StageConfig, path: str) -> None:
     name = stage.guidance.get("name", "sds")
     if name not in GUIDANCES:
         raise ConfigError(f"unknown guidance '{name}' in {path}guidance.name; choose one of {sorted(GUIDANCES)}")
-    options = {k: v for k, v in stage.guidance.items() if k != "name"}
-    if "prompt" in options:
+    if "prompt" in stage.guidance:
         raise ConfigError(f"'{path}guidance.prompt' cannot be set: the prompt is the run's (the PROMPT argument)")
     guidance_class = GUIDANCES[name]
+    options = guidance_options(stage, guidance_class)
     guidance_class.check_config(build(guidance_class.config_class, options, f"{path}guidance."), f"{path}guidance.")
+
+
+def guidance_options(stage: StageConfig, guidance_class: type) -> dict[str, Any]:
+    """The stage's guidance options for ``guidance_class``'s config: the section less its name, a
+    scheduled guidance's ``schedule_steps`` defaulting to the stage's steps, ``embedded:`` models resolved."""
+    from dreamsmith.engine.presets import resolve_model
+
+    options = {k: v for k, v in stage.guidance.items() if k != "name"}
+    scheduled = "schedule_steps" in {f.name for f in dataclasses.fields(guidance_class.config_class)}
+    if scheduled and not options.get("schedule_steps"):
+        options["schedule_steps"] = max(1, stage.steps)
+    if options.get("lora_model"):
+        options["lora_model"] = resolve_model(options["lora_model"])
+    return options
 
 
 def resolve(raw: dict[str, Any]) -> RunConfig:
@@ -232,6 +246,10 @@ def check_export_options(export: ExportConfig) -> None:
         raise ConfigError(f"export: {error}") from None
 
 
+PER_STAGE_FLAGS = ("dmtet.optimize_geometry", "dmtet.optimize_deformation")
+"""Copied sections' keys that say what a stage trains, not what it is: they may differ between stages."""
+
+
 def validate_representation(stage: StageConfig, previous: StageConfig | None) -> None:
     """Check that ``stage``'s representation exists and can start from the ``previous`` stage's."""
     if previous is None:
@@ -241,7 +259,8 @@ def validate_representation(stage: StageConfig, previous: StageConfig | None) ->
                           f"({previous.representation}); put nerf stages first")
     copied = ["nerf"] + (["dmtet"] if stage.representation == previous.representation == "dmtet" else [])
     for section in copied:
-        differing = differences(to_dict(getattr(previous, section)), to_dict(getattr(stage, section)), f"{section}.")
+        differing = [key for key in differences(to_dict(getattr(previous, section)), to_dict(getattr(stage, section)),
+                                                f"{section}.") if key not in PER_STAGE_FLAGS]
         if differing:
             raise ConfigError(f"stage '{stage.name}' starts from stage '{previous.name}''s {section}, but their "
                               f"'{differing[0]}' differ; set it for every stage (without the stage prefix)")

@@ -54,8 +54,11 @@ def make_config(
 
 
 def check_models(config: RunConfig) -> None:
-    """The run's and every stage's model: an existing folder or a Hugging Face id (no loading)."""
-    for name in sorted({config.model, *(stage.model for stage in config.stages)} - {None}):
+    """The run's and every stage's models (its own, and a guidance's second model such as VSD's
+    ``lora_model``): an existing folder or a Hugging Face id (no loading)."""
+    stage_models = {stage.model for stage in config.stages}
+    guidance_models = {stage.guidance.get("lora_model") for stage in config.stages}
+    for name in sorted({config.model, *stage_models, *guidance_models} - {None}):
         check_model(name)
 
 

@@ -53,6 +53,9 @@ class ShadingConfig:
     """Ambient light."""
     diffuse: float = 0.9
     """Diffuse light."""
+    guide_normals: bool = False
+    """The guidance judges the normal map ((n + 1)/2 over white) instead of the shaded colour, so only the
+    geometry can answer it (ProlificDreamer's geometry stage: SDS on normals)."""
     preview_shading: str = "lambertian"
     """Shading of preview renders."""
 

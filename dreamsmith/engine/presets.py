@@ -26,11 +26,23 @@ def preset_names() -> list[str]:
 
 
 def load_preset(name: str) -> dict[str, Any]:
-    """The raw preset: ``description``, ``model`` and ``stages`` (and optionally ``export``)."""
+    """The raw preset: ``description``, ``model`` and ``stages`` (and optionally ``export``).
+
+    A preset with ``base: OTHER`` is OTHER with its keys replaced and its ``stages`` merged stage by stage
+    (the i-th entry deep-merged into OTHER's i-th stage; extra entries appended), e.g. ``toy-vsd`` is
+    ``toy`` with another guidance section."""
     files = _preset_files()
     if name not in files:
         raise ConfigError(f"unknown preset '{name}'; available: {', '.join(sorted(files))}")
-    return yaml.safe_load(files[name].read_text(encoding="utf-8"))
+    raw = yaml.safe_load(files[name].read_text(encoding="utf-8"))
+    if "base" not in raw:
+        return raw
+    from dreamsmith.engine.config import deep_merge
+
+    base = load_preset(raw.pop("base"))
+    changes = raw.pop("stages", [])
+    stages = [deep_merge(stage, change) for stage, change in zip(base["stages"], changes, strict=False)]
+    return {**base, **raw, "stages": stages + changes[len(stages):] + base["stages"][len(changes):]}
 
 
 def embedded_model_path(name: str) -> Path:

@@ -10,7 +10,7 @@ from PIL import Image
 from torch import Tensor
 
 from dreamsmith.engine.run_dir import atomic_write
-from dreamsmith.renderers.outputs import RenderOutput
+from dreamsmith.renderers.outputs import RenderOutput, normal_image
 
 
 def image_grid(rows: list[Tensor]) -> np.ndarray:
@@ -23,7 +23,7 @@ def preview_grid(render: RenderOutput) -> np.ndarray:
     """Colour renders on top, normals (mapped to [0, 1], white background) below when present."""
     rows = [render.rgb]
     if render.normal is not None:
-        rows.append((render.normal * 0.5 + 0.5) * render.opacity + (1 - render.opacity))
+        rows.append(normal_image(render))
     return image_grid(rows)
 
 

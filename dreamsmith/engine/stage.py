@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -10,20 +10,20 @@ from torch import Tensor
 
 from dreamsmith.configs import build
 from dreamsmith.engine.camera_sampling import eval_cameras, sample_cameras
-from dreamsmith.engine.config import StageConfig
+from dreamsmith.engine.config import StageConfig, guidance_options
 from dreamsmith.engine.losses import needs_normals
 from dreamsmith.engine.optim import make_optimizer, update_learning_rates
 from dreamsmith.engine.shading_sampling import choose_light, choose_shading
 from dreamsmith.engine.stages import REPRESENTATIONS, Representation
 from dreamsmith.guidance import GUIDANCES, Guidance, detached
 from dreamsmith.guidance.conditioner_registry import build_conditioners
-from dreamsmith.renderers.outputs import RenderOutput
+from dreamsmith.renderers.outputs import RenderOutput, normal_image
 
 
 def build_guidance(config: StageConfig, prior: Any, prompt: str, allow_pickle: bool = False) -> Guidance:
     """The stage's guidance module for ``prompt``, with the conditioners its config names."""
     guidance_class = GUIDANCES[config.guidance.get("name", "sds")]
-    options = {k: v for k, v in config.guidance.items() if k != "name"}
+    options = guidance_options(config, guidance_class)
     guidance_config = build(guidance_class.config_class, {**options, "prompt": prompt})
     conditioners = build_conditioners(getattr(guidance_config, "conditioners", []), prior, allow_pickle)
     return guidance_class(prior, guidance_config, conditioners)
@@ -75,7 +75,8 @@ class Stage:
         background_color = self._random_background(generator)
         render = self.representation.render(cameras, shading, light, background_color, generator,
                                             need_normals=needs_normals(config.loss, step))
-        out = self.guidance(render, cameras, step, generator, self.guidance.timestep(step))
+        judged = replace(render, rgb=normal_image(render)) if config.shading.guide_normals else render
+        out = self.guidance(judged, cameras, step, generator, self.guidance.timestep(step))
         regularizers = self.representation.regularizers(render, step)
         total = out.loss + sum(regularizers.values(), torch.zeros((), device=self.device))
         self.optimizer.zero_grad(set_to_none=True)
@@ -83,7 +84,7 @@ class Stage:
         self.optimizer.step()
         logs = dict(out.logs)
         logs |= {f"loss_{name}": float(value.detach()) for name, value in regularizers.items()}
-        logs |= self.guidance.update(detached(render), cameras, step, generator, out)
+        logs |= self.guidance.update(detached(judged), cameras, step, generator, out)
         return StepResult(loss=float(total.detach()), logs=logs)
 
     def _random_background(self, generator: torch.Generator) -> Tensor | None:

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from dreamsmith.errors import ConfigError
 from dreamsmith.guidance.conditioners import Conditioner
 from dreamsmith.guidance.lora import add_lora, load_lora_state_dict, lora_state_dict
 from dreamsmith.guidance.timesteps import ScheduledTimestep
@@ -69,13 +70,16 @@ class Guidance(torch.nn.Module):
         self.config = config
         self.conditioners = list(conditioners)
         self.own_optimizer: GuidanceOptimizer | None = None
-        self.own_loras: list[str] = []
+        self.own_loras: list[tuple[str, torch.nn.Module]] = []
 
-    def add_own_lora(self, name: str, rank: int, alpha: float | None = None) -> list[torch.nn.Parameter]:
-        """A LoRA adapter ``name`` on the shared prior's UNet that this guidance trains and checkpoints
-        (active only in calls given ``LoRAConditioner(name)``); returns its parameters."""
-        params = add_lora(self.prior.unet, name, rank, alpha)
-        self.own_loras.append(name)
+    def add_own_lora(
+        self, name: str, rank: int, alpha: float | None = None, unet: torch.nn.Module | None = None
+    ) -> list[torch.nn.Parameter]:
+        """A LoRA adapter ``name`` on ``unet`` (default: the shared prior's) that this guidance trains and
+        checkpoints (active only in calls given ``LoRAConditioner(name)``); returns its parameters."""
+        unet = self.prior.unet if unet is None else unet
+        params = add_lora(unet, name, rank, alpha)
+        self.own_loras.append((name, unet))
         return params
 
     @classmethod
@@ -138,15 +142,20 @@ class Guidance(torch.nn.Module):
         the own optimizer's state."""
         return {
             "module": self.state_dict(),
-            "loras": {name: lora_state_dict(self.prior.unet, name) for name in self.own_loras},
+            "loras": [lora_state_dict(unet, name) for name, unet in self.own_loras],
             "optimizer": None if self.own_optimizer is None else self.own_optimizer.state_dict(),
         }
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`checkpoint_state` (an empty dict: a guidance with no state)."""
         self.load_state_dict(state.get("module", {}))
-        for name, weights in state.get("loras", {}).items():
-            load_lora_state_dict(self.prior.unet, name, weights)
+        saved = state.get("loras", [])
+        if len(saved) != len(self.own_loras):
+            raise ConfigError(f"the checkpoint holds {len(saved)} LoRA adapters of the guidance, the guidance "
+                              f"has {len(self.own_loras)}: it was saved with another guidance configuration")
+        # by position: an adapter's name depends on what else shares the model (particle, particle_2...)
+        for (name, unet), weights in zip(self.own_loras, saved, strict=True):
+            load_lora_state_dict(unet, name, weights)
         if self.own_optimizer is not None and state.get("optimizer") is not None:
             self.own_optimizer.load_state_dict(state["optimizer"])
 

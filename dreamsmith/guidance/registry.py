@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dreamsmith.guidance.base import Guidance
+from dreamsmith.guidance.dreamflow import DreamFlowGuidance
 from dreamsmith.guidance.sds import SDSGuidance
+from dreamsmith.guidance.vsd import VSDGuidance
 
 GUIDANCES: dict[str, type[Guidance]] = {
     "sds": SDSGuidance,
+    "vsd": VSDGuidance,
+    "dreamflow": DreamFlowGuidance,
 }

@@ -22,3 +22,10 @@ class RenderOutput:
     depth: Tensor
     normal: Tensor | None = None
     losses: dict[str, Tensor] = field(default_factory=dict)
+
+
+def normal_image(render: RenderOutput) -> Tensor:
+    """The normals as an image ``[B, H, W, 3]``: (n + 1)/2 over a white background."""
+    if render.normal is None:
+        raise ValueError("this render has no normals")
+    return (render.normal * 0.5 + 0.5) * render.opacity + (1 - render.opacity)

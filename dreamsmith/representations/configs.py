@@ -79,5 +79,8 @@ class DMTetConfig:
     """Largest vertex offset along each axis, in grid cells (offset = tanh(param) * cell * scale)."""
     optimize_deformation: bool = True
     """Whether the vertex offsets are learned (False: only the SDF moves the surface)."""
+    optimize_geometry: bool = True
+    """Whether the surface moves at all (False: SDF and offsets frozen, only the texture trains:
+    ProlificDreamer's texture stage on the fixed geometry)."""
     eval_chunk: int = 65536
     """Points per call when an initializer evaluates a field (bounds memory for NeRF fields)."""

@@ -34,9 +34,10 @@ class DMTet(torch.nn.Module):
         grid_vertices, tets = tet_grid(self.config.resolution, self.config.bound)
         self.register_buffer("grid_vertices", grid_vertices)
         self.register_buffer("tets", tets)
-        self.sdf = torch.nn.Parameter(torch.zeros(grid_vertices.shape[0]))
+        self.sdf = torch.nn.Parameter(torch.zeros(grid_vertices.shape[0]), requires_grad=self.config.optimize_geometry)
         self.deformation = torch.nn.Parameter(
-            torch.zeros_like(grid_vertices), requires_grad=self.config.optimize_deformation
+            torch.zeros_like(grid_vertices),
+            requires_grad=self.config.optimize_deformation and self.config.optimize_geometry,
         )
 
     @property
