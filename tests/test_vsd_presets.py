@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from test_generate import SMALL, run_cli
+from test_guidance_framework import StopAt
 
 from dreamsmith.engine.checkpoint import load_checkpoint
 from dreamsmith.engine.overrides import make_config
-from dreamsmith.engine.run import Progress, generate
+from dreamsmith.engine.run import generate
 from dreamsmith.engine.stage import Stage
 from dreamsmith.errors import ConfigError
 
@@ -21,15 +22,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from oracles import SingleTargetOracle  # noqa: E402
 
 CPU = torch.device("cpu")
-
-
-class StopAt(Progress):
-    def __init__(self, step: int) -> None:
-        self.at = step
-
-    def step(self, step, loss, logs):
-        if step == self.at:
-            raise KeyboardInterrupt
 
 
 @pytest.mark.slow
