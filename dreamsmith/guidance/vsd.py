@@ -8,6 +8,7 @@ particle score ε_φ (:mod:`dreamsmith.guidance.particle`) as its target in plac
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -88,13 +89,21 @@ class VSDGuidance(DistillationGuidance):
         return self.particle.loss(z, cameras, generator)
 
 
+_LOADED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+"""Second models in use, by (name, device): stages naming the same one share it (each adds its own adapter)."""
+
+
 def load_particle_model(name: str, prior: Any) -> Any:
     """The second model carrying the LoRA (a folder or hub id; the engine resolves ``embedded:`` names),
     checked against the prior's latent space."""
     from dreamsmith.errors import ConfigError
     from dreamsmith.guidance.loading import load_prior
 
-    model = load_prior(name, device=prior.device)
+    key = (name, str(prior.device))
+    model = _LOADED.get(key)
+    if model is None:
+        model = load_prior(name, device=prior.device)
+        _LOADED[key] = model
     if (model.latent_channels, model.is_latent) != (prior.latent_channels, prior.is_latent):
         raise ConfigError(f"guidance.lora_model {name!r} works in another space ({model.latent_channels} "
                           f"{'latent' if model.is_latent else 'pixel'} channels) than the prior "
