@@ -189,3 +189,80 @@ def tiny_pixel_prior(tiny_pixel_dir: Path):
     from dreamsmith.guidance.loading import load_prior
 
     return load_prior(tiny_pixel_dir)
+
+
+def tiny_sdxl_unet(refiner: bool) -> torch.nn.Module:
+    """A 2-level SDXL-shaped UNet: text_time added embedding (6 ids, or the refiner's 5), pooled width 32."""
+    from diffusers import UNet2DConditionModel
+
+    ids = 5 if refiner else 6
+    return UNet2DConditionModel(
+        sample_size=4,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=ids * 8 + TEXT_DIM,
+        cross_attention_dim=TEXT_DIM if refiner else 2 * TEXT_DIM,
+    )
+
+
+def build_tiny_sdxl(folder: Path, refiner: bool = False, seed: int = 0) -> Path:
+    """Save a tiny SDXL-shaped pipeline (base: two CLIP encoders, the second with a projection; refiner:
+    the second only, aesthetic-score time ids) into ``folder`` with diffusers' own pipeline classes."""
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
+    )
+    from transformers import CLIPTextModelWithProjection
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(4, 4, 4, 4),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=2,
+            sample_size=32,
+            scaling_factor=0.13025,
+        )
+        unet = tiny_sdxl_unet(refiner)
+        text_encoder, tokenizer = tiny_text_components(folder.parent / f"{folder.name}-src")
+        config = dict(text_encoder.config.to_dict(), projection_dim=TEXT_DIM)
+        text_encoder_2 = CLIPTextModelWithProjection(type(text_encoder.config)(**config))
+    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                       steps_offset=1, timestep_spacing="leading")
+    if refiner:
+        pipeline = StableDiffusionXLImg2ImgPipeline(
+            vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer,
+            unet=unet, scheduler=scheduler, requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
+        )
+    else:
+        pipeline = StableDiffusionXLPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+        )
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_refiner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl-refiner", refiner=True)

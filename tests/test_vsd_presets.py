@@ -40,6 +40,21 @@ def test_prolificdreamer_runs_its_four_stages_through_the_cli_on_tiny_models(tin
     assert len(loras) == 1 and any(v.abs().sum() > 0 for k, v in loras[0].items() if "lora_B" in k)
 
 
+@pytest.mark.slow
+def test_dreamflow_runs_nerf_mesh_and_sdxl_refiner_stages_through_the_cli(tiny_sd_dir, tiny_refiner_dir, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("generate", "a hamburger", "--preset", "dreamflow", "--model", str(tiny_sd_dir),
+                     "--steps", "12", "--out", str(out), "--quiet", *SMALL, "dmtet.resolution=12",
+                     f"refine.model={tiny_refiner_dir}")
+    assert result.returncode == 0, result.stderr
+    assert (out / "asset.glb").stat().st_size > 0
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert state["stage_index"] == 2
+    # the refinement stage's particle LoRA sits on the refiner and trained away from zero
+    loras = state["stage_state"]["guidance"]["loras"]
+    assert len(loras) == 1 and any(v.abs().sum() > 0 for k, v in loras[0].items() if "lora_B" in k)
+
+
 def texture_stage(*overrides: str) -> Stage:
     config = make_config("a blue cube", preset="toy-mesh",
                          overrides=["fine.dmtet.resolution=12", "preview_every=0", "checkpoint_every=0", *overrides])

@@ -28,6 +28,8 @@ HUB_PATTERNS = [
     "vae/*",
     "text_encoder/*",
     "tokenizer/*",
+    "text_encoder_2/*",
+    "tokenizer_2/*",
     "scheduler/*",
 ]
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
@@ -43,7 +45,9 @@ def load_prior(
     """Load a frozen :class:`DiffusionPrior` from a diffusers folder or a Hugging Face id.
 
     The folder holds ``model_index.json`` and the subfolders ``unet``, ``text_encoder``,
-    ``tokenizer``, ``scheduler`` and, for latent models, ``vae`` (absent: pixel space), plus an
+    ``tokenizer``, ``scheduler`` and, for latent models, ``vae`` (absent: pixel space); SDXL
+    pipelines add ``text_encoder_2``/``tokenizer_2`` (the refiner has only those) and load as an
+    :class:`~dreamsmith.guidance.sdxl.SDXLPrior`; plus an
     optional ``dreamsmith.json`` (``camera_conditioning``, ``known_prompts``, ``resolution``,
     ``fovy_deg``, ``elevation_range``, ``camera_distance``). A Hugging Face id is read from the
     local cache when offline (``HF_HUB_OFFLINE`` set or the Hub unreachable) and fails at once if it
@@ -60,19 +64,37 @@ def load_prior(
     index = _read_json(index_file)
     metadata_file = folder / METADATA_FILE
     metadata = _read_json(metadata_file) if metadata_file.is_file() else {}
-    for required in ("unet", "text_encoder", "tokenizer", "scheduler"):
+    sdxl = _present(folder, index, "text_encoder_2")  # SDXL base and refiner
+    text_slots = [("tokenizer", "text_encoder")]
+    if sdxl:  # the refiner has the second encoder only
+        text_slots = [slot for slot in (*text_slots, ("tokenizer_2", "text_encoder_2"))
+                      if _present(folder, index, slot[1])]
+    for required in ("unet", *(name for slot in text_slots for name in slot), "scheduler"):
         if not (folder / required).is_dir():
             raise ModelLoadError(f"{folder} has no {required}/ folder; a prior needs {required}")
-    has_vae = (folder / "vae").is_dir() and (index.get("vae") or [None])[0] is not None
     unet = _load_weights(folder, index, "unet", dtype, allow_pickle)
-    vae = _load_weights(folder, index, "vae", dtype, allow_pickle) if has_vae else None
-    text_encoder = _load_weights(folder, index, "text_encoder", dtype, allow_pickle)
-    tokenizer = _load_config_only(folder, index, "tokenizer", allow_pickle)
+    if getattr(unet.config, "addition_embed_type", None) == "text_time" and not sdxl:
+        raise ModelLoadError(f"{folder}: its UNet is SDXL-shaped (it reads pooled text and time ids) but the folder "
+                             "has no text_encoder_2/; pass the whole SDXL pipeline folder")
+    vae = _load_weights(folder, index, "vae", dtype, allow_pickle) if _present(folder, index, "vae") else None
+    encoders = [(_load_config_only(folder, index, tokenizer, allow_pickle),
+                 _load_weights(folder, index, encoder, dtype, allow_pickle)) for tokenizer, encoder in text_slots]
     scheduler = _load_config_only(folder, index, "scheduler", allow_pickle)
-    for module in (unet, vae, text_encoder):
+    for module in (unet, vae, *(encoder for _, encoder in encoders)):
         if module is not None:
             module.requires_grad_(False).eval().to(device)
+    if sdxl:
+        from dreamsmith.guidance.sdxl import SDXLPrior
+
+        zeros = bool(index.get("force_zeros_for_empty_prompt", True))
+        return SDXLPrior(unet, scheduler, encoders, vae, metadata=metadata, force_zeros_for_empty_prompt=zeros)
+    (tokenizer, text_encoder), = encoders
     return DiffusionPrior(unet, scheduler, text_encoder, tokenizer, vae=vae, metadata=metadata)
+
+
+def _present(folder: Path, index: dict[str, Any], name: str) -> bool:
+    """Whether component ``name`` is part of the pipeline (a folder, not set to null in model_index.json)."""
+    return (folder / name).is_dir() and (index.get(name) or [None])[0] is not None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -119,7 +141,7 @@ def _check_kind(folder: Path, name: str, cls: type) -> None:
     import transformers
 
     kinds = {"scheduler": (diffusers.SchedulerMixin,), "tokenizer": (transformers.PreTrainedTokenizerBase,)}
-    expected = kinds.get(name, (torch.nn.Module,))
+    expected = kinds.get(name.removesuffix("_2"), (torch.nn.Module,))
     if not issubclass(cls, expected):
         raise ModelLoadError(f"{folder}/model_index.json puts {cls.__name__} in the {name!r} slot, which needs a "
                              f"{' or '.join(k.__name__ for k in expected)}")

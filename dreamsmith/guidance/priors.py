@@ -157,6 +157,28 @@ class DiffusionPrior:
     def _vae_shift(self) -> float:
         return getattr(self.vae.config, "shift_factor", None) or 0.0
 
+    family = "sd"
+    """What the UNet expects besides text tokens: "sd" (nothing), "sdxl" / "sdxl-refiner" (pooled text
+    and added time ids, :class:`dreamsmith.guidance.sdxl.SDXLPrior`)."""
+
+    @property
+    def latent_space(self) -> tuple[bool, int, float, float]:
+        """What makes two models' z interchangeable: latent or pixel, channels, the VAE's scale and shift
+        (SD's VAE scales by 0.18215, SDXL's by 0.13025: same channels, different spaces)."""
+        if not self.is_latent:
+            return (False, self.latent_channels, 1.0, 0.0)
+        return (True, self.latent_channels, float(self.vae.config.scaling_factor), float(self._vae_shift))
+
+    @property
+    def latent_space_name(self) -> str:
+        latent, channels, scale, _ = self.latent_space
+        return f"{channels} latent channels scaled by {scale:g}" if latent else f"{channels} pixel channels"
+
+    def text_condition(self, embeds: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        """The UNet's ``encoder_hidden_states`` and any further text kwargs from ``embeds`` as
+        :meth:`encode_prompts` made them (here: the embeddings themselves, nothing else)."""
+        return embeds, {}
+
     def camera_labels(self, cameras: Cameras | None, batch: int) -> Tensor | None:
         """The UNet's ``class_labels`` ``[batch, 16]`` for camera-conditioned models (zeros without
         cameras, i.e. camera dropped); None for models without camera conditioning."""
@@ -190,6 +212,7 @@ class DiffusionPrior:
         t = torch.as_tensor(t, device=self.device).long().reshape(-1).expand(batch)
         sample = z_t.to(device=self.device, dtype=self.dtype)
         embeds = tile_to_batch(text_embeds.to(device=self.device, dtype=self.dtype), batch)
+        embeds, text_kwargs = self.text_condition(embeds)
         class_labels = self.camera_labels(cameras, batch)
         context = context or ConditionContext()
         context = dataclasses.replace(
@@ -212,6 +235,7 @@ class DiffusionPrior:
                     [conditioner.unet_kwargs(sample, t, embeds, context) for conditioner in conditioners],
                     reserved=_UNET_RESERVED,
                 )
+                kwargs = merge_unet_kwargs([text_kwargs, kwargs])
                 output = self.unet(
                     sample, t, encoder_hidden_states=embeds, class_labels=class_labels, return_dict=False, **kwargs
                 )[0]

@@ -104,9 +104,9 @@ def load_particle_model(name: str, prior: Any) -> Any:
     if model is None:
         model = load_prior(name, device=prior.device)
         _LOADED[key] = model
-    if (model.latent_channels, model.is_latent) != (prior.latent_channels, prior.is_latent):
-        raise ConfigError(f"guidance.lora_model {name!r} works in another space ({model.latent_channels} "
-                          f"{'latent' if model.is_latent else 'pixel'} channels) than the prior "
-                          f"({prior.latent_channels} {'latent' if prior.is_latent else 'pixel'} channels)")
+    if model.latent_space != prior.latent_space:
+        raise ConfigError(f"guidance.lora_model {name!r} ({model.family}) works in another space "
+                          f"({model.latent_space_name}) than this stage's model ({prior.family}, "
+                          f"{prior.latent_space_name}); give it a model of the same family")
     return model
 
