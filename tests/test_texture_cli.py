@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
+import yaml
 
 from dreamsmith.engine.checkpoint import load_checkpoint
 
@@ -56,3 +57,37 @@ def test_texture_command_refuses_bad_meshes_in_one_line_before_writing(tmp_path)
     for (mesh, *options), words in cases:
         assert_clean_failure(run_cli("texture", mesh, "a crate", "--out", str(out), *options), words)
     assert not out.exists()
+
+
+def controls(*entries: tuple[Path, str, float]) -> list[str]:
+    specs = ", ".join(f"{{name: controlnet, model: {model}, source: {source}, scale: {scale}}}"
+                      for model, source, scale in entries)
+    return ["--set", f"guidance.conditioners=[{specs}]"]
+
+
+def painted_texture(out: Path) -> np.ndarray:
+    asset = trimesh.load(out / "asset.glb", force="mesh", process=False)
+    return np.asarray(asset.visual.material.baseColorTexture.convert("RGB"), np.float32)
+
+
+@pytest.mark.slow
+def test_texture_command_takes_several_controlnets_fed_by_the_assets_renders(tiny_sd_dir, tiny_controlnet_dir,
+                                                                              tiny_controlnet_other_dir, tmp_path):
+    cube_with_uvs(tmp_path / "cube.glb")
+    common = [str(tmp_path / "cube.glb"), "a wooden crate", "--model", str(tiny_sd_dir), "--quiet", "--seed", "2",
+              "--steps", "3", *SMALL]
+    textures = {}
+    runs = {"plain": [], "zero": controls((tiny_controlnet_dir, "depth", 0.0), (tiny_controlnet_dir, "normal", 0.0)),
+            "both": controls((tiny_controlnet_dir, "depth", 1.0), (tiny_controlnet_dir, "normal", 0.5))}
+    for name, options in runs.items():
+        result = run_cli("texture", *common, "--out", str(tmp_path / name), *options)
+        assert result.returncode == 0, result.stderr
+        textures[name] = painted_texture(tmp_path / name)
+    config = yaml.safe_load((tmp_path / "both" / "config.yaml").read_text())
+    assert [c["source"] for c in config["stages"][0]["guidance"]["conditioners"]] == ["depth", "normal"]
+    assert np.array_equal(textures["zero"], textures["plain"])  # scale 0: the base model exactly
+    assert np.abs(textures["both"] - textures["plain"]).max() > 1  # the controls changed the painting
+
+    result = run_cli("texture", *common, "--out", str(tmp_path / "other"),
+                     *controls((tiny_controlnet_other_dir, "depth", 1.0)))
+    assert_clean_failure(result, "is for another base model", "block_out_channels")
