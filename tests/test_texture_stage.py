@@ -103,3 +103,20 @@ def test_bad_mesh_files_are_refused_in_one_line(tmp_path):
     with pytest.raises(DreamsmithError, match="uv_texture.max_faces=10") as error:
         load_fixed_mesh(tmp_path / "cube.glb", 10)
     assert "\n" not in str(error.value)
+
+
+def test_without_a_mesh_file_the_stage_paints_the_previous_dmtets_surface_starting_from_its_albedo():
+    from dreamsmith.engine.config import ExportConfig
+    from dreamsmith.engine.stages import DMTetRepresentation, TextureRepresentation
+
+    config = make_config("a blue cube", preset="toy-mesh", overrides=["fine.dmtet.resolution=16"]).stages[1]
+    dmtet = DMTetRepresentation(config, torch.device("cpu"))
+    textured = make_config("a blue cube", preset="toy-texture", overrides=["uv_texture.texture_size=32"]).stages[0]
+    stage = TextureRepresentation(textured, torch.device("cpu"))
+    stage.init_from(dmtet, ExportConfig())
+    surface = dmtet.export_mesh(ExportConfig())
+    assert stage.mesh.n_faces == surface.n_faces and stage.mesh.uvs is not None
+    assert np.array_equal(np.unique(stage.mesh.vertices, axis=0), np.unique(surface.vertices, axis=0))
+    colours = stage.texture(torch.from_numpy(stage.mesh.uvs)).detach().numpy()
+    expected = dmtet.albedo(torch.from_numpy(stage.mesh.vertices)).detach().numpy()
+    assert np.abs(colours - expected).mean() < 0.02  # the DMTet's albedo, baked into the atlas
