@@ -120,3 +120,17 @@ def test_without_a_mesh_file_the_stage_paints_the_previous_dmtets_surface_starti
     colours = stage.texture(torch.from_numpy(stage.mesh.uvs)).detach().numpy()
     expected = dmtet.albedo(torch.from_numpy(stage.mesh.vertices)).detach().numpy()
     assert np.abs(colours - expected).mean() < 0.02  # the DMTet's albedo, baked into the atlas
+
+
+@pytest.mark.slow
+def test_a_finished_texture_run_exports_again_after_its_mesh_file_is_gone(tmp_path):
+    from dreamsmith.engine.export import export_run
+
+    cube_with_uvs(tmp_path / "cube.glb")
+    source = trimesh.load(tmp_path / "cube.glb", force="mesh", process=False)
+    generate(texture_config(tmp_path / "cube.glb", 2), tmp_path / "run", prior=cube_oracle())
+    (tmp_path / "cube.glb").unlink()
+    export_run(tmp_path / "run", out=tmp_path / "again", preview_resolution=0)
+    asset = trimesh.load(tmp_path / "again" / "asset.glb", force="mesh", process=False)
+    assert asset.vertices.tobytes() == source.vertices.tobytes()
+    assert asset.visual.uv.tobytes() == source.visual.uv.tobytes()

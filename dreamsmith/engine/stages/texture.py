@@ -39,9 +39,8 @@ class TextureRepresentation:
         self.renderer = MeshRenderer(
             replace(config.mesh_renderer, ambient=config.shading.ambient, diffuse=config.shading.diffuse)
         )
+        # read on first use, so that a checkpoint's geometry (load_state_dict) needs no mesh file
         self.mesh: Mesh | None = None
-        if config.uv_texture.mesh is not None:
-            self._set_mesh(load_fixed_mesh(config.uv_texture.mesh, config.uv_texture.max_faces))
 
     def _set_mesh(self, mesh: Mesh) -> None:
         """Hold ``mesh`` (unwrapped first when it has no UVs) and its tensors on the device."""
@@ -55,6 +54,8 @@ class TextureRepresentation:
         self.uvs = torch.from_numpy(np.asarray(mesh.uvs, dtype=np.float32)).to(self.device)
 
     def _geometry(self) -> Mesh:
+        if self.mesh is None and self.config.uv_texture.mesh is not None:
+            self._set_mesh(load_fixed_mesh(self.config.uv_texture.mesh, self.config.uv_texture.max_faces))
         if self.mesh is None:
             raise DreamsmithError(f"texture stage '{self.config.name}' has no geometry: set uv_texture.mesh "
                                   "or put it after a dmtet stage")
@@ -73,7 +74,7 @@ class TextureRepresentation:
     def render(self, cameras: Cameras, shading: str, light_dir: Tensor | None, background_color: Tensor | None,
                generator: torch.Generator | None, need_normals: bool) -> RenderOutput:
         """A training render (rasterization has no random samples; normals are always rendered)."""
-        self._geometry()
+        self._geometry()  # reads the mesh file on the first render
         return self.renderer(self.vertices, self.faces, cameras, albedo=self.texture, shading=shading,
                              light_dir=light_dir, uvs=self.uvs,
                              background=lambda directions: self.background(directions, background_color))
@@ -117,7 +118,7 @@ class TextureRepresentation:
         """Without ``uv_texture.mesh``, texture the previous DMTet's surface (as its export extracts it,
         unwrapped), starting from its texture field's albedo; the background is carried over when both
         stages configure the same one."""
-        if self.mesh is None:
+        if self.config.uv_texture.mesh is None:
             if not isinstance(previous, DMTetRepresentation):
                 raise DreamsmithError(f"a texture stage without uv_texture.mesh cannot start from a "
                                       f"{type(previous).__name__}; put it after a dmtet stage")
