@@ -49,9 +49,11 @@ def test_texture_command_paints_a_users_mesh_on_tiny_sd_and_resumes(tiny_sd_dir,
 
 def test_texture_command_refuses_bad_meshes_in_one_line_before_writing(tmp_path):
     (tmp_path / "notes.obj").write_text("this is not a mesh\n")
+    (tmp_path / "junk.glb").write_bytes(bytes(range(200)))
     cube_with_uvs(tmp_path / "cube.glb")
     out = tmp_path / "run"
     cases = [((str(tmp_path / "missing.glb"),), "does not exist"), ((str(tmp_path / "notes.obj"),), "no faces"),
+             ((str(tmp_path / "junk.glb"),), "is not a mesh trimesh can read"),
              ((str(tmp_path / "cube.glb"), "--set", "uv_texture.max_faces=4"), "uv_texture.max_faces=4"),
              ((str(tmp_path / "cube.glb"), "--preset", "toy"), "no texture stage")]
     for (mesh, *options), words in cases:
