@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import sys
@@ -116,6 +117,7 @@ def texture(
     mesh: Annotated[Path, typer.Argument(help="The mesh to paint (.glb or .obj); its geometry and UVs are kept.")],
     prompt: Annotated[str, typer.Argument(help="What it should look like, e.g. \"a red brick house\".")],
     overrides: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE config override (repeatable), e.g. --set uv_texture.texture_size=512.")] = None,
+    control: Annotated[list[str] | None, typer.Option("--control", help="SOURCE=CONTROLNET_DIR[:SCALE] (repeatable): a ControlNet fed with the asset's depth, normal or opacity render; sets guidance.conditioners.")] = None,
     preset: Annotated[str, typer.Option(help="Preset with a texture stage (see `dreamsmith presets`).")] = "toy-texture",
     model: Annotated[str | None, typer.Option(help="Diffusion model: a local diffusers folder or a Hugging Face id.")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimization steps of the whole run.")] = None,
@@ -130,8 +132,28 @@ def texture(
     memory_budget: Annotated[str | None, typer.Option(help=MEMORY_HELP)] = None,
 ) -> None:
     """Paint MESH from PROMPT (fixed geometry, a UV texture): the same run directory as `generate`."""
-    _run_command(prompt, [f"uv_texture.mesh={mesh.resolve()}", *(overrides or [])], preset, model, steps, seed,
-                 device, out, resume, overwrite, quiet, allow_pickle, threads, memory_budget, needs_mesh=True)
+    try:
+        controls = [control_override(control)] if control else []
+    except DreamsmithError as error:
+        _fail(error)
+    _run_command(prompt, [f"uv_texture.mesh={mesh.resolve()}", *controls, *(overrides or [])], preset, model, steps,
+                 seed, device, out, resume, overwrite, quiet, allow_pickle, threads, memory_budget, needs_mesh=True)
+
+
+def control_override(controls: list[str]) -> str:
+    """The ``guidance.conditioners=[...]`` override of ``--control SOURCE=DIR[:SCALE]`` options."""
+    specs = []
+    for text in controls:
+        source, _, model = text.partition("=")
+        scale = 1.0
+        head, _, tail = model.rpartition(":")
+        if head and tail.replace(".", "", 1).isdigit():
+            model, scale = head, float(tail)
+        if source not in ("depth", "normal", "opacity") or not model:
+            raise DreamsmithError(f"--control {text!r} is not SOURCE=CONTROLNET_DIR[:SCALE] with SOURCE depth, "
+                                  "normal or opacity, e.g. --control depth=models/cn-depth:0.8")
+        specs.append({"name": "controlnet", "model": model, "source": source, "scale": scale})
+    return "guidance.conditioners=" + json.dumps(specs)  # JSON is YAML: any path survives the override parser
 
 
 def _run_command(prompt: str, overrides: list[str], preset: str | None, model: str | None, steps: int | None,

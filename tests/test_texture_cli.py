@@ -55,7 +55,8 @@ def test_texture_command_refuses_bad_meshes_in_one_line_before_writing(tmp_path)
     cases = [((str(tmp_path / "missing.glb"),), "does not exist"), ((str(tmp_path / "notes.obj"),), "no faces"),
              ((str(tmp_path / "junk.glb"),), "is not a mesh trimesh can read"),
              ((str(tmp_path / "cube.glb"), "--set", "uv_texture.max_faces=4"), "uv_texture.max_faces=4"),
-             ((str(tmp_path / "cube.glb"), "--preset", "toy"), "no texture stage")]
+             ((str(tmp_path / "cube.glb"), "--preset", "toy"), "no texture stage"),
+             ((str(tmp_path / "cube.glb"), "--control", "height=models/cn"), "SOURCE=CONTROLNET_DIR[:SCALE]")]
     for (mesh, *options), words in cases:
         assert_clean_failure(run_cli("texture", mesh, "a crate", "--out", str(out), *options), words)
     assert not out.exists()
@@ -80,13 +81,14 @@ def test_texture_command_takes_several_controlnets_fed_by_the_assets_renders(tin
               "--steps", "3", *SMALL]
     textures = {}
     runs = {"plain": [], "zero": controls((tiny_controlnet_dir, "depth", 0.0), (tiny_controlnet_dir, "normal", 0.0)),
-            "both": controls((tiny_controlnet_dir, "depth", 1.0), (tiny_controlnet_dir, "normal", 0.5))}
+            "both": ["--control", f"depth={tiny_controlnet_dir}", "--control", f"normal={tiny_controlnet_dir}:0.5"]}
     for name, options in runs.items():
         result = run_cli("texture", *common, "--out", str(tmp_path / name), *options)
         assert result.returncode == 0, result.stderr
         textures[name] = painted_texture(tmp_path / name)
     config = yaml.safe_load((tmp_path / "both" / "config.yaml").read_text())
-    assert [c["source"] for c in config["stages"][0]["guidance"]["conditioners"]] == ["depth", "normal"]
+    assert [(c["source"], c["scale"]) for c in config["stages"][0]["guidance"]["conditioners"]] == [
+        ("depth", 1.0), ("normal", 0.5)]
     assert np.array_equal(textures["zero"], textures["plain"])  # scale 0: the base model exactly
     assert np.abs(textures["both"] - textures["plain"]).max() > 1  # the controls changed the painting
 
