@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -107,13 +108,67 @@ def generate(
     memory_budget: Annotated[str | None, typer.Option(help=MEMORY_HELP)] = None,
 ) -> None:
     """Optimize a 3D asset for PROMPT and write it, with previews and a report, to the run directory."""
+    _run_command(prompt, list(overrides or []), preset, model, steps, seed, device, out, resume, overwrite, quiet,
+                 allow_pickle, threads, memory_budget)
+
+
+@app.command()
+def texture(
+    mesh: Annotated[Path, typer.Argument(help="The mesh to paint (.glb or .obj); its geometry and UVs are kept.")],
+    prompt: Annotated[str, typer.Argument(help="What it should look like, e.g. \"a red brick house\".")],
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE config override (repeatable), e.g. --set uv_texture.texture_size=512.")] = None,
+    control: Annotated[list[str] | None, typer.Option("--control", help="SOURCE=CONTROLNET_DIR[:SCALE] (repeatable): a ControlNet fed with the asset's depth, normal or opacity render; sets guidance.conditioners.")] = None,
+    preset: Annotated[str, typer.Option(help="Preset with a texture stage (see `dreamsmith presets`).")] = "toy-texture",
+    model: Annotated[str | None, typer.Option(help="Diffusion model: a local diffusers folder or a Hugging Face id.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimization steps of the whole run.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same device: same texture).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<prompt>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out (refused otherwise).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow pickled (.bin/.ckpt) model weights; only for models you trust.")] = False,
+    threads: Annotated[int | None, typer.Option(help=THREADS_HELP)] = None,
+    memory_budget: Annotated[str | None, typer.Option(help=MEMORY_HELP)] = None,
+) -> None:
+    """Paint MESH from PROMPT (fixed geometry, a UV texture): the same run directory as `generate`."""
+    try:
+        controls = [control_override(control)] if control else []
+    except DreamsmithError as error:
+        _fail(error)
+    _run_command(prompt, [f"uv_texture.mesh={mesh.resolve()}", *controls, *(overrides or [])], preset, model, steps,
+                 seed, device, out, resume, overwrite, quiet, allow_pickle, threads, memory_budget, needs_mesh=True)
+
+
+def control_override(controls: list[str]) -> str:
+    """The ``guidance.conditioners=[...]`` override of ``--control SOURCE=DIR[:SCALE]`` options."""
+    specs = []
+    for text in controls:
+        source, _, model = text.partition("=")
+        scale = 1.0
+        head, _, tail = model.rpartition(":")
+        if head and tail.replace(".", "", 1).isdigit():
+            model, scale = head, float(tail)
+        if source not in ("depth", "normal", "opacity") or not model:
+            raise DreamsmithError(f"--control {text!r} is not SOURCE=CONTROLNET_DIR[:SCALE] with SOURCE depth, "
+                                  "normal or opacity, e.g. --control depth=models/cn-depth:0.8")
+        specs.append({"name": "controlnet", "model": model, "source": source, "scale": scale})
+    return "guidance.conditioners=" + json.dumps(specs)  # JSON is YAML: any path survives the override parser
+
+
+def _run_command(prompt: str, overrides: list[str], preset: str | None, model: str | None, steps: int | None,
+                 seed: int | None, device: str | None, out: Path | None, resume: bool, overwrite: bool, quiet: bool,
+                 allow_pickle: bool, threads: int | None, memory_budget: str | None, needs_mesh: bool = False) -> None:
+    """What `generate` and `texture` share: config, checks, the run with its progress, one-line errors."""
     from dreamsmith.engine.overrides import make_config
     from dreamsmith.engine.threads import apply_thread_policy
 
     try:
         _machine_settings(threads, memory_budget)
         extra = ["allow_pickle=true"] if allow_pickle else []
-        config = make_config(prompt, preset, model, steps, seed, device, [*(overrides or []), *extra])
+        config = make_config(prompt, preset, model, steps, seed, device, [*overrides, *extra])
+        if needs_mesh:
+            _check_texture_input(config)
         apply_thread_policy(threads)  # after validation: a usage error does not wait to count idle cores
         from dreamsmith.engine.run import Progress as SilentProgress
         from dreamsmith.engine.run import generate as run_generate
@@ -128,6 +183,16 @@ def generate(
     if not quiet:
         asset = report["asset"]
         console.print(f"wrote {out / asset['path']} ({asset['faces']} triangles)", markup=False, highlight=False)
+
+
+def _check_texture_input(config: Any) -> None:
+    """The preset has a texture stage, and its mesh reads: refused in one line before anything is written."""
+    from dreamsmith.engine.mesh_input import load_fixed_mesh
+
+    stages = [stage for stage in config.stages if stage.representation == "texture"]
+    if not stages:
+        raise DreamsmithError(f"preset '{config.preset}' has no texture stage; choose one that has (e.g. toy-texture)")
+    load_fixed_mesh(stages[0].uv_texture.mesh, stages[0].uv_texture.max_faces)
 
 
 @app.command()

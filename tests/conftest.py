@@ -6,6 +6,9 @@ each one once into a temporary directory:
 - ``tiny_sd_dir`` / ``tiny_sd_prior``: Stable-Diffusion-shaped (AutoencoderKL, UNet2DConditionModel,
   CLIPTextModel + CLIPTokenizer, DDIMScheduler), ε-prediction; images 32², latents 4 × 4 × 4.
 - ``tiny_sd_vpred_dir`` / ``tiny_sd_vpred_prior``: the same, v-prediction.
+- ``tiny_controlnet_dir``: a ControlNet for ``tiny_sd_dir`` (``from_unet`` with its zero convolutions
+  made non-zero, so it changes the prediction); ``tiny_controlnet_other_dir``: one for another base
+  model (wider blocks).
 - ``tiny_pixel_dir`` / ``tiny_pixel_prior``: pixel space (no VAE, DeepFloyd-IF-like), 3-channel UNet
   at 8², camera-conditioned through ``class_labels`` (a ``dreamsmith.json`` declaring ``c2w16``).
 """
@@ -127,6 +130,29 @@ def build_tiny_sd(folder: Path, prediction_type: str = "epsilon", seed: int = 0)
     return folder
 
 
+def build_tiny_controlnet(folder: Path, sd_folder: Path | None, seed: int = 0) -> Path:
+    """Save a tiny ControlNet into ``folder``: from ``sd_folder``'s UNet with random zero convolutions,
+    or (None) a random one for another base model, whose blocks are twice as wide."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        if sd_folder is None:
+            controlnet = ControlNetModel(
+                in_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), block_out_channels=(16, 32),
+                layers_per_block=1, norm_num_groups=4, cross_attention_dim=TEXT_DIM, attention_head_dim=2,
+            )
+        else:
+            controlnet = ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(sd_folder / "unet"))
+        zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                      controlnet.controlnet_cond_embedding.conv_out]
+        with torch.no_grad():
+            for conv in zero_convs:
+                conv.weight.normal_(0.0, 0.2)
+    controlnet.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def build_tiny_pixel(folder: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
     """Save a tiny pixel-space, camera-conditioned pipeline (no VAE) into ``folder``; returns it."""
     import diffusers
@@ -158,6 +184,16 @@ def build_tiny_pixel(folder: Path, prediction_type: str = "epsilon", seed: int =
 @pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet_dir(tiny_sd_dir: Path) -> Path:
+    return build_tiny_controlnet(tiny_sd_dir.parent / "tiny-controlnet", tiny_sd_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet_other_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_controlnet(tmp_path_factory.mktemp("models") / "tiny-controlnet-other", None)
 
 
 @pytest.fixture(scope="session")

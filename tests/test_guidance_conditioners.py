@@ -115,6 +115,16 @@ def test_depth_control_image_is_normalized_per_view_near_bright():
     torch.testing.assert_close(control_image_from_render(farther, "depth", None), image)
 
 
+def test_depth_control_image_reads_a_translucent_edge_at_its_surfaces_depth_not_near():
+    # a flat wall at depth 2 whose edge pixel is 60% covered: the composited depth there is 0.6 * 2
+    opacity = torch.tensor([1.0, 1.0, 0.6, 1.0]).reshape(1, 1, 4, 1)
+    surface_depth = torch.tensor([2.0, 2.0, 2.0, 3.0]).reshape(1, 1, 4, 1)
+    render = RenderOutput(rgb=torch.zeros(1, 1, 4, 3), opacity=opacity, depth=surface_depth * opacity)
+    image = control_image_from_render(render, "depth", None)[0, 0, 0]
+    assert image[2].item() == pytest.approx(image[0].item()) == pytest.approx(1.0)
+    assert image[3].item() == pytest.approx(0.0)
+
+
 def test_normal_control_image_is_in_camera_space():
     opacity = torch.ones(2, 1, 1, 1)
     world_x = torch.tensor([1.0, 0.0, 0.0]).view(1, 1, 1, 3).expand(2, 1, 1, 3)

@@ -21,7 +21,7 @@ from dreamsmith.errors import ConfigError, DreamsmithError
 from dreamsmith.exporters.options import ExportOptions
 from dreamsmith.paths import safe_name
 from dreamsmith.renderers.configs import MeshRendererConfig, VolumeRendererConfig
-from dreamsmith.representations.configs import BackgroundConfig, DMTetConfig, NeRFConfig
+from dreamsmith.representations.configs import BackgroundConfig, DMTetConfig, NeRFConfig, TextureConfig
 
 
 @dataclass
@@ -30,8 +30,9 @@ class StageConfig:
     """Name of the stage (used in logs, checkpoints and per-stage overrides)."""
     steps: Annotated[int, Range(0, 10_000_000)] = 10000
     """Optimization steps of this stage."""
-    representation: Literal["nerf", "dmtet"] = "nerf"
-    """What is optimized: nerf (a NeRF field) or dmtet (a DMTet surface textured by the nerf field's albedo)."""
+    representation: Literal["nerf", "dmtet", "texture"] = "nerf"
+    """What is optimized: nerf (a NeRF field), dmtet (a DMTet surface textured by the nerf field's albedo)
+    or texture (a UV texture on fixed geometry: ``uv_texture.mesh`` or the previous stage's DMTet surface)."""
     model: str | None = None
     """This stage's own diffusion model (a folder, a Hugging Face id or embedded:NAME); null: the run's.
     Stages naming the same model share one loaded copy."""
@@ -39,6 +40,8 @@ class StageConfig:
     """The NeRF field (representation nerf), or the texture field (dmtet: must match the NeRF stage before)."""
     dmtet: DMTetConfig = field(default_factory=DMTetConfig)
     """The DMTet grid (representation dmtet)."""
+    uv_texture: TextureConfig = field(default_factory=TextureConfig)
+    """The fixed mesh and its UV texture (representation texture)."""
     background: BackgroundConfig = field(default_factory=BackgroundConfig)
     """The background."""
     renderer: VolumeRendererConfig = field(default_factory=VolumeRendererConfig)
@@ -257,6 +260,8 @@ def validate_representation(stage: StageConfig, previous: StageConfig | None) ->
     if stage.representation == "nerf" and previous.representation != "nerf":
         raise ConfigError(f"stage '{stage.name}' (nerf) cannot start from stage '{previous.name}' "
                           f"({previous.representation}); put nerf stages first")
+    if stage.representation == "texture":
+        return  # it copies only the previous surface, whatever built it
     copied = ["nerf"] + (["dmtet"] if stage.representation == previous.representation == "dmtet" else [])
     for section in copied:
         differing = [key for key in differences(to_dict(getattr(previous, section)), to_dict(getattr(stage, section)),

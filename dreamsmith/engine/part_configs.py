@@ -91,6 +91,8 @@ class OptimConfig:
     """Learning rate of the density and albedo MLPs; in a dmtet stage, the texture field's albedo MLP."""
     lr_geometry: Annotated[ScheduleSpec, Range(0, None)] = 0.01
     """Learning rate of a DMTet's SDF (metre-like values) and vertex deformation (dmtet stages)."""
+    lr_texture: Annotated[ScheduleSpec, Range(0, None)] = 0.05
+    """Learning rate of a texture stage's texel logits."""
     lr_background: Annotated[ScheduleSpec, Range(0, None)] = 0.001
     """Learning rate of a learned background."""
     betas: tuple[float, float] = (0.9, 0.99)

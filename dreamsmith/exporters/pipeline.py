@@ -197,7 +197,9 @@ def export_mesh(mesh: Mesh, albedo: AlbedoFn | None, out_dir: Path | str, option
     """Export ``mesh`` (world frame of the field ``albedo`` is defined in) into ``out_dir``.
 
     albedo: sRGB albedo of surface points (e.g. the run's ``NeRFField.albedo``); None bakes ``mesh``'s
-    vertex colours. Writes ``<name>.<format>`` per format (with sidecar .mtl/.bin/PNG files),
+    vertex colours. A mesh that already has UVs and a texture (a texture stage's) is written as it is:
+    no cleanup, decimation, unwrap, placement, normal split or LODs, so its positions, indices and UVs
+    come back exactly. Writes ``<name>.<format>`` per format (with sidecar .mtl/.bin/PNG files),
     ``<name>_lod<k>.<format>`` per LOD (as many as the triangles allow: the QA report says when fewer
     than asked), ``qa.json`` and the previews; returns the paths, QA and timings.
     """
@@ -205,6 +207,8 @@ def export_mesh(mesh: Mesh, albedo: AlbedoFn | None, out_dir: Path | str, option
     check_options(options)
     out_dir = Path(out_dir)
     check_writable(out_dir)
+    if mesh.uvs is not None and mesh.base_color_texture is not None:
+        return _export_fixed(mesh, out_dir, options)
     albedo = albedo or vertex_color_albedo(mesh)
     timings: dict[str, float] = {}
 
@@ -244,6 +248,26 @@ def export_mesh(mesh: Mesh, albedo: AlbedoFn | None, out_dir: Path | str, option
         (staging / "qa.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         final = _publish(staging, out_dir, [*written, staging / "qa.json"])
     return ExportResult(paths=final, qa=report, timings=timings, mesh=asset)
+
+
+def _export_fixed(mesh: Mesh, out_dir: Path, options: ExportOptions) -> ExportResult:
+    """Write a textured mesh unchanged, with its QA report and previews."""
+    timings: dict[str, float] = {}
+    with _staging(out_dir) as staging:
+        with _timed(timings, "write"):
+            written = _write_level(mesh, staging / options.name, options)
+        with _timed(timings, "qa"):
+            report = {"asset": qa_report(mesh, options.profile), "lods": []}
+        if options.preview_resolution:
+            from dreamsmith.exporters.previews import write_previews
+
+            with _timed(timings, "previews"):
+                written += write_previews(mesh, staging, options.name, options.preview_resolution)
+        report["files"] = sorted({p.name for p in written} | {"qa.json"})
+        report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+        (staging / "qa.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        final = _publish(staging, out_dir, [*written, staging / "qa.json"])
+    return ExportResult(paths=final, qa=report, timings=timings, mesh=mesh)
 
 
 def _write_level(mesh: Mesh, stem: Path, options: ExportOptions) -> list[Path]:

@@ -165,14 +165,16 @@ ControlSource = Literal["depth", "normal", "opacity"]
 def control_image_from_render(render: RenderOutput, source: ControlSource, cameras: Cameras | None) -> Tensor:
     """A control image ``[B, 3, H, W]`` in [0, 1] built from the asset's own render.
 
-    depth: normalized per view over the foreground (opacity > 0.5) to [0, 1] with near = bright and
-    the background black (the inverse-depth look of MiDaS maps depth ControlNets are trained on);
+    depth: the rendered depth divided by opacity (renders composite depth like colour, so an
+    anti-aliased or translucent edge would otherwise read as near), normalized per view over the
+    foreground (opacity > 0.5) to [0, 1] with near = bright and the background black (the
+    inverse-depth look of MiDaS maps depth ControlNets are trained on);
     normal: camera-space normals (world normals when no cameras) mapped from [−1, 1] to [0, 1],
     background black; opacity: the alpha mask in all three channels.
     """
     foreground = (render.opacity > 0.5).to(render.opacity.dtype)  # [B, H, W, 1]
     if source == "depth":
-        depth = render.depth
+        depth = render.depth / render.opacity.clamp(min=1e-6)
         big = torch.finfo(depth.dtype).max
         near = torch.where(foreground > 0, depth, big).amin(dim=(1, 2, 3), keepdim=True)
         far = torch.where(foreground > 0, depth, -big).amax(dim=(1, 2, 3), keepdim=True)

@@ -43,6 +43,7 @@ class MeshRenderer(nn.Module):
         shading: str = "albedo",
         light_dir: Tensor | None = None,
         background: Tensor | Callable[[Tensor], Tensor] | None = None,
+        uvs: Tensor | None = None,
     ) -> RenderOutput:
         """Render the mesh.
 
@@ -50,7 +51,9 @@ class MeshRenderer(nn.Module):
         (white); shading: albedo | lambertian | textureless | normal; light_dir: ``[3]`` or ``[B, 3]``
         direction towards a directional light, or None for a headlight (light from the camera);
         background: a colour ``[3]``, a function of unit ray directions ``[..., 3] -> [..., 3]``
-        (e.g. a ``Background`` module), or None for ``config.background_color``.
+        (e.g. a ``Background`` module), or None for ``config.background_color``; uvs: ``[V, 2]``
+        texture coordinates, given when the texture field ``albedo`` is a UV texture (``uvs [N, 2] -> [N, 3]``)
+        rather than a field of points.
         """
         if shading not in MESH_SHADING_MODES:
             raise ValueError(f"unknown shading mode {shading!r}; expected one of {MESH_SHADING_MODES}")
@@ -67,7 +70,8 @@ class MeshRenderer(nn.Module):
             elif isinstance(albedo, Tensor):
                 surface_albedo = interpolate(albedo.to(vertices.dtype), fragments, faces)
             else:
-                surface_albedo = self._texture(albedo, fragments)
+                where = fragments.points if uvs is None else interpolate(uvs.to(vertices.dtype), fragments, faces)
+                surface_albedo = self._texture(albedo, fragments, where)
             if light_dir is None:
                 light = -fragments.directions
             else:
@@ -97,9 +101,10 @@ class MeshRenderer(nn.Module):
         return face_normals(vertices, faces)[triangle_id.clamp(min=0)]
 
     @staticmethod
-    def _texture(field: TextureField, fragments: Fragments) -> Tensor:
-        """The texture field evaluated at visible surface points only ``[B, H, W, 3]`` (zero elsewhere)."""
+    def _texture(field: TextureField, fragments: Fragments, where: Tensor) -> Tensor:
+        """The texture field evaluated at visible pixels' ``where [B, H, W, C]`` (surface points or
+        UVs) only, ``[B, H, W, 3]`` (zero elsewhere)."""
         visible = fragments.mask[..., 0]
-        albedo = field(fragments.points[visible])
+        albedo = field(where[visible])
         out = albedo.new_zeros(*visible.shape, albedo.shape[-1])
         return out.index_put((visible,), albedo).to(fragments.depth.dtype)

@@ -16,6 +16,8 @@ _PUBLIC = {
     "Mesh": "dreamsmith.representations.mesh",
     "NeRFConfig": "dreamsmith.representations.configs",
     "NeRFField": "dreamsmith.representations.nerf",
+    "TextureConfig": "dreamsmith.representations.configs",
+    "UVTexture": "dreamsmith.representations.uv_texture",
 }
 __all__ = sorted(_PUBLIC)
 __getattr__ = lazy_names(__name__, _PUBLIC)

@@ -68,6 +68,20 @@ class BackgroundConfig:
 
 
 @dataclass
+class TextureConfig:
+    """Configuration of a texture representation: fixed geometry coloured by a UV texture."""
+
+    mesh: str | None = None
+    """The GLB/OBJ whose geometry is kept (null: the previous stage's DMTet surface)."""
+    texture_size: Annotated[int, Range(4, 4096)] = 256
+    """Texels along each side of the square UV texture that is optimized."""
+    max_faces: Annotated[int, Range(1, None)] = 200_000
+    """Largest mesh accepted; a bigger one is refused (decimate it first, or raise this)."""
+    init_color: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    """Starting colour of every texel, sRGB in (0, 1)."""
+
+
+@dataclass
 class DMTetConfig:
     """Configuration of a DMTet representation."""
 
