@@ -238,15 +238,7 @@ def export_mesh(mesh: Mesh, albedo: AlbedoFn | None, out_dir: Path | str, option
                 lod_qa = qa_report(lod, options.profile, level)
                 report["lods"].append({"level": level, "triangles": lod.n_faces, "texture_size": size,
                                        "status": lod_qa["status"], "checks": lod_qa["checks"]})
-        if options.preview_resolution:
-            from dreamsmith.exporters.previews import write_previews
-
-            with _timed(timings, "previews"):
-                written += write_previews(asset, staging, options.name, options.preview_resolution)
-        report["files"] = sorted({p.name for p in written} | {"qa.json"})
-        report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
-        (staging / "qa.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        final = _publish(staging, out_dir, [*written, staging / "qa.json"])
+        final = _previews_qa_publish(asset, staging, out_dir, written, report, timings, options)
     return ExportResult(paths=final, qa=report, timings=timings, mesh=asset)
 
 
@@ -258,16 +250,23 @@ def _export_fixed(mesh: Mesh, out_dir: Path, options: ExportOptions) -> ExportRe
             written = _write_level(mesh, staging / options.name, options)
         with _timed(timings, "qa"):
             report = {"asset": qa_report(mesh, options.profile), "lods": []}
-        if options.preview_resolution:
-            from dreamsmith.exporters.previews import write_previews
-
-            with _timed(timings, "previews"):
-                written += write_previews(mesh, staging, options.name, options.preview_resolution)
-        report["files"] = sorted({p.name for p in written} | {"qa.json"})
-        report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
-        (staging / "qa.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        final = _publish(staging, out_dir, [*written, staging / "qa.json"])
+        final = _previews_qa_publish(mesh, staging, out_dir, written, report, timings, options)
     return ExportResult(paths=final, qa=report, timings=timings, mesh=mesh)
+
+
+def _previews_qa_publish(mesh: Mesh, staging: Path, out_dir: Path, written: list[Path], report: dict,
+                         timings: dict[str, float], options: ExportOptions) -> list[Path]:
+    """Previews of ``mesh`` and qa.json beside the written files in ``staging``, then all published to
+    ``out_dir``; returns the published paths."""
+    if options.preview_resolution:
+        from dreamsmith.exporters.previews import write_previews
+
+        with _timed(timings, "previews"):
+            written = [*written, *write_previews(mesh, staging, options.name, options.preview_resolution)]
+    report["files"] = sorted({p.name for p in written} | {"qa.json"})
+    report["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+    (staging / "qa.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return _publish(staging, out_dir, [*written, staging / "qa.json"])
 
 
 def _write_level(mesh: Mesh, stem: Path, options: ExportOptions) -> list[Path]:
