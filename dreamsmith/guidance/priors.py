@@ -231,11 +231,8 @@ class DiffusionPrior:
                 extra = [channels.to(sample) for channels in extra if channels is not None]
                 if extra:
                     sample = torch.cat([sample, *extra], dim=1)
-                kwargs = merge_unet_kwargs(
-                    [conditioner.unet_kwargs(sample, t, embeds, context) for conditioner in conditioners],
-                    reserved=_UNET_RESERVED,
-                )
-                kwargs = merge_unet_kwargs([text_kwargs, kwargs])
+                contributions = [conditioner.unet_kwargs(sample, t, embeds, context) for conditioner in conditioners]
+                kwargs = merge_unet_kwargs([text_kwargs, *contributions], reserved=_UNET_RESERVED)
                 output = self.unet(
                     sample, t, encoder_hidden_states=embeds, class_labels=class_labels, return_dict=False, **kwargs
                 )[0]

@@ -49,7 +49,10 @@ class SDXLPrior(DiffusionPrior):
         self.encoders = encoders
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
         config = unet.config
-        self.pooled_dim = int(getattr(encoders[-1][1].config, "projection_dim", 0) or 0)
+        if not hasattr(encoders[-1][1], "text_projection"):
+            raise ModelLoadError("an SDXL pipeline's last text encoder must give a pooled, projected embedding "
+                                 f"(CLIPTextModelWithProjection), not {type(encoders[-1][1]).__name__}")
+        self.pooled_dim = int(encoders[-1][1].config.projection_dim)
         width = sum(int(encoder.config.hidden_size) for _, encoder in encoders)
         if config.cross_attention_dim != width:
             raise ModelLoadError(f"the SDXL UNet attends to {config.cross_attention_dim}-wide text, but its text "
@@ -68,16 +71,13 @@ class SDXLPrior(DiffusionPrior):
     def encode_prompts(self, prompts: list[str]) -> Tensor:
         """``[B, L + 1, D]``: the encoders' penultimate hidden states side by side, then the pooled row."""
         max_length = self.max_prompt_tokens()
-        hidden, pooled = [], None
+        hidden = []
         for tokenizer, encoder in self.encoders:
             ids = tokenizer(list(prompts), padding="max_length", max_length=max_length, truncation=True,
                             return_tensors="pt").input_ids.to(self.device)
             output = encoder(input_ids=ids, output_hidden_states=True)
             hidden.append(output.hidden_states[-2])
-            pooled = getattr(output, "text_embeds", None)
-        if pooled is None:
-            raise ModelLoadError("the SDXL prior's last text encoder gives no pooled text_embeds "
-                                 "(it must be a CLIPTextModelWithProjection)")
+        pooled = output.text_embeds  # the last encoder's (checked to have a projection when loaded)
         embeds = torch.cat(hidden, dim=-1)
         row = torch.nn.functional.pad(pooled, (0, embeds.shape[-1] - pooled.shape[-1]))
         packed = torch.cat([embeds, row[:, None]], dim=1)
