@@ -71,8 +71,8 @@ def tiny_text_components(folder: Path) -> tuple[torch.nn.Module, object]:
     return CLIPTextModel(config), tokenizer
 
 
-def tiny_unet(sample_size: int, channels: int, **extra: object) -> torch.nn.Module:
-    """A 2-level UNet2DConditionModel with cross-attention to width-32 text embeddings."""
+def tiny_unet(sample_size: int, channels: int, cross_attention_dim: int = TEXT_DIM, **extra: object) -> torch.nn.Module:
+    """A 2-level UNet2DConditionModel with cross-attention to width-32 text embeddings (or as given)."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
@@ -84,7 +84,7 @@ def tiny_unet(sample_size: int, channels: int, **extra: object) -> torch.nn.Modu
         block_out_channels=(8, 16),
         layers_per_block=1,
         norm_num_groups=4,
-        cross_attention_dim=TEXT_DIM,
+        cross_attention_dim=cross_attention_dim,
         attention_head_dim=2,
         **extra,
     )
@@ -228,27 +228,11 @@ def tiny_pixel_prior(tiny_pixel_dir: Path):
 
 
 def tiny_sdxl_unet(refiner: bool) -> torch.nn.Module:
-    """A 2-level SDXL-shaped UNet: text_time added embedding (6 ids, or the refiner's 5), pooled width 32."""
-    from diffusers import UNet2DConditionModel
-
+    """:func:`tiny_unet` with SDXL's text_time added embedding (6 ids, or the refiner's 5), pooled width 32,
+    attending to both encoders' text (the refiner's one)."""
     ids = 5 if refiner else 6
-    return UNet2DConditionModel(
-        sample_size=4,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=ids * 8 + TEXT_DIM,
-        cross_attention_dim=TEXT_DIM if refiner else 2 * TEXT_DIM,
-    )
+    return tiny_unet(4, 4, cross_attention_dim=TEXT_DIM if refiner else 2 * TEXT_DIM, addition_embed_type="text_time",
+                     addition_time_embed_dim=8, projection_class_embeddings_input_dim=ids * 8 + TEXT_DIM)
 
 
 def build_tiny_sdxl(folder: Path, refiner: bool = False, seed: int = 0) -> Path:
