@@ -24,35 +24,32 @@ from oracles import SingleTargetOracle  # noqa: E402
 CPU = torch.device("cpu")
 
 
-@pytest.mark.slow
-def test_prolificdreamer_runs_its_four_stages_through_the_cli_on_tiny_models(tiny_sd_dir, tiny_sd_vpred_dir,
-                                                                            tmp_path):
-    out = tmp_path / "run"
-    lora = [f"{stage}.guidance.lora_model={tiny_sd_vpred_dir}" for stage in ("coarse", "coarse-512", "texture")]
-    result = run_cli("generate", "a hamburger", "--preset", "prolificdreamer", "--model", str(tiny_sd_dir),
-                     "--steps", "16", "--out", str(out), "--quiet", *SMALL, "dmtet.resolution=12", *lora)
+def last_stage_trained_its_lora(preset: str, model: Path, out: Path, steps: int, *overrides: str) -> int:
+    """Run ``preset`` through the CLI on tiny models; check its GLB and that the last stage's particle LoRA
+    trained away from zero; returns the stage index its last checkpoint holds."""
+    result = run_cli("generate", "a hamburger", "--preset", preset, "--model", str(model), "--steps", str(steps),
+                     "--out", str(out), "--quiet", *SMALL, "dmtet.resolution=12", *overrides)
     assert result.returncode == 0, result.stderr
     assert (out / "asset.glb").stat().st_size > 0
     state = load_checkpoint(out / "checkpoints" / "last.pt")
-    assert state["stage_index"] == 3
-    # the texture stage trained its own particle LoRA (on the v-prediction model) away from zero
     loras = state["stage_state"]["guidance"]["loras"]
     assert len(loras) == 1 and any(v.abs().sum() > 0 for k, v in loras[0].items() if "lora_B" in k)
+    return state["stage_index"]
+
+
+@pytest.mark.slow
+def test_prolificdreamer_runs_its_four_stages_through_the_cli_on_tiny_models(tiny_sd_dir, tiny_sd_vpred_dir,
+                                                                            tmp_path):
+    # the texture stage trains its own particle LoRA, on the v-prediction model
+    lora = [f"{stage}.guidance.lora_model={tiny_sd_vpred_dir}" for stage in ("coarse", "coarse-512", "texture")]
+    assert last_stage_trained_its_lora("prolificdreamer", tiny_sd_dir, tmp_path / "run", 16, *lora) == 3
 
 
 @pytest.mark.slow
 def test_dreamflow_runs_nerf_mesh_and_sdxl_refiner_stages_through_the_cli(tiny_sd_dir, tiny_refiner_dir, tmp_path):
-    out = tmp_path / "run"
-    result = run_cli("generate", "a hamburger", "--preset", "dreamflow", "--model", str(tiny_sd_dir),
-                     "--steps", "12", "--out", str(out), "--quiet", *SMALL, "dmtet.resolution=12",
-                     f"refine.model={tiny_refiner_dir}")
-    assert result.returncode == 0, result.stderr
-    assert (out / "asset.glb").stat().st_size > 0
-    state = load_checkpoint(out / "checkpoints" / "last.pt")
-    assert state["stage_index"] == 2
-    # the refinement stage's particle LoRA sits on the refiner and trained away from zero
-    loras = state["stage_state"]["guidance"]["loras"]
-    assert len(loras) == 1 and any(v.abs().sum() > 0 for k, v in loras[0].items() if "lora_B" in k)
+    # the refinement stage's particle LoRA sits on the refiner
+    refiner = f"refine.model={tiny_refiner_dir}"
+    assert last_stage_trained_its_lora("dreamflow", tiny_sd_dir, tmp_path / "run", 12, refiner) == 2
 
 
 def texture_stage(*overrides: str) -> Stage:
