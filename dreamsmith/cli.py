@@ -63,6 +63,16 @@ THREADS_HELP = "CPU threads for torch (default: the cores idle when the command 
 MEMORY_HELP = ("Memory the run may use, e.g. 4G (default: half the memory available); configs that cannot fit "
                "are refused, batched evaluations are chunked to fit.")
 
+# Options that several commands take, with the same help.
+ModelOption = Annotated[str | None, typer.Option(help="Diffusion model: a local diffusers folder or a Hugging Face id.")]
+DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu or cuda.")]
+ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out (refused otherwise).")]
+QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
+AllowPickleOption = Annotated[bool, typer.Option("--allow-pickle", help="Allow pickled (.bin/.ckpt) model weights; only for models you trust.")]
+ThreadsOption = Annotated[int | None, typer.Option(help=THREADS_HELP)]
+MemoryBudgetOption = Annotated[str | None, typer.Option(help=MEMORY_HELP)]
+
 
 def _machine_settings(threads: int | None, memory_budget: str | None) -> None:
     """Check --threads and apply --memory-budget (the config check reads it) before anything loads."""
@@ -95,17 +105,17 @@ def generate(
     prompt: Annotated[str, typer.Argument(help="What to make, e.g. \"a red cube\".")],
     overrides: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE config overrides, e.g. guidance.guidance_scale=50.")] = None,
     preset: Annotated[str | None, typer.Option(help="Preset (see `dreamsmith presets`); default: toy without --model, else dreamfusion.")] = None,
-    model: Annotated[str | None, typer.Option(help="Diffusion model: a local diffusers folder or a Hugging Face id.")] = None,
+    model: ModelOption = None,
     steps: Annotated[int | None, typer.Option(help="Optimization steps of the whole run, split over the stages in the preset's proportions (STAGE.steps=N sets one stage).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same device: same asset).")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    device: DeviceOption = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<prompt>).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out (refused otherwise).")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow pickled (.bin/.ckpt) model weights; only for models you trust.")] = False,
-    threads: Annotated[int | None, typer.Option(help=THREADS_HELP)] = None,
-    memory_budget: Annotated[str | None, typer.Option(help=MEMORY_HELP)] = None,
+    resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
+    allow_pickle: AllowPickleOption = False,
+    threads: ThreadsOption = None,
+    memory_budget: MemoryBudgetOption = None,
 ) -> None:
     """Optimize a 3D asset for PROMPT and write it, with previews and a report, to the run directory."""
     _run_command(prompt, list(overrides or []), preset, model, steps, seed, device, out, resume, overwrite, quiet,
@@ -119,17 +129,17 @@ def texture(
     overrides: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE config override (repeatable), e.g. --set uv_texture.texture_size=512.")] = None,
     control: Annotated[list[str] | None, typer.Option("--control", help="SOURCE=CONTROLNET_DIR[:SCALE] (repeatable): a ControlNet fed with the asset's depth, normal or opacity render; sets guidance.conditioners.")] = None,
     preset: Annotated[str, typer.Option(help="Preset with a texture stage (see `dreamsmith presets`).")] = "toy-texture",
-    model: Annotated[str | None, typer.Option(help="Diffusion model: a local diffusers folder or a Hugging Face id.")] = None,
+    model: ModelOption = None,
     steps: Annotated[int | None, typer.Option(help="Optimization steps of the whole run.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same device: same texture).")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    device: DeviceOption = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<prompt>).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out (refused otherwise).")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow pickled (.bin/.ckpt) model weights; only for models you trust.")] = False,
-    threads: Annotated[int | None, typer.Option(help=THREADS_HELP)] = None,
-    memory_budget: Annotated[str | None, typer.Option(help=MEMORY_HELP)] = None,
+    resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
+    allow_pickle: AllowPickleOption = False,
+    threads: ThreadsOption = None,
+    memory_budget: MemoryBudgetOption = None,
 ) -> None:
     """Paint MESH from PROMPT (fixed geometry, a UV texture): the same run directory as `generate`."""
     try:
@@ -209,8 +219,8 @@ def export(
     profile: Annotated[str, typer.Option(help="QA budgets: mobile, pc or hero.")] = "pc",
     preview_size: Annotated[int, typer.Option(help="Turntable frame size in pixels (poster: twice); 0: no previews.")] = 256,
     quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing but errors.")] = False,
-    threads: Annotated[int | None, typer.Option(help=THREADS_HELP)] = None,
-    memory_budget: Annotated[str | None, typer.Option(help=MEMORY_HELP)] = None,
+    threads: ThreadsOption = None,
+    memory_budget: MemoryBudgetOption = None,
 ) -> None:
     """Write RUN_DIR's asset as UV-textured PBR GLB/glTF/OBJ/USDZ with LODs, a QA report and previews."""
     from dreamsmith.engine.threads import apply_thread_policy
@@ -347,7 +357,7 @@ def batch(
     retry: Annotated[int, typer.Option(help="Further attempts of a job that fails or whose worker dies.")] = 2,
     only: Annotated[str | None, typer.Option(help="failed (retry failed jobs afresh) or pending (only unfinished ones).")] = None,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Run the valid rows when some are invalid.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Make every asset of MANIFEST into --out: validated first, resumable (re-run to continue), with a
     ledger, summary.json/summary.csv and gallery.html."""
