@@ -71,14 +71,15 @@ def tiny_text_components(folder: Path) -> tuple[torch.nn.Module, object]:
     return CLIPTextModel(config), tokenizer
 
 
-def tiny_unet(sample_size: int, channels: int, cross_attention_dim: int = TEXT_DIM, **extra: object) -> torch.nn.Module:
+def tiny_unet(sample_size: int, channels: int, cross_attention_dim: int = TEXT_DIM, out_channels: int | None = None,
+              **extra: object) -> torch.nn.Module:
     """A 2-level UNet2DConditionModel with cross-attention to width-32 text embeddings (or as given)."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         sample_size=sample_size,
         in_channels=channels,
-        out_channels=channels,
+        out_channels=out_channels or channels,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         block_out_channels=(8, 16),
@@ -153,15 +154,17 @@ def build_tiny_controlnet(folder: Path, sd_folder: Path | None, seed: int = 0) -
     return folder
 
 
-def build_tiny_pixel(folder: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
-    """Save a tiny pixel-space, camera-conditioned pipeline (no VAE) into ``folder``; returns it."""
+def build_tiny_pixel(folder: Path, prediction_type: str = "epsilon", seed: int = 0, rays: bool = False) -> Path:
+    """Save a tiny pixel-space, camera-conditioned pipeline (no VAE) into ``folder``; returns it.
+    ``rays``: the camera also as six Plücker ray input channels ("c2w16+rays")."""
     import diffusers
     from diffusers import DDPMScheduler
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         unet = tiny_unet(
-            sample_size=8, channels=3, class_embed_type="projection", projection_class_embeddings_input_dim=16
+            sample_size=8, channels=9 if rays else 3, class_embed_type="projection",
+            projection_class_embeddings_input_dim=16, out_channels=3,
         )
         text_encoder, tokenizer = tiny_text_components(folder.parent / f"{folder.name}-src")
     scheduler = DDPMScheduler(prediction_type=prediction_type)
@@ -177,7 +180,8 @@ def build_tiny_pixel(folder: Path, prediction_type: str = "epsilon", seed: int =
         "scheduler": ["diffusers", "DDPMScheduler"],
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
-    (folder / "dreamsmith.json").write_text(json.dumps(PIXEL_METADATA, indent=2))
+    metadata = {**PIXEL_METADATA, "camera_conditioning": "c2w16+rays"} if rays else PIXEL_METADATA
+    (folder / "dreamsmith.json").write_text(json.dumps(metadata, indent=2))
     return folder
 
 
@@ -204,6 +208,11 @@ def tiny_sd_vpred_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_pixel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_pixel(tmp_path_factory.mktemp("models") / "tiny-pixel")
+
+
+@pytest.fixture(scope="session")
+def tiny_pixel_rays_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_pixel(tmp_path_factory.mktemp("models") / "tiny-pixel-rays", rays=True)
 
 
 @pytest.fixture(scope="session")

@@ -141,6 +141,56 @@ def test_cameras_condition_the_pixel_prior(tiny_pixel_prior):
     assert (with_camera - without).abs().max() > 1e-4
 
 
+def test_plucker_map_is_unit_directions_and_their_moments():
+    cameras = Cameras.from_spherical(
+        torch.tensor([0.0, 120.0]), torch.tensor([20.0, 70.0]), torch.tensor(2.0), torch.tensor(40.0), 9
+    )
+    rays = cameras.plucker_map(distance_scale=2.0)
+    assert rays.shape == (2, 6, 9, 9)
+    direction, moment = rays[:, :3], rays[:, 3:]
+    torch.testing.assert_close(direction.norm(dim=1), torch.ones(2, 9, 9))
+    torch.testing.assert_close((direction * moment).sum(1), torch.zeros(2, 9, 9), atol=1e-6, rtol=0)
+    # the centre pixel's ray passes through the origin the cameras look at: no moment
+    assert moment[:, :, 4, 4].abs().max() < 1e-5 and moment[:, :, 0, 0].abs().max() > 0.1
+    origin = cameras.position / 2.0
+    expected = torch.cross(origin[:, :, None, None].expand_as(direction), direction, dim=1)
+    torch.testing.assert_close(moment, expected)
+    dropped = Cameras(torch.zeros(1, 4, 4), torch.tensor([40.0]), *torch.zeros(2, 1), torch.tensor([2.0]), 9, 9)
+    assert torch.equal(dropped.plucker_map(2.0), torch.zeros(1, 6, 9, 9))  # a dropped camera: no rays
+
+
+def test_ray_conditioned_prior_reads_the_plucker_map_after_the_image(tiny_pixel_rays_dir):
+    prior = load_prior(tiny_pixel_rays_dir)
+    assert prior.camera_conditioning == "c2w16+rays" and prior.latent_channels == 3
+    assert prior.unet.config.in_channels == 9
+    generator = torch.Generator().manual_seed(0)
+    z_t = torch.randn(4, 3, 8, 8, generator=generator)
+    t = torch.tensor([300, 300, 600, 600])
+    embeds = prior.encode_prompts(["a red cube"])
+    cameras = Cameras.from_spherical(
+        torch.tensor([45.0, 200.0]), torch.tensor([20.0, 60.0]), torch.tensor(2.0), torch.tensor(40.0), 64
+    )
+    labels = c2w16_labels(cameras.c2w, 2.0).repeat(2, 1)
+    rays = cameras.with_resolution(8).plucker_map(2.0).repeat(2, 1, 1, 1)  # two cameras tiled over 4
+    raw = prior.unet(torch.cat([z_t, rays], 1), t, encoder_hidden_states=embeds.expand(4, -1, -1),
+                     class_labels=labels).sample
+    eps = prior.predict_noise(z_t, t, embeds, cameras=cameras)
+    assert eps.shape == z_t.shape
+    torch.testing.assert_close(eps, raw)
+    dropped = prior.unet(torch.cat([z_t, torch.zeros(4, 6, 8, 8)], 1), t, encoder_hidden_states=embeds.expand(4, -1, -1),
+                         class_labels=torch.zeros(4, 16)).sample
+    torch.testing.assert_close(prior.predict_noise(z_t, t, embeds), dropped)
+
+
+def test_ray_conditioning_needs_the_ray_channels(tiny_pixel_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_pixel_dir, folder)
+    metadata = json.loads((folder / "dreamsmith.json").read_text())
+    (folder / "dreamsmith.json").write_text(json.dumps({**metadata, "camera_conditioning": "c2w16+rays"}))
+    with pytest.raises(ModelLoadError, match="6 ray input channels"):
+        load_prior(folder)
+
+
 def test_sample_prediction_is_refused(tiny_sd_prior):
     from diffusers import DDIMScheduler
 

@@ -90,3 +90,35 @@ def test_camera_condition_scales_translation_only() -> None:
     c2w[:, :3, 3] = torch.tensor([0.0, 0.0, 2.0])
     cond = _load_script().camera_condition(c2w)
     assert cond.shape == (2, 16) and cond[0, 11].item() == 1.0 and cond[0, 0].item() == 1.0
+
+
+def test_ray_channels_start_as_the_old_model(trained: tuple[Path, dict]) -> None:
+    out, _ = trained
+    script = _load_script()
+    old = UNet2DConditionModel.from_pretrained(out / "unet", torch_dtype=torch.float32)
+    new, _ = script.load_init(out, camera_rays=True)
+    assert new.config.in_channels == 9
+    generator = torch.Generator().manual_seed(0)
+    x, text = torch.randn(2, 3, 16, 16, generator=generator), torch.randn(2, 6, 64, generator=generator)
+    t, camera = torch.tensor([100, 700]), torch.randn(2, 16, generator=generator)
+    rays = script.camera_rays(torch.eye(4).repeat(2, 1, 1) + 0.1, 16)
+    with torch.no_grad():
+        before = old(x, t, encoder_hidden_states=text, class_labels=camera).sample
+        after = new(torch.cat([x, rays], 1), t, encoder_hidden_states=text, class_labels=camera).sample
+    torch.testing.assert_close(after, before)
+
+
+def test_fine_tuning_with_rays_saves_a_ray_conditioned_prior(trained: tuple[Path, dict], tmp_path: Path) -> None:
+    from dreamsmith.guidance.loading import load_prior
+
+    out, _ = trained
+    tuned = tmp_path / "tuned"
+    argv = ["--out", str(tuned), "--state-dir", str(tmp_path / "state"), "--resolution", "16", "--steps", "2",
+            "--batch-size", "4", "--n-images", "64", "--threads", "1", "--init-from", str(out), "--camera-rays",
+            "--elevation-range", "-10", "80"]
+    log = _load_script().main(argv)
+    assert log["camera_rays"] and log["elevation_range"] == [-10.0, 80.0] and len(log["losses"]) == 2
+    config = json.loads((tuned / "dreamsmith.json").read_text())
+    assert config["camera_conditioning"] == "c2w16+rays" and config["elevation_range"] == [-10.0, 80.0]
+    prior = load_prior(tuned)
+    assert prior.latent_channels == 3 and prior.unet.config.in_channels == 9

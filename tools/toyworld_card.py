@@ -17,55 +17,62 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, UNet2DConditionModel
+from diffusers import DDIMScheduler
 from PIL import Image, ImageDraw
-from transformers import AutoTokenizer, CLIPTextModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dreamsmith.guidance.loading import load_prior  # noqa: E402
+from dreamsmith.guidance.priors import DiffusionPrior  # noqa: E402
 from dreamsmith.renderers.cameras import Cameras  # noqa: E402
 from dreamsmith.toyworld import world as tw  # noqa: E402
+from dreamsmith.toyworld.camera_probe import camera_sensitivity  # noqa: E402
 from dreamsmith.toyworld.data import render_caption  # noqa: E402
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "dreamsmith" / "models" / "toyworld"
 # (azimuth, elevation) in degrees: spread over the training range
 CARD_VIEWS = ((0.0, 20.0), (60.0, 0.0), (120.0, 40.0), (180.0, 20.0), (240.0, -10.0), (300.0, 50.0))
-
-
-def load_toyworld(model_dir: Path) -> tuple[UNet2DConditionModel, CLIPTextModel, AutoTokenizer, DDIMScheduler]:
-    """The saved prior in fp32, with a DDIM sampler built from its training scheduler config."""
-    unet = UNet2DConditionModel.from_pretrained(model_dir / "unet", torch_dtype=torch.float32).eval()
-    text_encoder = CLIPTextModel.from_pretrained(model_dir / "text_encoder", torch_dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer")
-    scheduler = DDIMScheduler.from_pretrained(model_dir / "scheduler")
-    return unet, text_encoder, tokenizer, scheduler
-
-
-def camera_condition(c2w: torch.Tensor, distance: float) -> torch.Tensor:
-    """``[B, 16]`` from ``c2w [B, 4, 4]`` (row-major, translation / camera distance), as in training."""
-    cond = c2w.clone().float()
-    cond[:, :3, 3] = cond[:, :3, 3] / distance
-    return cond.reshape(-1, 16)
+# (caption, azimuth, elevation) the camera probe runs on: a cube's faces turn with the azimuth, a
+# torus's hole shows from above
+PROBES = (("a red cube", 20.0, 20.0), ("a blue cube", 0.0, 40.0), ("a green torus", 0.0, 20.0))
 
 
 @torch.no_grad()
-def sample(model: tuple, captions: list[str], c2w: torch.Tensor, steps: int, cfg: float,
-           generator: torch.Generator, resolution: int) -> torch.Tensor:
-    """DDIM samples ``[B, H, W, 3]`` in [0, 1] for ``captions [B]`` seen from ``c2w [B, 4, 4]``.
+def sample(prior: DiffusionPrior, captions: list[str], cameras: Cameras, steps: int, cfg: float,
+           generator: torch.Generator) -> torch.Tensor:
+    """DDIM samples ``[B, H, W, 3]`` in [0, 1] for ``captions [B]`` seen from ``cameras [B]``, through
+    the prior's own noise prediction (so the camera reaches the UNet as the engine passes it).
 
     Text classifier-free guidance: eps = eps(cam, "") + cfg * (eps(cam, text) - eps(cam, "")).
     """
-    unet, text_encoder, tokenizer, scheduler = model
-    ids = tokenizer(captions + [""] * len(captions), padding="max_length",
-                    max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
-    text = text_encoder(ids).last_hidden_state
-    camera = camera_condition(c2w, tw.CAMERA_DISTANCE).repeat(2, 1)
+    scheduler = DDIMScheduler.from_config(prior.scheduler.config)
+    embeds = prior.encode_prompts(captions + [""] * len(captions))
     scheduler.set_timesteps(steps)
-    x = torch.randn(len(captions), 3, resolution, resolution, generator=generator)
+    x = torch.randn(len(captions), 3, prior.image_size, prior.image_size, generator=generator)
     for t in scheduler.timesteps:
-        eps_cond, eps_uncond = unet(x.repeat(2, 1, 1, 1), t, encoder_hidden_states=text,
-                                    class_labels=camera).sample.chunk(2)
+        eps_cond, eps_uncond = prior.predict_noise(x.repeat(2, 1, 1, 1), t, embeds, cameras).chunk(2)
         x = scheduler.step(eps_uncond + cfg * (eps_cond - eps_uncond), t, x).prev_sample
     return ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
+
+
+def probe_rows(prior: DiffusionPrior) -> list[tuple[str, float, float, dict]]:
+    """The camera probe on ``PROBES``: (caption, azimuth, elevation, result as a dict)."""
+    rows = []
+    for caption, azimuth, elevation in PROBES:
+        wrong = caption.rsplit(" ", 1)[0] + " sphere"
+        result = camera_sensitivity(prior, caption, wrong, azimuth, elevation)
+        rows.append((caption, azimuth, elevation, {"right": result.right, **result.turned,
+                                                   "no camera": result.no_camera, "wrong caption": result.wrong_text}))
+    return rows
+
+
+def probe_table(rows: list[tuple[str, float, float, dict]]) -> str:
+    """Markdown: each condition's noise-prediction error relative to the right camera's."""
+    keys = list(rows[0][3])
+    header = "| caption (azimuth, elevation) | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys)
+    lines = [f"| {c} ({a:g}, {e:g}) | {r['right']:.5f} | "
+             + " | ".join(f"{100 * (r[k] / r['right'] - 1):+.1f} %" for k in keys[1:]) + " |"
+             for c, a, e, r in rows]
+    return "\n".join([header, *lines])
 
 
 def foreground(images: torch.Tensor, threshold: float = 0.15) -> torch.Tensor:
@@ -117,6 +124,7 @@ def draw_grid(rows: list[tuple[str, torch.Tensor, torch.Tensor]], scale: int) ->
 def draw_loss(losses: list[float], width: int = 640, height: int = 360, window: int = 50) -> Image.Image:
     """Training loss per step (light) and its moving average (dark) on a log-scaled y axis."""
     values = torch.tensor(losses).clamp(min=1e-6)
+    window = min(window, len(losses))
     smooth = torch.nn.functional.avg_pool1d(values[None, None], window, 1, padding=0).flatten()
     lo, hi = math.log10(values.min().item()), math.log10(values.max().item())
     left, right, top, bottom = 60, width - 10, 20, height - 30
@@ -154,8 +162,19 @@ def resumed_text(log: dict) -> str:
 
 
 def write_readme(model_dir: Path, log: dict, results: dict[str, tuple[float, float]], args: argparse.Namespace,
-                 sampling_seconds: float) -> None:
+                 sampling_seconds: float, probes: list[tuple[str, float, float, dict]]) -> None:
     """The model card's text."""
+    rays = log.get("camera_rays", False)
+    el_lo, el_hi = log.get("elevation_range", tw.ELEVATION_RANGE_DEG)
+    camera_text = (
+        "by the camera distance 2.0, through the UNet's class-embedding projection (`class_labels`), and "
+        "as six Plücker ray channels per pixel (unit direction d and moment o x d, o / 2.0) after the "
+        "image's three input channels (`camera_conditioning: c2w16+rays`)"
+        if rays else "by the camera distance 2.0, through the UNet's class-embedding projection (`class_labels`)"
+    )
+    init = (f"- fine-tuned from the model folder `{log['init_from']}`"
+            + (" (its first convolution given the six ray channels with zero weights, so training "
+               "started from exactly that model)" if rays else "") + ";\n") if log.get("init_from") else ""
     losses = log["losses"]
     final = sum(losses[-100:]) / len(losses[-100:])
     minutes = (log["data_seconds"] + log["train_seconds"]) / 60
@@ -185,8 +204,9 @@ known prompts). Size on disk: {size_mb:.1f} MB.
   parameters) trained jointly from scratch; tokens padded to 6, so `""` is the unconditional prompt;
   "a"/"an" are swapped at random in training, so either article works;
 - camera: c2w (OpenGL, camera looks down -Z) flattened row-major to 16 numbers, translation divided
-  by the camera distance 2.0, through the UNet's class-embedding projection (`class_labels`);
-- dropout for guidance: text -> `""` with p = 0.1, camera -> zeros with p = 0.1 (independently);
+  {camera_text};
+- dropout for guidance: text -> `""` with p = {log.get('text_dropout', 0.1)}, camera -> zeros with
+  p = {log.get('camera_dropout', 0.1)} (independently);
 - the saved weights are the EMA (decay 0.999) of both networks.
 
 ## Training
@@ -196,11 +216,11 @@ known prompts). Size on disk: {size_mb:.1f} MB.
 ```
 {resumed_text(log)}
 
-- data: {log['n_images']} renders of the 44 training captions (the 4 held out never appear),
-  cameras with elevation U[-10, 50] deg, azimuth U[0, 360) deg, distance 2.0, fovy 40 deg, made
+{init}- data: {log['n_images']} renders of the 44 training captions (the 4 held out never appear),
+  cameras with elevation U[{el_lo:g}, {el_hi:g}] deg, azimuth U[0, 360) deg, distance 2.0, fovy 40 deg, made
   by `dreamsmith.toyworld.data` with the project's SDF tracer ({log['data_seconds']:.0f} s);
-- {len(losses)} steps at batch {log['batch_size']}, AdamW lr 1e-3, 100 warmup steps then cosine decay,
-  seed {log['seed']}, {log['threads']} CPU threads (resumed runs: their own `--threads`);
+- {len(losses)} steps at batch {log['batch_size']}, AdamW lr {log.get('lr', 1e-3):g}, {log.get('warmup', 100)} warmup
+  steps then cosine decay, seed {log['seed']}, {log['threads']} CPU threads (resumed runs: their own `--threads`);
 - wall time {minutes:.1f} min of rendering and training, summed over the runs above, on a 2-core CPU
   machine shared with other work;
 - final loss (mean of the last 100 steps): {final:.4f}.
@@ -226,6 +246,17 @@ held-out captions: IoU {_mean(held, 0):.2f}, colour error {_mean(held, 1):.3f}.
 | caption | IoU | colour error |
 |---|---|---|
 {table}
+
+## Does it use its camera?
+
+The camera probe (`python -m dreamsmith.toyworld.camera_probe CAPTION --azimuth A --elevation E`):
+the ground-truth render from one camera, noised at t = 200, 400, 600 (8 draws each); the prior's
+noise-prediction error with the right camera, then each other condition's error relative to it
+(camera turned by "azimuth,elevation" degrees, camera dropped, the right camera with the caption's
+shape swapped for a sphere, for scale). A prior that reads its camera predicts worst with a turned
+one; +0 % everywhere means score distillation cannot tell one side of an object from another.
+
+{probe_table(probes)}
 """)
 
 
@@ -244,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
     config = json.loads((args.model / "dreamsmith.json").read_text())
     resolution = config["resolution"]
     captions = args.captions.split(",") if args.captions else list(tw.ALL_CAPTIONS)
-    model = load_toyworld(args.model)
+    prior = load_prior(args.model)
     azimuth, elevation = torch.tensor(CARD_VIEWS).T
     cameras = Cameras.from_spherical(azimuth, elevation, torch.tensor(tw.CAMERA_DISTANCE),
                                      torch.tensor(tw.FOVY_DEG), resolution)
@@ -255,8 +286,8 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
     for first in range(0, len(captions), 16):
         chunk = captions[first:first + 16]
         batch_captions = [c for c in chunk for _ in range(n_views)]
-        c2w = cameras.c2w.repeat(len(chunk), 1, 1)
-        images = sample(model, batch_captions, c2w, args.steps, args.cfg, generator, resolution)
+        views = cameras[torch.arange(len(CARD_VIEWS)).repeat(len(chunk))]
+        images = sample(prior, batch_captions, views, args.steps, args.cfg, generator)
         for i, text in enumerate(chunk):
             truth = render_caption(text, cameras)
             samples = images[i * n_views:(i + 1) * n_views]
@@ -268,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
     if args.out_png is None and log_path.exists():
         log = json.loads(log_path.read_text())
         draw_loss(log["losses"]).save(args.model / "loss.png")
-        write_readme(args.model, log, results, args, time.time() - start)
+        write_readme(args.model, log, results, args, time.time() - start, probe_rows(prior))
     for text, (iou, colour_error) in results.items():
         print(f"{text:20s} IoU {iou:.2f} colour error {colour_error:.3f}")
     return results

@@ -10,6 +10,12 @@ classifier-free and camera-free guidance work. Seeded and reproducible (same see
 
 Checkpoints (training state + an exported model folder) are written atomically every
 ``--checkpoint-every`` steps; ``--resume`` continues from the last one.
+
+``--camera-rays`` also gives the UNet the camera as six Plücker ray channels per pixel (camera
+conditioning "c2w16+rays"): an image-aligned signal a convolution reads directly, where the class
+embedding alone was learnt but not used. ``--init-from`` fine-tunes an existing model folder; with
+``--camera-rays`` its first convolution gains the ray channels with zero weights, so training starts
+from exactly the old model.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dreamsmith.renderers.cameras import Cameras  # noqa: E402
 from dreamsmith.toyworld import world as tw  # noqa: E402
 from dreamsmith.toyworld.data import ToyworldDataset, generate_toyworld_dataset  # noqa: E402
 
@@ -58,6 +65,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--resume", action="store_true", help="continue from --state-dir")
     parser.add_argument("--time-only", action="store_true", help="print seconds per step and exit unsaved")
+    parser.add_argument("--camera-rays", action="store_true",
+                        help="also feed the camera as Plücker ray channels (camera_conditioning c2w16+rays)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="start from this model folder's UNet and text encoder (fine-tuning)")
+    parser.add_argument("--elevation-range", type=float, nargs=2, default=list(tw.ELEVATION_RANGE_DEG),
+                        metavar=("LO", "HI"), help="camera elevations of the training renders, degrees")
+    parser.add_argument("--text-dropout", type=float, default=0.1, help="caption -> '' probability")
+    parser.add_argument("--camera-dropout", type=float, default=0.1, help="camera -> zeros probability")
     return parser.parse_args(argv)
 
 
@@ -86,7 +101,7 @@ def build_text_encoder(tokenizer: PreTrainedTokenizerFast) -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
-def build_unet(resolution: int, channels: tuple[int, ...]) -> UNet2DConditionModel:
+def build_unet(resolution: int, channels: tuple[int, ...], in_channels: int = 3) -> UNet2DConditionModel:
     """Pixel-space UNet with (cross-)attention from the third level down (8x8 at 32^2).
 
     Attention at 32x32/16x16 would cost more than a whole extra level of convolutions on a CPU.
@@ -94,7 +109,7 @@ def build_unet(resolution: int, channels: tuple[int, ...]) -> UNet2DConditionMod
     n_plain = min(2, len(channels) - 1)
     n_attn = len(channels) - n_plain
     return UNet2DConditionModel(
-        sample_size=resolution, in_channels=3, out_channels=3, layers_per_block=1,
+        sample_size=resolution, in_channels=in_channels, out_channels=3, layers_per_block=1,
         block_out_channels=channels,
         down_block_types=("DownBlock2D",) * n_plain + ("CrossAttnDownBlock2D",) * n_attn,
         up_block_types=("CrossAttnUpBlock2D",) * n_attn + ("UpBlock2D",) * n_plain,
@@ -115,6 +130,36 @@ def camera_condition(c2w: torch.Tensor) -> torch.Tensor:
     cond = c2w.clone().float()
     cond[:, :3, 3] = cond[:, :3, 3] / tw.CAMERA_DISTANCE
     return cond.reshape(-1, 16)
+
+
+def camera_rays(c2w: torch.Tensor, resolution: int) -> torch.Tensor:
+    """``[B, 6, H, W]`` Plücker ray channels of the training cameras (as the prior builds them)."""
+    n = c2w.shape[0]
+    cameras = Cameras(c2w.float(), torch.full((n,), tw.FOVY_DEG), torch.zeros(n), torch.zeros(n),
+                      torch.full((n,), tw.CAMERA_DISTANCE), resolution, resolution)
+    return cameras.plucker_map(tw.CAMERA_DISTANCE)
+
+
+def add_ray_channels(unet: UNet2DConditionModel, n_rays: int = 6) -> UNet2DConditionModel:
+    """``unet`` with ``n_rays`` more input channels whose first-convolution weights are zero."""
+    old = unet.conv_in
+    new = torch.nn.Conv2d(old.in_channels + n_rays, old.out_channels, old.kernel_size, old.stride, old.padding)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=new.in_channels)
+    return unet
+
+
+def load_init(folder: Path, camera_rays: bool) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+    """The UNet and text encoder of an existing model folder, in fp32, ready to fine-tune."""
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32)
+    if camera_rays and unet.config.in_channels == 3:
+        add_ray_channels(unet)
+    return unet, text_encoder
 
 
 def swap_articles(captions: list[str], mask: torch.Tensor) -> list[str]:
@@ -149,7 +194,7 @@ def atomic_torch_save(obj: object, path: Path) -> None:
 
 def export_model(out: Path, unet: UNet2DConditionModel, text_encoder: CLIPTextModel,
                  tokenizer: PreTrainedTokenizerFast, scheduler: DDPMScheduler, resolution: int,
-                 train_log: dict) -> None:
+                 train_log: dict, elevation_range: tuple[float, float] = tw.ELEVATION_RANGE_DEG) -> None:
     """Write the diffusers folder next to ``out`` and swap it in, keeping the card's files."""
     import diffusers
 
@@ -167,9 +212,10 @@ def export_model(out: Path, unet: UNet2DConditionModel, text_encoder: CLIPTextMo
         "tokenizer": ["transformers", "PreTrainedTokenizerFast"], "scheduler": ["diffusers", "DDPMScheduler"],
     }, indent=2) + "\n")
     (tmp / "dreamsmith.json").write_text(json.dumps({
-        "camera_conditioning": "c2w16", "camera_distance": tw.CAMERA_DISTANCE, "resolution": resolution,
+        "camera_conditioning": "c2w16+rays" if unet.config.in_channels > 3 else "c2w16",
+        "camera_distance": tw.CAMERA_DISTANCE, "resolution": resolution,
         "known_prompts": list(tw.ALL_CAPTIONS), "fovy_deg": tw.FOVY_DEG,
-        "elevation_range": list(tw.ELEVATION_RANGE_DEG),
+        "elevation_range": list(elevation_range),
     }, indent=2) + "\n")
     (tmp / "train_log.json").write_text(json.dumps(train_log) + "\n")
     for keep in ("README.md", "loss.png", "samples.png"):  # the card survives a re-export
@@ -184,16 +230,21 @@ def export_model(out: Path, unet: UNet2DConditionModel, text_encoder: CLIPTextMo
 
 
 def training_batch(data: ToyworldDataset, tokenizer: PreTrainedTokenizerFast, batch_size: int,
-                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """images ``[B, 3, H, W]`` in [-1, 1], token ids ``[B, L]``, camera ``[B, 16]`` with dropout."""
+                   generator: torch.Generator, with_rays: bool = False, text_dropout: float = 0.1,
+                   camera_dropout: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """images ``[B, 3, H, W]`` in [-1, 1] (``[B, 9, H, W]`` with the ray channels after them),
+    token ids ``[B, L]``, camera ``[B, 16]``; text and camera (labels and rays together) dropped."""
     index = torch.randint(len(data), (batch_size,), generator=generator)
     images = data.images[index].permute(0, 3, 1, 2).float() / 127.5 - 1
     captions = swap_articles(data.captions(index), torch.rand(batch_size, generator=generator) < 0.3)
-    drop_text = torch.rand(batch_size, generator=generator) < 0.1
+    drop_text = torch.rand(batch_size, generator=generator) < text_dropout
     captions = ["" if d else c for c, d in zip(captions, drop_text.tolist(), strict=True)]
     ids = tokenizer(captions, padding="max_length", max_length=TEXT_LENGTH, return_tensors="pt").input_ids
     camera = camera_condition(data.c2w[index])
-    keep_camera = torch.rand(batch_size, generator=generator) >= 0.1
+    keep_camera = (torch.rand(batch_size, generator=generator) >= camera_dropout).float()
+    if with_rays:
+        rays = camera_rays(data.c2w[index], images.shape[-1]) * keep_camera[:, None, None, None]
+        images = torch.cat([images, rays], dim=1)
     return images, ids, camera * keep_camera[:, None]
 
 
@@ -204,13 +255,18 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     channels = tuple(int(c) for c in args.channels.split(","))
     t_start = time.time()
-    data = generate_toyworld_dataset(args.n_images, args.resolution, args.seed)
+    elevation_range = tuple(args.elevation_range)
+    data = generate_toyworld_dataset(args.n_images, args.resolution, args.seed, elevation_range)
     data_seconds = time.time() - t_start
     print(f"dataset: {len(data)} renders at {args.resolution}^2 in {data_seconds:.1f}s", flush=True)
 
     tokenizer = build_tokenizer()
-    text_encoder = build_text_encoder(tokenizer)
-    unet = build_unet(args.resolution, channels)
+    if args.init_from is not None and not (args.resume and (args.state_dir / "state.pt").exists()):
+        unet, text_encoder = load_init(args.init_from, args.camera_rays)
+        channels = tuple(unet.config.block_out_channels)
+    else:
+        text_encoder = build_text_encoder(tokenizer)
+        unet = build_unet(args.resolution, channels, 9 if args.camera_rays else 3)
     scheduler = build_scheduler()
     # EMA of both networks: the UNet was trained against this text encoder, so they average together
     ema_unet = copy.deepcopy(unet).requires_grad_(False)
@@ -224,6 +280,10 @@ def main(argv: list[str] | None = None) -> dict:
            "n_images": len(data), "resolution": args.resolution, "batch_size": args.batch_size,
            "steps_planned": args.steps, "channels": list(channels), "seed": args.seed,
            "threads": args.threads, "data_seconds": data_seconds, "losses": [], "train_seconds": 0.0,
+           "camera_rays": args.camera_rays, "init_from": str(args.init_from) if args.init_from else None,
+           "elevation_range": list(elevation_range), "text_dropout": args.text_dropout,
+           "camera_dropout": args.camera_dropout,
+           "lr": args.lr, "warmup": args.warmup,
            "unet_params": sum(p.numel() for p in unet.parameters()),
            "text_encoder_params": sum(p.numel() for p in text_encoder.parameters())}
     step = 0
@@ -248,11 +308,13 @@ def main(argv: list[str] | None = None) -> dict:
     while step < args.steps:
         for group in optimizer.param_groups:
             group["lr"] = args.lr * lr_factor(step, args.warmup, args.steps)
-        images, ids, camera = training_batch(data, tokenizer, args.batch_size, generator)
+        inputs, ids, camera = training_batch(data, tokenizer, args.batch_size, generator, args.camera_rays,
+                                             args.text_dropout, args.camera_dropout)
+        images, rays = inputs[:, :3], inputs[:, 3:]
         noise = torch.randn(images.shape, generator=generator)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch_size,), generator=generator)
         a = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * images + (1 - a).sqrt() * noise
+        noisy = torch.cat([a.sqrt() * images + (1 - a).sqrt() * noise, rays], dim=1)
         text = text_encoder(ids).last_hidden_state
         eps = unet(noisy, timesteps, encoder_hidden_states=text, class_labels=camera).sample
         loss = F.mse_loss(eps, noise)
@@ -281,7 +343,8 @@ def main(argv: list[str] | None = None) -> dict:
                                "ema_text_encoder": ema_text_encoder.state_dict(), "optimizer": optimizer.state_dict(),
                                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                                "step": step, "log": log}, state_path)
-            export_model(args.out, ema_unet, ema_text_encoder, tokenizer, scheduler, args.resolution, log)
+            export_model(args.out, ema_unet, ema_text_encoder, tokenizer, scheduler, args.resolution, log,
+                         elevation_range)
             print(f"checkpoint at step {step} -> {args.out}", flush=True)
     return log
 

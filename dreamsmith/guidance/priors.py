@@ -25,7 +25,10 @@ from dreamsmith.guidance.math import alpha_sigma, eps_from_v
 from dreamsmith.renderers.cameras import Cameras
 
 METADATA_FILE = "dreamsmith.json"
-CAMERA_CONDITIONINGS = ("c2w16",)
+CAMERA_CONDITIONINGS = ("c2w16", "c2w16+rays")
+"""How a camera-conditioned model reads its camera: "c2w16" as class labels only; "c2w16+rays" also as
+six Plücker ray channels (:meth:`Cameras.plucker_map`) after the image's own input channels."""
+RAY_CHANNELS = 6
 _UNET_RESERVED = ("sample", "timestep", "encoder_hidden_states", "class_labels", "return_dict")
 
 
@@ -43,7 +46,7 @@ class DiffusionPrior:
     Attributes: ``alphas_cumprod`` (fp32, on ``device``), ``num_train_timesteps``, ``prediction_type``
     ("epsilon" or "v_prediction"), ``is_latent``, ``image_size`` (pixels the model expects),
     ``latent_channels`` (channels of z), ``metadata`` (the folder's ``dreamsmith.json``, or {}),
-    ``known_prompts`` (list or None), ``camera_conditioning`` ("c2w16" or None).
+    ``known_prompts`` (list or None), ``camera_conditioning`` (one of ``CAMERA_CONDITIONINGS`` or None).
     """
 
     def __init__(
@@ -82,9 +85,6 @@ class DiffusionPrior:
             vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
             self.image_size = unet_size * vae_scale_factor  # diffusers pipelines' default size
             self.latent_channels = int(vae.config.latent_channels)
-        else:
-            self.image_size = unet_size
-            self.latent_channels = int(unet.config.in_channels)
         self.known_prompts: list[str] | None = self.metadata.get("known_prompts")
         self.camera_conditioning: str | None = self.metadata.get("camera_conditioning")
         if self.camera_conditioning not in (None, *CAMERA_CONDITIONINGS):
@@ -92,6 +92,16 @@ class DiffusionPrior:
                 f"{METADATA_FILE}: unknown camera_conditioning {self.camera_conditioning!r}; "
                 f"supported: {', '.join(CAMERA_CONDITIONINGS)}"
             )
+        self.ray_channels = RAY_CHANNELS if self.camera_conditioning == "c2w16+rays" else 0
+        if not self.is_latent:
+            self.image_size = unet_size
+            self.latent_channels = int(unet.config.in_channels) - self.ray_channels
+            if self.latent_channels < 1:
+                raise ModelLoadError(
+                    f"{METADATA_FILE}: camera_conditioning {self.camera_conditioning!r} needs "
+                    f"{self.ray_channels} ray input channels beside the image's, but the UNet reads "
+                    f"{unet.config.in_channels}"
+                )
         self.camera_distance = float(self.metadata.get("camera_distance", 1.0))
 
     def max_prompt_tokens(self) -> int:
@@ -189,6 +199,17 @@ class DiffusionPrior:
         labels = c2w16_labels(cameras.c2w.to(device=self.device, dtype=torch.float32), self.camera_distance)
         return tile_to_batch(labels, batch).to(self.dtype)
 
+    def camera_rays(self, cameras: Cameras | None, sample: Tensor) -> Tensor | None:
+        """The ray channels ``[B, 6, h, w]`` a "c2w16+rays" model reads after ``sample [B, C, h, w]``
+        (zeros without cameras: camera dropped); None for other models."""
+        if not self.ray_channels:
+            return None
+        batch, _, height, width = sample.shape
+        if cameras is None:
+            return sample.new_zeros(batch, self.ray_channels, height, width)
+        rays = cameras.to(self.device).with_resolution(height, width).plucker_map(self.camera_distance)
+        return tile_to_batch(rays, batch).to(sample)
+
     def predict_noise(
         self,
         z_t: Tensor,
@@ -214,6 +235,9 @@ class DiffusionPrior:
         embeds = tile_to_batch(text_embeds.to(device=self.device, dtype=self.dtype), batch)
         embeds, text_kwargs = self.text_condition(embeds)
         class_labels = self.camera_labels(cameras, batch)
+        rays = self.camera_rays(cameras, sample)
+        if rays is not None:
+            sample = torch.cat([sample, rays], dim=1)
         context = context or ConditionContext()
         context = dataclasses.replace(
             context,

@@ -161,6 +161,15 @@ class Cameras:
         origins = self.position.float().view(-1, 1, 1, 3).expand_as(directions)
         return origins, directions
 
+    def plucker_map(self, distance_scale: float = 1.0) -> Tensor:
+        """Per-pixel Plücker ray coordinates ``[B, 6, H, W]``: the unit direction d and the moment
+        o × d, with the origin o divided by ``distance_scale`` (a camera-conditioned prior's
+        training distance, so its cameras have unit-norm positions). The image-aligned camera
+        signal a UNet reads as extra input channels."""
+        origins, directions = self.generate_rays()
+        moment = torch.cross(origins / distance_scale, directions, dim=-1)
+        return torch.cat([directions, moment], dim=-1).permute(0, 3, 1, 2).contiguous()
+
     def projection(self, near: float = 0.01, far: float = 100.0) -> Tensor:
         """OpenGL clip-space projection matrices ``[B, 4, 4]`` (for rasterizers)."""
         aspect = self.width / self.height

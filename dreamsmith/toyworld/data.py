@@ -45,9 +45,13 @@ class ToyworldDataset:
         return cls(tensors["images"], tensors["caption_index"], tensors["c2w"])
 
 
-def sample_toyworld_cameras(n: int, resolution: int, generator: torch.Generator) -> Cameras:
-    """``n`` cameras with elevation U[-10, 50] deg, azimuth U[0, 360) deg, distance 2.0, fovy 40 deg."""
-    el_lo, el_hi = tw.ELEVATION_RANGE_DEG
+def sample_toyworld_cameras(
+    n: int, resolution: int, generator: torch.Generator,
+    elevation_range: tuple[float, float] = tw.ELEVATION_RANGE_DEG,
+) -> Cameras:
+    """``n`` cameras with elevation uniform in ``elevation_range`` (default [-10, 50]) deg, azimuth
+    U[0, 360) deg, distance 2.0, fovy 40 deg."""
+    el_lo, el_hi = elevation_range
     az_lo, az_hi = tw.AZIMUTH_RANGE_DEG
     elevation = el_lo + (el_hi - el_lo) * torch.rand(n, generator=generator)
     azimuth = az_lo + (az_hi - az_lo) * torch.rand(n, generator=generator)
@@ -66,11 +70,14 @@ def render_caption(text: str, cameras: Cameras, chunk: int = 2048) -> Tensor:
     return torch.cat(images)
 
 
-def generate_toyworld_dataset(n: int, resolution: int = 32, seed: int = 0) -> ToyworldDataset:
+def generate_toyworld_dataset(
+    n: int, resolution: int = 32, seed: int = 0,
+    elevation_range: tuple[float, float] = tw.ELEVATION_RANGE_DEG,
+) -> ToyworldDataset:
     """``n`` renders, captions drawn uniformly from the 44 training captions, cameras at random."""
     generator = torch.Generator().manual_seed(seed)
     caption_index = torch.randint(len(tw.TRAIN_CAPTIONS), (n,), generator=generator)
-    cameras = sample_toyworld_cameras(n, resolution, generator)
+    cameras = sample_toyworld_cameras(n, resolution, generator, elevation_range)
     images = torch.empty(n, resolution, resolution, 3, dtype=torch.uint8)
     for i, text in enumerate(tw.TRAIN_CAPTIONS):
         idx = (caption_index == i).nonzero().squeeze(-1)
