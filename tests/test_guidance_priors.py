@@ -177,8 +177,8 @@ def test_ray_conditioned_prior_reads_the_plucker_map_after_the_image(tiny_pixel_
     eps = prior.predict_noise(z_t, t, embeds, cameras=cameras)
     assert eps.shape == z_t.shape
     torch.testing.assert_close(eps, raw)
-    dropped = prior.unet(torch.cat([z_t, torch.zeros(4, 6, 8, 8)], 1), t, encoder_hidden_states=embeds.expand(4, -1, -1),
-                         class_labels=torch.zeros(4, 16)).sample
+    dropped = prior.unet(torch.cat([z_t, torch.zeros(4, 6, 8, 8)], 1), t,
+                         encoder_hidden_states=embeds.expand(4, -1, -1), class_labels=torch.zeros(4, 16)).sample
     torch.testing.assert_close(prior.predict_noise(z_t, t, embeds), dropped)
 
 
