@@ -185,6 +185,21 @@ def build_tiny_pixel(folder: Path, prediction_type: str = "epsilon", seed: int =
     return folder
 
 
+@pytest.fixture
+def pickled_sd_dir(tiny_sd_dir: Path, tmp_path: Path) -> Path:
+    """The tiny SD with its UNet weights as a pickled ``.bin`` only."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled-sd"
+    shutil.copytree(tiny_sd_dir, folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(weights), folder / "unet" / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd")

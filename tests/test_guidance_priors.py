@@ -205,17 +205,6 @@ def test_sample_prediction_is_refused(tiny_sd_prior):
         )
 
 
-@pytest.fixture
-def pickled_sd_dir(tiny_sd_dir, tmp_path):
-    """The tiny SD with its UNet weights as a pickled ``.bin`` only."""
-    folder = tmp_path / "pickled-sd"
-    shutil.copytree(tiny_sd_dir, folder)
-    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
-    torch.save(load_file(weights), folder / "unet" / "diffusion_pytorch_model.bin")
-    weights.unlink()
-    return folder
-
-
 def test_pickled_weights_are_refused_unless_allowed(pickled_sd_dir, tiny_sd_prior):
     with pytest.raises(ModelLoadError, match="allow_pickle") as error:
         load_prior(pickled_sd_dir)

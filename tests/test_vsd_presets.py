@@ -16,7 +16,7 @@ from dreamsmith.engine.checkpoint import load_checkpoint
 from dreamsmith.engine.overrides import make_config
 from dreamsmith.engine.run import generate
 from dreamsmith.engine.stage import Stage
-from dreamsmith.errors import ConfigError
+from dreamsmith.errors import ConfigError, ModelLoadError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from oracles import SingleTargetOracle  # noqa: E402
@@ -122,3 +122,20 @@ def test_a_lora_model_that_does_not_exist_is_refused_before_the_run(tmp_path):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "nowhere" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_lora_model_naming_the_stage_model_is_the_same_loaded_prior(tiny_sd_dir, pickled_sd_dir):
+    from dreamsmith.engine.models import RunPriors
+
+    config = make_config("a red cube", preset="dreamfusion",
+                         overrides=[f"model={tiny_sd_dir}", "guidance.name=vsd", f"guidance.lora_model={tiny_sd_dir}"])
+    prior = RunPriors(config, CPU).for_stage(config.stages[0])
+    stage = Stage(config.stages[0], prior, config.prompt, CPU)
+    assert stage.guidance.particle.model is prior  # loaded once, the particle's adapter on it
+    # --allow-pickle reaches the second model too
+    pickled = ["guidance.name=vsd", f"guidance.lora_model={pickled_sd_dir}"]
+    config = make_config("a red cube", preset="dreamfusion", overrides=[f"model={tiny_sd_dir}", *pickled])
+    with pytest.raises(ModelLoadError, match="allow_pickle"):
+        Stage(config.stages[0], prior, config.prompt, CPU)
+    stage = Stage(config.stages[0], prior, config.prompt, CPU, allow_pickle=True)
+    assert stage.guidance.particle.model is not prior

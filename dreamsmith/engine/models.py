@@ -29,8 +29,8 @@ class RunPriors:
         if stage.model is None and self.given is not None:
             return self.given
         folder = resolve_model(self.model_name(stage))
-        if folder not in self.loaded:
-            from dreamsmith.guidance import load_prior
+        if folder not in self.loaded:  # held here for the run; shared with guidances naming the same model
+            from dreamsmith.guidance.loading import load_shared_prior
 
-            self.loaded[folder] = load_prior(folder, device=self.device, allow_pickle=self.config.allow_pickle)
+            self.loaded[folder] = load_shared_prior(folder, self.device, self.config.allow_pickle)
         return self.loaded[folder]

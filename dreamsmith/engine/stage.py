@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -24,7 +24,10 @@ def build_guidance(config: StageConfig, prior: Any, prompt: str, allow_pickle: b
     """The stage's guidance module for ``prompt``, with the conditioners its config names."""
     guidance_class = GUIDANCES[config.guidance.get("name", "sds")]
     options = guidance_options(config, guidance_class)
-    guidance_config = build(guidance_class.config_class, {**options, "prompt": prompt})
+    engine_set = {"prompt": prompt}
+    if "allow_pickle" in {f.name for f in fields(guidance_class.config_class)}:
+        engine_set["allow_pickle"] = allow_pickle
+    guidance_config = build(guidance_class.config_class, {**options, **engine_set})
     conditioners = build_conditioners(getattr(guidance_config, "conditioners", []), prior, allow_pickle)
     return guidance_class(prior, guidance_config, conditioners)
 

@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -90,6 +91,25 @@ def load_prior(
         return SDXLPrior(unet, scheduler, encoders, vae, metadata=metadata, force_zeros_for_empty_prompt=zeros)
     (tokenizer, text_encoder), = encoders
     return DiffusionPrior(unet, scheduler, text_encoder, tokenizer, vae=vae, metadata=metadata)
+
+
+_SHARED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+"""Priors in use, by (model, device): what :func:`load_shared_prior` hands out again."""
+
+
+def load_shared_prior(
+    model: str | Path, device: str | torch.device = "cpu", allow_pickle: bool = False
+) -> DiffusionPrior:
+    """:func:`load_prior`, loaded once per (model, device) while anything holds it: a run's stages and a
+    guidance's second model (VSD's ``lora_model``) naming the same model get the same frozen prior (each
+    guidance adds its own named adapters to it)."""
+    path = Path(model)
+    key = (str(path.resolve()) if path.exists() else str(model), str(torch.device(device)))
+    prior = _SHARED.get(key)
+    if prior is None:
+        prior = load_prior(model, device=device, allow_pickle=allow_pickle)
+        _SHARED[key] = prior
+    return prior
 
 
 def _present(folder: Path, index: dict[str, Any], name: str) -> bool:

@@ -55,6 +55,8 @@ class ParticleScoreConfig:
     """Linear learning-rate warm-up of φ over this many updates (ProlificDreamer: 500)."""
     lora_updates_per_step: Annotated[int, Range(1, 64)] = 1
     """φ steps per asset step, each on the same detached renders with fresh t and noise."""
+    allow_pickle: bool = False
+    """Whether ``lora_model`` may load pickled weights; the engine sets it from the run's ``--allow-pickle``."""
 
 
 class CameraMLP(torch.nn.Module):

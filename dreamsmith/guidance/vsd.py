@@ -8,7 +8,6 @@ particle score ε_φ (:mod:`dreamsmith.guidance.particle`) as its target in plac
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -51,7 +50,8 @@ class VSDGuidance(DistillationGuidance):
         """ε_φ: a LoRA on the prior (or on ``lora_model``); anything with ``eps(z_t, t, cameras)``,
         ``loss(z, cameras, generator)`` and ``own_parameters()`` will do (tests pass exact particle scores)."""
         config = self.config
-        model = self.prior if config.lora_model is None else load_particle_model(config.lora_model, self.prior)
+        model = self.prior if config.lora_model is None else load_particle_model(
+            config.lora_model, self.prior, config.allow_pickle)
         embeds = PromptCache(model).text_embeddings(config.prompt, [None])  # ε_φ sees the plain prompt
         return LoRAParticleScore(model, config, self, embeds)
 
@@ -89,21 +89,13 @@ class VSDGuidance(DistillationGuidance):
         return self.particle.loss(z, cameras, generator)
 
 
-_LOADED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-"""Second models in use, by (name, device): stages naming the same one share it (each adds its own adapter)."""
-
-
-def load_particle_model(name: str, prior: Any) -> Any:
+def load_particle_model(name: str, prior: Any, allow_pickle: bool = False) -> Any:
     """The second model carrying the LoRA (a folder or hub id; the engine resolves ``embedded:`` names),
-    checked against the prior's latent space."""
+    checked against the prior's latent space; the same object as a stage's prior of that model."""
     from dreamsmith.errors import ConfigError
-    from dreamsmith.guidance.loading import load_prior
+    from dreamsmith.guidance.loading import load_shared_prior
 
-    key = (name, str(prior.device))
-    model = _LOADED.get(key)
-    if model is None:
-        model = load_prior(name, device=prior.device)
-        _LOADED[key] = model
+    model = load_shared_prior(name, prior.device, allow_pickle)
     if model.latent_space != prior.latent_space:
         raise ConfigError(f"guidance.lora_model {name!r} ({model.family}) works in another space "
                           f"({model.latent_space_name}) than this stage's model ({prior.family}, "
