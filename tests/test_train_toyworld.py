@@ -122,3 +122,14 @@ def test_fine_tuning_with_rays_saves_a_ray_conditioned_prior(trained: tuple[Path
     assert config["camera_conditioning"] == "c2w16+rays" and config["elevation_range"] == [-10.0, 80.0]
     prior = load_prior(tuned)
     assert prior.latent_channels == 3 and prior.unet.config.in_channels == 9
+
+
+def test_truncated_snr_weights_favour_high_noise_up_to_the_cap() -> None:
+    script = _load_script()
+    alphas_cumprod = script.build_scheduler().alphas_cumprod
+    plain = script.loss_weights(alphas_cumprod, 1.0)
+    assert torch.equal(plain, torch.ones(1000))
+    capped = script.loss_weights(alphas_cumprod, 10.0)
+    assert capped[0] == 1.0 and capped[-1] == 10.0 and bool((capped.diff() >= 0).all())
+    snr = alphas_cumprod[900] / (1 - alphas_cumprod[900])  # 1/SNR = 40 at t = 900 on the cosine schedule
+    assert script.loss_weights(alphas_cumprod, 1000.0)[900] == pytest.approx(float(1 / snr))
