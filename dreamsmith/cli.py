@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dreamsmith.errors import DreamsmithError
+from dreamsmith.regions import parse_region
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Text to game-ready 3D assets by score distillation.")
 console = Console(stderr=True)
@@ -164,8 +165,6 @@ def texture(
 def conditioners_override(controls: list[str], regions: list[str], base_ratio: float) -> list[str]:
     """The ``guidance.conditioners=[...]`` override of ``--control`` and ``--region`` options (none without
     them); checked here, without torch, so a typo is refused before any model loads."""
-    from dreamsmith.regions import parse_region
-
     specs = control_specs(controls)
     if regions:
         for text in regions:

@@ -71,7 +71,7 @@ class RegionalCrossAttention(AttentionHook):
         return key, value
 
     def output(self, attn: Any, hidden_states: Tensor, context: dict[str, Any]) -> Tensor:
-        query = context.pop(self._QUERY)
+        query = context[self._QUERY]
         batch, length, _ = hidden_states.shape
         regional = torch.stack([
             cross_attend(attn, query, embeds.expand(batch, -1, -1).to(hidden_states)) for embeds in self.region_embeds
@@ -95,6 +95,8 @@ class RegionalPrompts(Conditioner):
         if context.render is None or context.cameras is None:
             raise ValueError("RegionalPrompts needs the render and its cameras in its ConditionContext")
         masks = region_masks(context.render, context.cameras, self.regions)
+        if self.base_ratio >= 1.0 or not masks.any():
+            return ()  # the base prompt alone: the model's own attention, bit for bit
         if context.branch_labels:
             masks = tile_to_batch(masks, len(context.branch_labels))
             regional = context.branch_mask(REGIONAL_BRANCH, masks.device).to(masks)
