@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dreamsmith.errors import DreamsmithError
+from dreamsmith.regions import parse_region
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Text to game-ready 3D assets by score distillation.")
 console = Console(stderr=True)
@@ -72,6 +73,8 @@ QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bar.")]
 AllowPickleOption = Annotated[bool, typer.Option("--allow-pickle", help="Allow pickled (.bin/.ckpt) model weights; only for models you trust.")]
 ThreadsOption = Annotated[int | None, typer.Option(help=THREADS_HELP)]
 MemoryBudgetOption = Annotated[str | None, typer.Option(help=MEMORY_HELP)]
+RegionOption = Annotated[list[str] | None, typer.Option("--region", help="\"EXPRESSION: PROMPT\" (repeatable): a prompt painted where the asset's surface lies in a 3D region: y>0, x<-0.1, box(x0,y0,z0,x1,y1,z1), joined by &; sets guidance.conditioners.")]
+RegionBaseRatioOption = Annotated[float, typer.Option(help="How much of the main prompt is kept inside the --region regions (0 to 1).")]
 
 
 def _machine_settings(threads: int | None, memory_budget: str | None) -> None:
@@ -116,10 +119,16 @@ def generate(
     allow_pickle: AllowPickleOption = False,
     threads: ThreadsOption = None,
     memory_budget: MemoryBudgetOption = None,
+    region: RegionOption = None,
+    region_base_ratio: RegionBaseRatioOption = 0.3,
 ) -> None:
     """Optimize a 3D asset for PROMPT and write it, with previews and a report, to the run directory."""
-    _run_command(prompt, list(overrides or []), preset, model, steps, seed, device, out, resume, overwrite, quiet,
-                 allow_pickle, threads, memory_budget)
+    try:
+        conditioners = conditioners_override([], region or [], region_base_ratio)
+    except DreamsmithError as error:
+        _fail(error)
+    _run_command(prompt, [*conditioners, *(overrides or [])], preset, model, steps, seed, device, out, resume,
+                 overwrite, quiet, allow_pickle, threads, memory_budget)
 
 
 @app.command()
@@ -140,18 +149,34 @@ def texture(
     allow_pickle: AllowPickleOption = False,
     threads: ThreadsOption = None,
     memory_budget: MemoryBudgetOption = None,
+    region: RegionOption = None,
+    region_base_ratio: RegionBaseRatioOption = 0.3,
 ) -> None:
     """Paint MESH from PROMPT (fixed geometry, a UV texture): the same run directory as `generate`."""
     try:
-        controls = [control_override(control)] if control else []
+        conditioners = conditioners_override(control or [], region or [], region_base_ratio)
     except DreamsmithError as error:
         _fail(error)
-    _run_command(prompt, [f"uv_texture.mesh={mesh.resolve()}", *controls, *(overrides or [])], preset, model, steps,
-                 seed, device, out, resume, overwrite, quiet, allow_pickle, threads, memory_budget, needs_mesh=True)
+    _run_command(prompt, [f"uv_texture.mesh={mesh.resolve()}", *conditioners, *(overrides or [])], preset, model,
+                 steps, seed, device, out, resume, overwrite, quiet, allow_pickle, threads, memory_budget,
+                 needs_mesh=True)
 
 
-def control_override(controls: list[str]) -> str:
-    """The ``guidance.conditioners=[...]`` override of ``--control SOURCE=DIR[:SCALE]`` options."""
+def conditioners_override(controls: list[str], regions: list[str], base_ratio: float) -> list[str]:
+    """The ``guidance.conditioners=[...]`` override of ``--control`` and ``--region`` options (none without
+    them); checked here, without torch, so a typo is refused before any model loads."""
+    specs = control_specs(controls)
+    if regions:
+        for text in regions:
+            parse_region(text)
+        if not 0.0 <= base_ratio <= 1.0:
+            raise DreamsmithError(f"--region-base-ratio must be between 0 and 1, got {base_ratio}")
+        specs.append({"name": "regions", "regions": list(regions), "base_ratio": base_ratio})
+    return ["guidance.conditioners=" + json.dumps(specs)] if specs else []  # JSON is YAML: survives the parser
+
+
+def control_specs(controls: list[str]) -> list[dict[str, Any]]:
+    """The ``guidance.conditioners`` entries of ``--control SOURCE=DIR[:SCALE]`` options."""
     specs = []
     for text in controls:
         source, _, model = text.partition("=")
@@ -163,7 +188,7 @@ def control_override(controls: list[str]) -> str:
             raise DreamsmithError(f"--control {text!r} is not SOURCE=CONTROLNET_DIR[:SCALE] with SOURCE depth, "
                                   "normal or opacity, e.g. --control depth=models/cn-depth:0.8")
         specs.append({"name": "controlnet", "model": model, "source": source, "scale": scale})
-    return "guidance.conditioners=" + json.dumps(specs)  # JSON is YAML: any path survives the override parser
+    return specs
 
 
 def _run_command(prompt: str, overrides: list[str], preset: str | None, model: str | None, steps: int | None,
@@ -196,13 +221,14 @@ def _run_command(prompt: str, overrides: list[str], preset: str | None, model: s
 
 
 def _check_texture_input(config: Any) -> None:
-    """The preset has a texture stage, and its mesh reads: refused in one line before anything is written."""
-    from dreamsmith.engine.mesh_input import load_fixed_mesh
+    """The preset has a texture stage, and its mesh reads: refused in one line before anything is written
+    (the run reuses what was read here and prints its notes)."""
+    from dreamsmith.engine.mesh_input import read_user_mesh
 
     stages = [stage for stage in config.stages if stage.representation == "texture"]
     if not stages:
         raise DreamsmithError(f"preset '{config.preset}' has no texture stage; choose one that has (e.g. toy-texture)")
-    load_fixed_mesh(stages[0].uv_texture.mesh, stages[0].uv_texture.max_faces)
+    read_user_mesh(stages[0].uv_texture.mesh, stages[0].uv_texture.max_faces)
 
 
 @app.command()

@@ -35,6 +35,8 @@ def run_cli(*args: str) -> tuple[dict, str]:
         (["generate", "a red cube", "coarse.camera.resolution=abc"], "must be an integer, got 'abc'"),
         (["generate", "a red cube", "--memory-budget", "lots"], "--memory-budget must be a size"),
         (["generate", "a red cube", "--threads", "0"], "--threads must be >= 1"),
+        (["generate", "a red cube", "--region", "top: a red cube"], "region 'top: a red cube': cannot read 'top'"),
+        (["texture", "crate.glb", "a red cube", "--region", "y>0"], "region 'y>0' is not 'EXPRESSION: PROMPT'"),
     ],
 )
 def test_usage_errors_are_one_line_without_importing_torch_or_diffusers(args, message):

@@ -70,7 +70,7 @@ class Hooks(Conditioner):
     def __init__(self, *hooks: AttentionHook) -> None:
         self.hooks = hooks
 
-    def attention_hooks(self):
+    def attention_hooks(self, context):
         return self.hooks
 
 

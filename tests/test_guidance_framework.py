@@ -44,7 +44,7 @@ class TwoHooks(Conditioner):
     def __init__(self) -> None:
         self.first, self.second = CountingHook(), CountingHook()
 
-    def attention_hooks(self):
+    def attention_hooks(self, context):
         return [self.first, self.second]
 
 

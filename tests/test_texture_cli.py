@@ -50,10 +50,13 @@ def test_texture_command_paints_a_users_mesh_on_tiny_sd_and_resumes(tiny_sd_dir,
 def test_texture_command_refuses_bad_meshes_in_one_line_before_writing(tmp_path):
     (tmp_path / "notes.obj").write_text("this is not a mesh\n")
     (tmp_path / "junk.glb").write_bytes(bytes(range(200)))
+    (tmp_path / "nan.obj").write_text("v 0 0 0\nv 1 0 0\nv nan 1 0\nf 1 2 3\n")
     cube_with_uvs(tmp_path / "cube.glb")
     out = tmp_path / "run"
     cases = [((str(tmp_path / "missing.glb"),), "does not exist"), ((str(tmp_path / "notes.obj"),), "no faces"),
              ((str(tmp_path / "junk.glb"),), "is not a mesh trimesh can read"),
+             ((str(tmp_path / "nan.obj"),), "vertex positions that are not finite numbers"),
+             ((str(tmp_path / "cube.glb"), "--region", "y>>0: a red crate"), "cannot read 'y>>0'"),
              ((str(tmp_path / "cube.glb"), "--set", "uv_texture.max_faces=4"), "uv_texture.max_faces=4"),
              ((str(tmp_path / "cube.glb"), "--preset", "toy"), "no texture stage"),
              ((str(tmp_path / "cube.glb"), "--control", "height=models/cn"), "SOURCE=CONTROLNET_DIR[:SCALE]")]
@@ -95,3 +98,41 @@ def test_texture_command_takes_several_controlnets_fed_by_the_assets_renders(tin
     result = run_cli("texture", *common, "--out", str(tmp_path / "other"),
                      *controls((tiny_controlnet_other_dir, "depth", 1.0)))
     assert_clean_failure(result, "is for another base model", "block_out_channels")
+
+
+@pytest.mark.slow
+def test_texture_command_decimates_a_huge_mesh_and_paints_a_non_manifold_one_with_one_line_each(tiny_sd_dir,
+                                                                                                 tmp_path):
+    sphere = trimesh.creation.icosphere(subdivisions=3)  # 1280 faces
+    sphere.export(tmp_path / "sphere.glb")
+    fin = trimesh.Trimesh([[0, 0, 0], [0.4, 0, 0], [0, 0.4, 0], [0, -0.4, 0], [0, 0, 0.4]],
+                          [[0, 1, 2], [1, 0, 3], [0, 1, 4]], process=False)  # three faces on one edge
+    fin.export(tmp_path / "fin.glb")
+    cases = {"sphere": (["--set", "uv_texture.max_faces=300"], "1280 faces, more than uv_texture.max_faces=300"),
+             "fin": ([], "is not manifold (1 edges shared by more than two faces)")}
+    for name, (options, words) in cases.items():
+        out = tmp_path / name
+        result = run_cli("texture", str(tmp_path / f"{name}.glb"), "a wooden crate", "--model", str(tiny_sd_dir),
+                         "--out", str(out), "--steps", "1", *SMALL, *options)
+        assert result.returncode == 0, result.stderr
+        notes = [line for line in result.stderr.splitlines() if words in line]
+        assert len(notes) == 1 and "Traceback" not in result.stderr
+        asset = trimesh.load(out / "asset.glb", force="mesh", process=False)
+        assert asset.visual.uv is not None and len(asset.visual.uv) == len(asset.vertices)
+        assert len(asset.faces) <= 300 if name == "sphere" else len(asset.faces) == 3
+
+
+@pytest.mark.slow
+def test_texture_command_paints_regional_prompts(tiny_sd_dir, tmp_path):
+    cube_with_uvs(tmp_path / "cube.glb")
+    common = [str(tmp_path / "cube.glb"), "a wooden crate", "--model", str(tiny_sd_dir), "--quiet", "--seed", "2",
+              "--steps", "2", *SMALL]
+    regions = ["--region", "y>0: a red crate", "--region", "box(-1,-1,-1,1,0,1): a blue crate",
+               "--region-base-ratio", "0"]
+    for name, options in {"plain": [], "regions": regions}.items():
+        result = run_cli("texture", *common, "--out", str(tmp_path / name), *options)
+        assert result.returncode == 0, result.stderr
+    config = yaml.safe_load((tmp_path / "regions" / "config.yaml").read_text())
+    assert config["stages"][0]["guidance"]["conditioners"] == [
+        {"name": "regions", "regions": ["y>0: a red crate", "box(-1,-1,-1,1,0,1): a blue crate"], "base_ratio": 0.0}]
+    assert np.abs(painted_texture(tmp_path / "regions") - painted_texture(tmp_path / "plain")).max() > 1

@@ -19,6 +19,7 @@ from dreamsmith.engine.checkpoint import load_checkpoint, save_checkpoint
 from dreamsmith.engine.config import RunConfig, differences, to_dict
 from dreamsmith.engine.device import resolve_device
 from dreamsmith.engine.export import export_representation
+from dreamsmith.engine.mesh_input import texture_mesh_notes
 from dreamsmith.engine.models import RunPriors
 from dreamsmith.engine.presets import default_model
 from dreamsmith.engine.previews import preview_grid, write_png
@@ -79,6 +80,9 @@ def generate(
     """
     progress = progress or Progress()
     check_prompt(config.prompt, None)
+    if not resume:  # a resumed texture stage has its geometry in the checkpoint
+        for note in texture_mesh_notes(config.stages):
+            progress.message(note)
     run_dir = RunDir(out)
     if resume and not run_dir.config.exists():
         run_dir.load_config()  # the one-line "not a run directory" error, before anything is written

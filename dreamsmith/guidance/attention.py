@@ -110,19 +110,13 @@ def attend(
         hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
     query = attn.to_q(hidden_states)
     if encoder_hidden_states is None:
-        encoder_hidden_states = hidden_states
-    elif attn.norm_cross:
-        encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-    key = attn.to_k(encoder_hidden_states)
-    value = attn.to_v(encoder_hidden_states)
-    head_dim = key.shape[-1] // attn.heads
+        key, value = project_key_value(attn, hidden_states, normalize=False)
+    else:
+        key, value = project_key_value(attn, encoder_hidden_states)
+    head_dim = key.shape[-1]
     query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-    key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-    value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
     if attn.norm_q is not None:
         query = attn.norm_q(query)
-    if attn.norm_k is not None:
-        key = attn.norm_k(key)
     for hook in hooks:
         key, value = hook.key_value(attn, query, key, value, context)
     if any(hook.needs_probabilities for hook in hooks):
@@ -137,8 +131,7 @@ def attend(
         hidden_states = F.scaled_dot_product_attention(
             query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
         )
-    hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-    hidden_states = hidden_states.to(query.dtype)
+    hidden_states = merge_heads(hidden_states).to(query.dtype)
     for hook in hooks:
         hidden_states = hook.output(attn, hidden_states, context)
     hidden_states = attn.to_out[0](hidden_states)
@@ -148,6 +141,37 @@ def attend(
     if attn.residual_connection:
         hidden_states = hidden_states + residual
     return hidden_states / attn.rescale_output_factor
+
+
+def project_key_value(attn: Any, context_states: Tensor, normalize: bool = True) -> tuple[Tensor, Tensor]:
+    """Keys and values ``[B, heads, L, d]`` of ``context_states [B, L, C]`` as the module computes them
+    (``normalize``: the module's cross-attention norm first, when it has one)."""
+    if normalize and attn.norm_cross:
+        context_states = attn.norm_encoder_hidden_states(context_states)
+    batch = context_states.shape[0]
+    key = attn.to_k(context_states)
+    value = attn.to_v(context_states)
+    head_dim = key.shape[-1] // attn.heads
+    key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    return key, value
+
+
+def merge_heads(hidden_states: Tensor) -> Tensor:
+    """``[B, heads, L, d]`` -> ``[B, L, heads * d]``."""
+    batch, heads, length, head_dim = hidden_states.shape
+    return hidden_states.transpose(1, 2).reshape(batch, length, heads * head_dim)
+
+
+def cross_attend(attn: Any, query: Tensor, context_states: Tensor) -> Tensor:
+    """The module's attention of ``query [B, heads, L_q, d]`` (projected, normed) over other context
+    states ``[B, L_k, C]`` (e.g. another prompt's embeddings): ``[B, L_q, heads * d]`` before the output
+    projection, computed as :func:`attend` computes it."""
+    key, value = project_key_value(attn, context_states)
+    attended = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+    return merge_heads(attended).to(query.dtype)
 
 
 def hooked_processors(unet: torch.nn.Module) -> dict[str, HookedAttnProcessor]:

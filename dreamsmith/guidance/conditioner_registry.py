@@ -7,13 +7,14 @@ before any model loads; the factory builds the conditioner for a loaded prior wh
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from dreamsmith.configs import build, nearest
-from dreamsmith.errors import ConfigError
+from dreamsmith.configs import Range, build, nearest
+from dreamsmith.errors import ConfigError, DreamsmithError
 from dreamsmith.guidance.conditioners import Conditioner, ControlNetConditioner
+from dreamsmith.regions import parse_region
 
 
 @dataclass
@@ -40,6 +41,25 @@ class LoRAOptions:
     """Name of the adapter on the model (default: the file's stem); keep it apart from a guidance's own."""
 
 
+@dataclass
+class RegionsOptions:
+    """Regional prompts bound to 3D regions of the asset (RPG's regional cross-attention)."""
+
+    regions: list[str] = field(default_factory=list)
+    """'EXPRESSION: PROMPT' entries, e.g. 'y>0: a red roof' or 'box(-0.2,0,-0.2,0.2,0.5,0.2): a red door'."""
+    base_ratio: Annotated[float, Range(0.0, 1.0)] = 0.3
+    """How much of the base prompt's cross-attention is kept inside the regions (1: the base prompt only)."""
+
+    def check(self, path: str) -> None:
+        if not self.regions:
+            raise ConfigError(f"'{path}.regions' needs at least one 'EXPRESSION: PROMPT' entry, e.g. 'y>0: a red roof'")
+        for index, spec in enumerate(self.regions):
+            try:
+                parse_region(spec)
+            except DreamsmithError as error:
+                raise ConfigError(f"'{path}.regions.{index}': {error}") from None
+
+
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
@@ -63,9 +83,21 @@ def _lora(options: LoRAOptions, prior: Any, allow_pickle: bool) -> Conditioner:
     return LoRAConditioner(name, options.scale)
 
 
+def _regions(options: RegionsOptions, prior: Any, allow_pickle: bool) -> Conditioner:
+    from dreamsmith.guidance.prompt_check import check_prompt
+    from dreamsmith.guidance.regional import RegionalPrompts
+
+    regions = [parse_region(spec) for spec in options.regions]
+    for region in regions:
+        check_prompt(region.prompt, prior)
+    embeds, _ = prior.text_condition(prior.encode_prompts([region.prompt for region in regions]))
+    return RegionalPrompts(regions, embeds, options.base_ratio)
+
+
 CONDITIONERS: dict[str, tuple[type, Callable[[Any, Any, bool], Conditioner]]] = {
     "controlnet": (ControlNetOptions, _controlnet),
     "lora": (LoRAOptions, _lora),
+    "regions": (RegionsOptions, _regions),
 }
 
 
@@ -82,6 +114,8 @@ def conditioner_options(spec: Any, path: str) -> tuple[str, Any]:
     required = [f for f in ("model", "path") if hasattr(options, f) and not getattr(options, f)]
     if required:
         raise ConfigError(f"'{path}.{required[0]}' is required for the {name} conditioner")
+    if hasattr(options, "check"):
+        options.check(path)
     return name, options
 
 

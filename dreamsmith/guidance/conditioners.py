@@ -29,7 +29,7 @@ from torch import Tensor
 
 from dreamsmith.guidance.attention import AttentionHook, hooks_active
 from dreamsmith.renderers.cameras import Cameras
-from dreamsmith.renderers.outputs import RenderOutput
+from dreamsmith.renderers.outputs import RenderOutput, surface_depth
 
 # UNet kwargs whose values add up across conditioners (residual features).
 ADDITIVE_KWARGS = (
@@ -89,8 +89,9 @@ class Conditioner:
         and the (transformed) ``embeds``."""
         return {}
 
-    def attention_hooks(self) -> Sequence[AttentionHook]:
-        """Hooks active on the UNet's attention modules for the call (see :mod:`dreamsmith.guidance.attention`)."""
+    def attention_hooks(self, context: ConditionContext) -> Sequence[AttentionHook]:
+        """Hooks active on the UNet's attention modules for the call, which ``context`` describes (see
+        :mod:`dreamsmith.guidance.attention`)."""
         return ()
 
     def time_embedding_delta(self, context: ConditionContext, batch: int) -> Tensor | None:
@@ -143,14 +144,18 @@ def _add_residuals(a: Tensor | Sequence[Tensor], b: Tensor | Sequence[Tensor]) -
 
 @contextlib.contextmanager
 def all_applied(
-    conditioners: Sequence[Conditioner], unet: torch.nn.Module, time_embedding_delta: Tensor | None = None
+    conditioners: Sequence[Conditioner],
+    unet: torch.nn.Module,
+    context: ConditionContext,
+    time_embedding_delta: Tensor | None = None,
 ) -> Iterator[None]:
-    """Enter every conditioner's ``applied(unet)`` in order, activate their attention hooks (chained in
-    the same order) and add ``time_embedding_delta`` to the time embedding; undo all on exit."""
+    """Enter every conditioner's ``applied(unet)`` in order, activate their attention hooks for the call
+    ``context`` describes (chained in the same order) and add ``time_embedding_delta`` to the time
+    embedding; undo all on exit."""
     with contextlib.ExitStack() as stack:
         for conditioner in conditioners:
             stack.enter_context(conditioner.applied(unet))
-        stack.enter_context(hooks_active(unet, [h for c in conditioners for h in c.attention_hooks()]))
+        stack.enter_context(hooks_active(unet, [h for c in conditioners for h in c.attention_hooks(context)]))
         if time_embedding_delta is not None:
             handle = unet.time_embedding.register_forward_hook(
                 lambda module, args, output: output + time_embedding_delta.to(output)
@@ -174,7 +179,7 @@ def control_image_from_render(render: RenderOutput, source: ControlSource, camer
     """
     foreground = (render.opacity > 0.5).to(render.opacity.dtype)  # [B, H, W, 1]
     if source == "depth":
-        depth = render.depth / render.opacity.clamp(min=1e-6)
+        depth = surface_depth(render)
         big = torch.finfo(depth.dtype).max
         near = torch.where(foreground > 0, depth, big).amin(dim=(1, 2, 3), keepdim=True)
         far = torch.where(foreground > 0, depth, -big).amax(dim=(1, 2, 3), keepdim=True)

@@ -131,3 +131,18 @@ def sanitize_grad(grad: Tensor, clip: float | None) -> Tensor:
     if clip is not None:
         grad = grad.clamp(-clip, clip)
     return grad
+
+
+def regional_composite(base: Tensor, regional: Tensor, masks: Tensor, base_ratio: float) -> Tensor:
+    """RPG's regional cross-attention output (Yang et al. 2024, "Mastering Text-to-Image Diffusion:
+    Recaptioning, Planning, and Generating with Multimodal LLMs", section 3.3):
+
+        out = r A_base + (1 − r) (Σ_i m_i A_i + (1 − Σ_i m_i) A_base) = A_base + (1 − r) Σ_i m_i (A_i − A_base)
+
+    base ``A_base [B, L, C]``: the base prompt's cross-attention output; regional ``A_i [R, B, L, C]``: each
+    sub-prompt's; masks ``m [B, L, R]`` in [0, 1], scaled down where they overlap to sum to at most 1 (a
+    pixel no region covers keeps the base prompt); r: ``base_ratio``.
+    """
+    masks = masks / masks.sum(-1, keepdim=True).clamp(min=1.0)
+    delta = torch.einsum("blr,rblc->blc", masks.to(base), regional - base)
+    return base + (1.0 - base_ratio) * delta

@@ -248,7 +248,7 @@ class DiffusionPrior:
         with torch.set_grad_enabled(enable_grad):
             deltas = [d for d in (c.time_embedding_delta(context, batch) for c in conditioners) if d is not None]
             delta = torch.stack(deltas).sum(0) if deltas else None
-            with all_applied(conditioners, self.unet, delta):
+            with all_applied(conditioners, self.unet, context, delta):
                 for conditioner in conditioners:
                     embeds = conditioner.transform_prompt_embeds(embeds, context)
                 extra = [conditioner.extra_input_channels(sample, context) for conditioner in conditioners]

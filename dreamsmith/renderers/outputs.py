@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from dreamsmith.renderers.cameras import Cameras
+
 
 @dataclass
 class RenderOutput:
@@ -29,3 +31,17 @@ def normal_image(render: RenderOutput) -> Tensor:
     if render.normal is None:
         raise ValueError("this render has no normals")
     return (render.normal * 0.5 + 0.5) * render.opacity + (1 - render.opacity)
+
+
+def surface_depth(render: RenderOutput) -> Tensor:
+    """The surface's distance along each ray ``[B, H, W, 1]``: depth divided by opacity (renders composite
+    depth like colour, so an anti-aliased or translucent edge would otherwise read as near)."""
+    return render.depth / render.opacity.clamp(min=1e-6)
+
+
+def surface_points(render: RenderOutput, cameras: Cameras) -> Tensor:
+    """The world point each pixel sees ``[B, H, W, 3]`` (the expected ray termination; meaningless where
+    the opacity is 0)."""
+    height, width = render.depth.shape[1:3]
+    origins, directions = cameras.with_resolution(height, width).generate_rays()
+    return origins.to(render.depth) + directions.to(render.depth) * surface_depth(render)

@@ -76,7 +76,7 @@ class TextureConfig:
     texture_size: Annotated[int, Range(4, 4096)] = 256
     """Texels along each side of the square UV texture that is optimized."""
     max_faces: Annotated[int, Range(1, None)] = 200_000
-    """Largest mesh accepted; a bigger one is refused (decimate it first, or raise this)."""
+    """Most faces painted; a bigger mesh is decimated to this many (its UVs unwrapped again)."""
     init_color: tuple[float, float, float] = (0.5, 0.5, 0.5)
     """Starting colour of every texel, sRGB in (0, 1)."""
 
