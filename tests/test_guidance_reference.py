@@ -1,7 +1,9 @@
 """SDS gradients recorded before the distillation core was written (``tests/data/sds_reference.pt``):
 the core must reproduce them bit for bit on the tiny random models and on the embedded prior.
 
-Re-record (only when the SDS math is meant to change): ``python tests/test_guidance_reference.py``.
+Re-record (only when the SDS math is meant to change): ``python tests/test_guidance_reference.py``; when
+the shipped embedded prior is retrained (its weights changed, not the math), re-record its case alone:
+``python tests/test_guidance_reference.py toyworld``.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def test_sds_reproduces_its_recorded_gradients_bit_for_bit(name, request):
     assert torch.equal(sds_gradient(prior_for(name, request), name), expected)
 
 
-def _record() -> None:
+def _record(only: list[str]) -> None:
     import tempfile
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -86,11 +88,13 @@ def _record() -> None:
             "toyworld": load_prior(embedded_model_path("toyworld")),
         }
         priors["tiny_pixel_scheduled"] = priors["tiny_pixel"]
-        grads = {name: sds_gradient(priors[name], name) for name in CASES}
+        names = only or list(CASES)
+        grads = torch.load(REFERENCE, weights_only=True) if only else {}
+        grads.update({name: sds_gradient(priors[name], name) for name in names})
     REFERENCE.parent.mkdir(exist_ok=True)
     torch.save(grads, REFERENCE)
     print({name: float(g.abs().sum()) for name, g in grads.items()})
 
 
 if __name__ == "__main__":
-    _record()
+    _record(sys.argv[1:])

@@ -133,3 +133,16 @@ def test_truncated_snr_weights_favour_high_noise_up_to_the_cap() -> None:
     assert capped[0] == 1.0 and capped[-1] == 10.0 and bool((capped.diff() >= 0).all())
     snr = alphas_cumprod[900] / (1 - alphas_cumprod[900])  # 1/SNR = 40 at t = 900 on the cosine schedule
     assert script.loss_weights(alphas_cumprod, 1000.0)[900] == pytest.approx(float(1 / snr))
+
+
+def test_oversampling_and_high_timesteps_shift_the_draws() -> None:
+    script = _load_script()
+    data = generate_toyworld_dataset(600, resolution=8, seed=1)
+    weights = script.sampling_weights(data, "cube=3")
+    is_cube = torch.tensor(["cube" in c for c in data.captions(torch.arange(600))])
+    assert bool((weights[is_cube] == 3).all()) and bool((weights[~is_cube] == 1).all())
+    assert script.sampling_weights(data, "") is None
+    generator = torch.Generator().manual_seed(0)
+    t = script.sample_timesteps(4000, 1000, 0.5, generator)
+    assert 0.6 < float((t >= 700).float().mean()) < 0.7  # 0.5 + 0.5 * 0.3
+    assert int(t.min()) >= 0 and int(t.max()) < 1000

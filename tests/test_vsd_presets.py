@@ -126,12 +126,17 @@ def test_a_lora_model_that_does_not_exist_is_refused_before_the_run(tmp_path):
 
 def test_a_lora_model_naming_the_stage_model_is_the_same_loaded_prior(tiny_sd_dir, pickled_sd_dir):
     from dreamsmith.engine.models import RunPriors
+    from dreamsmith.guidance.loading import run_models
 
     config = make_config("a red cube", preset="dreamfusion",
                          overrides=[f"model={tiny_sd_dir}", "guidance.name=vsd", f"guidance.lora_model={tiny_sd_dir}"])
-    prior = RunPriors(config, CPU).for_stage(config.stages[0])
-    stage = Stage(config.stages[0], prior, config.prompt, CPU)
-    assert stage.guidance.particle.model is prior  # loaded once, the particle's adapter on it
+    priors = RunPriors(config, CPU)
+    prior = priors.for_stage(config.stages[0])
+    with run_models(priors.load):
+        stage = Stage(config.stages[0], prior, config.prompt, CPU)
+    assert stage.guidance.particle.model is prior  # loaded once in the run, the particle's adapter on it
+    outside = Stage(config.stages[0], prior, config.prompt, CPU)  # no run: a fresh load
+    assert outside.guidance.particle.model is not prior
     # --allow-pickle reaches the second model too
     pickled = ["guidance.name=vsd", f"guidance.lora_model={pickled_sd_dir}"]
     config = make_config("a red cube", preset="dreamfusion", overrides=[f"model={tiny_sd_dir}", *pickled])

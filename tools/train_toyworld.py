@@ -73,6 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         metavar=("LO", "HI"), help="camera elevations of the training renders, degrees")
     parser.add_argument("--text-dropout", type=float, default=0.1, help="caption -> '' probability")
     parser.add_argument("--camera-dropout", type=float, default=0.1, help="camera -> zeros probability")
+    parser.add_argument("--oversample", type=str, default="",
+                        help="WORD=FACTOR: renders whose caption has WORD are drawn FACTOR times as often "
+                             "(e.g. cube=3: the one shape whose look depends on the azimuth)")
+    parser.add_argument("--high-t-fraction", type=float, default=0.0,
+                        help="fraction of each batch whose timestep is drawn from the top 30 %% of the "
+                             "schedule (where only the camera tells the object's pose), the rest uniform")
     parser.add_argument("--max-weight", type=float, default=1.0,
                         help="truncated-SNR loss weight cap: each sample's epsilon loss times "
                              "clamp(1 / SNR(t), 1, MAX); 1 = plain epsilon loss")
@@ -240,12 +246,33 @@ def export_model(out: Path, unet: UNet2DConditionModel, text_encoder: CLIPTextMo
     shutil.rmtree(old, ignore_errors=True)
 
 
+def sampling_weights(data: ToyworldDataset, oversample: str) -> torch.Tensor | None:
+    """Per-render draw weights ``[N]`` from ``WORD=FACTOR`` (None: uniform)."""
+    if not oversample:
+        return None
+    word, factor = oversample.split("=")
+    has_word = torch.tensor([word in caption.split() for caption in tw.TRAIN_CAPTIONS])
+    return torch.where(has_word[data.caption_index], float(factor), 1.0)
+
+
+def sample_timesteps(batch_size: int, total: int, high_fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """``[B]`` timesteps: uniform, with ``high_fraction`` of them from the top 30 % of the schedule."""
+    uniform = torch.randint(0, total, (batch_size,), generator=generator)
+    if high_fraction <= 0:
+        return uniform
+    high = torch.randint(int(0.7 * total), total, (batch_size,), generator=generator)
+    return torch.where(torch.rand(batch_size, generator=generator) < high_fraction, high, uniform)
+
+
 def training_batch(data: ToyworldDataset, tokenizer: PreTrainedTokenizerFast, batch_size: int,
                    generator: torch.Generator, with_rays: bool = False, text_dropout: float = 0.1,
-                   camera_dropout: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   camera_dropout: float = 0.1,
+                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """images ``[B, 3, H, W]`` in [-1, 1] (``[B, 9, H, W]`` with the ray channels after them),
-    token ids ``[B, L]``, camera ``[B, 16]``; text and camera (labels and rays together) dropped."""
-    index = torch.randint(len(data), (batch_size,), generator=generator)
+    token ids ``[B, L]``, camera ``[B, 16]``; text and camera (labels and rays together) dropped.
+    weights: per-render draw weights (None: uniform)."""
+    index = (torch.randint(len(data), (batch_size,), generator=generator) if weights is None
+             else torch.multinomial(weights, batch_size, replacement=True, generator=generator))
     images = data.images[index].permute(0, 3, 1, 2).float() / 127.5 - 1
     captions = swap_articles(data.captions(index), torch.rand(batch_size, generator=generator) < 0.3)
     drop_text = torch.rand(batch_size, generator=generator) < text_dropout
@@ -295,6 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
            "elevation_range": list(elevation_range), "text_dropout": args.text_dropout,
            "camera_dropout": args.camera_dropout,
            "lr": args.lr, "warmup": args.warmup, "max_weight": args.max_weight,
+           "oversample": args.oversample, "high_t_fraction": args.high_t_fraction,
            "unet_params": sum(p.numel() for p in unet.parameters()),
            "text_encoder_params": sum(p.numel() for p in text_encoder.parameters())}
     step = 0
@@ -313,6 +341,7 @@ def main(argv: list[str] | None = None) -> dict:
         log["data_seconds"] += data_seconds  # the resumed run rendered its data again
         print(f"resumed at step {step}", flush=True)
 
+    draw_weights = sampling_weights(data, args.oversample)
     unet.train()
     text_encoder.train()
     t_loop = time.time() - log["train_seconds"]
@@ -320,10 +349,11 @@ def main(argv: list[str] | None = None) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = args.lr * lr_factor(step, args.warmup, args.steps)
         inputs, ids, camera = training_batch(data, tokenizer, args.batch_size, generator, args.camera_rays,
-                                             args.text_dropout, args.camera_dropout)
+                                             args.text_dropout, args.camera_dropout, draw_weights)
         images, rays = inputs[:, :3], inputs[:, 3:]
         noise = torch.randn(images.shape, generator=generator)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch_size,), generator=generator)
+        timesteps = sample_timesteps(args.batch_size, scheduler.config.num_train_timesteps, args.high_t_fraction,
+                                     generator)
         a = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
         noisy = torch.cat([a.sqrt() * images + (1 - a).sqrt() * noise, rays], dim=1)
         text = text_encoder(ids).last_hidden_state

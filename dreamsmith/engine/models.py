@@ -28,9 +28,14 @@ class RunPriors:
         """The stage's prior, loading it the first time its model is asked for."""
         if stage.model is None and self.given is not None:
             return self.given
-        folder = resolve_model(self.model_name(stage))
-        if folder not in self.loaded:  # held here for the run; shared with guidances naming the same model
-            from dreamsmith.guidance.loading import load_shared_prior
+        return self.load(self.model_name(stage))
 
-            self.loaded[folder] = load_shared_prior(folder, self.device, self.config.allow_pickle)
+    def load(self, name: str) -> Any:
+        """The run's copy of model ``name`` (a folder, hub id or ``embedded:`` name), loaded the first time;
+        also what guidances asking for a model by name get during the run (``run_models``)."""
+        folder = resolve_model(name)
+        if folder not in self.loaded:
+            from dreamsmith.guidance import load_prior
+
+            self.loaded[folder] = load_prior(folder, device=self.device, allow_pickle=self.config.allow_pickle)
         return self.loaded[folder]

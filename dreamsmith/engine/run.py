@@ -27,6 +27,7 @@ from dreamsmith.engine.run_dir import RunDir, write_json, write_yaml
 from dreamsmith.engine.signals import RunInterrupted, deferred_stop_signals
 from dreamsmith.engine.stage import Stage
 from dreamsmith.errors import RunDirError
+from dreamsmith.guidance.loading import run_models
 from dreamsmith.guidance.prompt_check import check_prompt
 
 
@@ -105,7 +106,8 @@ def generate(
             run_dir.clear_run()
         run_dir.prepare()
         write_yaml(run_dir.config, to_dict(config))
-        return _run(config, run_dir, state, device, stage_priors, progress)
+        with run_models(priors.load):
+            return _run(config, run_dir, state, device, stage_priors, progress)
 
 
 def _run(config: RunConfig, run_dir: RunDir, state: dict[str, Any] | None, device: torch.device,

@@ -10,7 +10,9 @@ import os
 import re
 import socket
 import threading
-import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -93,23 +95,26 @@ def load_prior(
     return DiffusionPrior(unet, scheduler, text_encoder, tokenizer, vae=vae, metadata=metadata)
 
 
-_SHARED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-"""Priors in use, by (model, device): what :func:`load_shared_prior` hands out again."""
+_RUN_MODELS: ContextVar[Callable[[str], DiffusionPrior] | None] = ContextVar("dreamsmith_run_models", default=None)
 
 
-def load_shared_prior(
-    model: str | Path, device: str | torch.device = "cpu", allow_pickle: bool = False
-) -> DiffusionPrior:
-    """:func:`load_prior`, loaded once per (model, device) while anything holds it: a run's stages and a
-    guidance's second model (VSD's ``lora_model``) naming the same model get the same frozen prior (each
-    guidance adds its own named adapters to it)."""
-    path = Path(model)
-    key = (str(path.resolve()) if path.exists() else str(model), str(torch.device(device)))
-    prior = _SHARED.get(key)
-    if prior is None:
-        prior = load_prior(model, device=device, allow_pickle=allow_pickle)
-        _SHARED[key] = prior
-    return prior
+@contextmanager
+def run_models(load: Callable[[str], DiffusionPrior]) -> Iterator[None]:
+    """While a run builds its stages: models a guidance asks for by name (VSD's ``lora_model``) come from
+    ``load``, the run's own loader, so a model a stage already uses is that same object (each guidance
+    adds its own named adapters) and ``--allow-pickle`` applies. Scoped to the run: the next run in the
+    same process (a job server) starts from clean models."""
+    token = _RUN_MODELS.set(load)
+    try:
+        yield
+    finally:
+        _RUN_MODELS.reset(token)
+
+
+def load_run_model(model: str, device: str | torch.device = "cpu", allow_pickle: bool = False) -> DiffusionPrior:
+    """The running run's model ``model`` (see :func:`run_models`), else a fresh :func:`load_prior`."""
+    load = _RUN_MODELS.get()
+    return load(model) if load is not None else load_prior(model, device=device, allow_pickle=allow_pickle)
 
 
 def _present(folder: Path, index: dict[str, Any], name: str) -> bool:

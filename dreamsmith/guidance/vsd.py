@@ -91,11 +91,11 @@ class VSDGuidance(DistillationGuidance):
 
 def load_particle_model(name: str, prior: Any, allow_pickle: bool = False) -> Any:
     """The second model carrying the LoRA (a folder or hub id; the engine resolves ``embedded:`` names),
-    checked against the prior's latent space; the same object as a stage's prior of that model."""
+    checked against the prior's latent space; within a run, the same object as a stage's prior of that model."""
     from dreamsmith.errors import ConfigError
-    from dreamsmith.guidance.loading import load_shared_prior
+    from dreamsmith.guidance.loading import load_run_model
 
-    model = load_shared_prior(name, prior.device, allow_pickle)
+    model = load_run_model(name, prior.device, allow_pickle)
     if model.latent_space != prior.latent_space:
         raise ConfigError(f"guidance.lora_model {name!r} ({model.family}) works in another space "
                           f"({model.latent_space_name}) than this stage's model ({prior.family}, "
