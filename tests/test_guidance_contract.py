@@ -1,6 +1,7 @@
 """The contract every registered guidance method passes (one shared test class over ``GUIDANCES``):
 determinism under a seed, a checkpoint round trip of its own state, the NaN guard, a CPU run through
-``dreamsmith generate`` on a tiny random model, and exactness of every conditioner kind at scale 0."""
+``dreamsmith generate`` on a tiny random model, and exactness of every conditioner kind turned off (scale 0,
+base ratio 1)."""
 
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ class TestGuidanceContract:
         assert (out / "asset.glb").stat().st_size > 0
 
     def test_every_conditioner_kind_at_scale_zero_is_exact(self, guidance_name, tiny_sd_dir, tmp_path):
-        assert set(CONDITIONERS) == {"controlnet", "lora"}, "add a scale-0 case for the new conditioner kind"
+        assert set(CONDITIONERS) == {"controlnet", "lora", "regions"}, "add an off case for the new conditioner kind"
         prior = load_prior(tiny_sd_dir)
         controlnet = ControlNetModel.from_unet(prior.unet)
         with torch.no_grad():  # non-zero everywhere, so only the scale keeps it out
@@ -97,17 +98,21 @@ class TestGuidanceContract:
                 parameter.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
         save_file({f"unet.{k}": v for k, v in lora_state_dict(donor.unet, "donor").items()},
                   tmp_path / "style.safetensors")
+        # each kind: its spec, the options that turn it off exactly, and those that turn it on
         specs = {
-            "controlnet": {"name": "controlnet", "model": str(tmp_path / "controlnet"), "source": "depth"},
-            "lora": {"name": "lora", "path": str(tmp_path / "style.safetensors")},
+            "controlnet": ({"name": "controlnet", "model": str(tmp_path / "controlnet"), "source": "depth"},
+                           {"scale": 0.0}, {"scale": 1.0}),
+            "lora": ({"name": "lora", "path": str(tmp_path / "style.safetensors")},
+                     {"scale": 0.0}, {"scale": 1.0, "adapter_name": "style1"}),
+            "regions": ({"name": "regions", "regions": ["box(-5,-5,-5,5,5,5): a red cat"]},
+                        {"base_ratio": 1.0}, {"base_ratio": 0.0}),
         }
         bare = gradient(make(guidance_name, prior), seed=5)[0]
-        for kind, spec in specs.items():
-            at_zero = build_conditioners([{**spec, "scale": 0.0}], prior)
-            assert torch.equal(gradient(make(guidance_name, prior, at_zero), seed=5)[0], bare), kind
-            at_one = build_conditioners([{**spec, "scale": 1.0, **({"adapter_name": "style1"} if kind == "lora"
-                                                                     else {})}], prior)
-            assert not torch.equal(gradient(make(guidance_name, prior, at_one), seed=5)[0], bare), kind
+        for kind, (spec, off, on) in specs.items():
+            at_off = build_conditioners([{**spec, **off}], prior)
+            assert torch.equal(gradient(make(guidance_name, prior, at_off), seed=5)[0], bare), kind
+            at_on = build_conditioners([{**spec, **on}], prior)
+            assert not torch.equal(gradient(make(guidance_name, prior, at_on), seed=5)[0], bare), kind
 
 
 def _round_trip(state):
