@@ -82,7 +82,3 @@ def model_conditioners(metadata: dict[str, Any], source: str = "dreamsmith.json"
                              f"of one object the model sees together (MVDream: 4), got {views!r}")
     return [MultiViewConditioner(views)]
 
-
-def model_views(metadata: dict[str, Any]) -> int:
-    """How many views of one object a model denoises together (1 for a single-view model)."""
-    return int(metadata.get("views_per_group", 1)) if metadata.get("attention") == MULTIVIEW else 1

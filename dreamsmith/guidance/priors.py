@@ -22,7 +22,7 @@ from dreamsmith.guidance.conditioners import (
     tile_to_batch,
 )
 from dreamsmith.guidance.math import alpha_sigma, eps_from_v
-from dreamsmith.guidance.multiview import model_conditioners, model_views
+from dreamsmith.guidance.multiview import MultiViewConditioner, model_conditioners
 from dreamsmith.guidance.mvdream_camera import mvdream_camera_labels
 from dreamsmith.renderers.cameras import Cameras
 
@@ -110,7 +110,8 @@ class DiffusionPrior:
                 )
         self.camera_distance = float(self.metadata.get("camera_distance", 1.0))
         self.model_conditioners = model_conditioners(self.metadata, METADATA_FILE)
-        self.views_per_group = model_views(self.metadata)
+        self.views_per_group = next(
+            (c.views for c in self.model_conditioners if isinstance(c, MultiViewConditioner)), 1)
 
     def max_prompt_tokens(self) -> int:
         """How many tokens of a prompt the text encoder reads."""
