@@ -74,9 +74,20 @@ def preset_for_model(model: str | None) -> str:
     return "dreamfusion"
 
 
+NEEDS_CONVERSION = {
+    "MVDream/MVDream": "download sd-v2.1-base-4view.pt from it, convert it with `dreamsmith convert mvdream "
+                       "sd-v2.1-base-4view.pt OUT_DIR --allow-pickle` and pass --model OUT_DIR",
+}
+"""Hugging Face repositories that publish checkpoints in another layout, and how to make them a model folder."""
+
+
 def check_model(model: str) -> None:
     """Fail at once, before torch or a model loads, when ``model`` (``embedded:<name>`` resolved) is
-    neither an existing folder nor a Hugging Face id."""
+    neither an existing folder nor a Hugging Face id, is an embedded model not shipped, or is a repository
+    whose checkpoint must be converted first."""
+    if model in NEEDS_CONVERSION:
+        raise ModelLoadError(f"{model} publishes a checkpoint in another layout, not a diffusers model folder: "
+                             f"{NEEDS_CONVERSION[model]}")
     path = Path(resolve_model(model)).expanduser()
     if model.startswith(EMBEDDED_PREFIX) and not path.is_dir():
         shipped = sorted(entry.name for entry in path.parent.iterdir() if (entry / "model_index.json").is_file())
