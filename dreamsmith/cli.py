@@ -425,3 +425,25 @@ def gallery(
     except DreamsmithError as error:
         _fail(error)
     console.print(f"wrote {page}", highlight=False, soft_wrap=True)
+
+
+convert_app = typer.Typer(no_args_is_help=True, help="Turn checkpoints published in other layouts into model folders.")
+app.add_typer(convert_app, name="convert")
+
+
+@convert_app.command("mvdream")
+def convert_mvdream(
+    checkpoint: Annotated[Path, typer.Argument(help="MVDream's LDM-layout checkpoint, e.g. sd-v2.1-base-4view.pt or a .safetensors conversion.")],
+    out_dir: Annotated[Path, typer.Argument(help="The diffusers model folder to write (new or empty).")],
+    base: Annotated[str, typer.Option(help="Pipeline whose VAE, text encoder, tokenizer and scheduler MVDream kept: a folder or Hugging Face id.")] = "stabilityai/stable-diffusion-2-1-base",
+    config: Annotated[Path | None, typer.Option(help="LDM config of another UNet size (MVDream's format); default: sd-v2.1-base-4view's.")] = None,
+    allow_pickle: AllowPickleOption = False,
+) -> None:
+    """Convert MVDream's multi-view checkpoint into a model folder for guidance.name=mvdream (--preset mvdream)."""
+    from dreamsmith.engine.convert import convert_mvdream as convert
+
+    try:
+        written = convert(checkpoint, out_dir, base, config, allow_pickle)
+    except DreamsmithError as error:
+        _fail(error)
+    console.print(f"wrote {written}; use it with --preset mvdream --model {written}", markup=False, highlight=False)

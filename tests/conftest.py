@@ -9,6 +9,8 @@ each one once into a temporary directory:
 - ``tiny_controlnet_dir``: a ControlNet for ``tiny_sd_dir`` (``from_unet`` with its zero convolutions
   made non-zero, so it changes the prediction); ``tiny_controlnet_other_dir``: one for another base
   model (wider blocks).
+- ``tiny_mv_dir``: ``tiny_sd_dir`` made a four-view MVDream-style model: its UNet reads MVDream's camera
+  through a projection class embedding, and its ``dreamsmith.json`` names the multi-view attention.
 - ``tiny_pixel_dir`` / ``tiny_pixel_prior``: pixel space (no VAE, DeepFloyd-IF-like), 3-channel UNet
   at 8², camera-conditioned through ``class_labels`` (a ``dreamsmith.json`` declaring ``c2w16``).
 """
@@ -131,6 +133,22 @@ def build_tiny_sd(folder: Path, prediction_type: str = "epsilon", seed: int = 0)
     return folder
 
 
+MV_METADATA = {"attention": "multiview", "views_per_group": 4, "camera_conditioning": "mvdream"}
+
+
+def build_tiny_mv(folder: Path, seed: int = 0) -> Path:
+    """``build_tiny_sd`` with a camera-conditioned UNet (projection class embedding of 16 numbers) and a
+    ``dreamsmith.json`` naming four-view multi-view attention and MVDream's camera input."""
+    build_tiny_sd(folder, seed=seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 1)
+        unet = tiny_unet(sample_size=4, channels=4, class_embed_type="projection",
+                         projection_class_embeddings_input_dim=16)
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    (folder / "dreamsmith.json").write_text(json.dumps(MV_METADATA))
+    return folder
+
+
 def build_tiny_controlnet(folder: Path, sd_folder: Path | None, seed: int = 0) -> Path:
     """Save a tiny ControlNet into ``folder``: from ``sd_folder``'s UNet with random zero convolutions,
     or (None) a random one for another base model, whose blocks are twice as wide."""
@@ -203,6 +221,11 @@ def pickled_sd_dir(tiny_sd_dir: Path, tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_mv_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_mv(tmp_path_factory.mktemp("models") / "tiny-mv")
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ base ratio 1)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from diffusers import ControlNetModel
 from safetensors.torch import save_file
@@ -22,6 +23,12 @@ from dreamsmith.renderers.outputs import RenderOutput
 def pytest_generate_tests(metafunc):
     if "guidance_name" in metafunc.fixturenames:
         metafunc.parametrize("guidance_name", sorted(GUIDANCES))
+
+
+@pytest.fixture
+def model_dir(guidance_name, request):
+    """A tiny model the method can run on: a four-view one for multi-view methods."""
+    return request.getfixturevalue("tiny_mv_dir" if GUIDANCES[guidance_name].views_per_group > 1 else "tiny_sd_dir")
 
 
 def views(batch: int = 2, size: int = 16) -> tuple[torch.Tensor, Cameras]:
@@ -56,43 +63,44 @@ class NaNPrompt(Conditioner):
 
 
 class TestGuidanceContract:
-    def test_same_seed_same_gradient_other_seed_other_gradient(self, guidance_name, tiny_sd_dir):
-        first = gradient(make(guidance_name, load_prior(tiny_sd_dir)), seed=3)[0]
-        again = gradient(make(guidance_name, load_prior(tiny_sd_dir)), seed=3)[0]
-        other = gradient(make(guidance_name, load_prior(tiny_sd_dir)), seed=4)[0]
+    def test_same_seed_same_gradient_other_seed_other_gradient(self, guidance_name, model_dir):
+        first = gradient(make(guidance_name, load_prior(model_dir)), seed=3)[0]
+        again = gradient(make(guidance_name, load_prior(model_dir)), seed=3)[0]
+        other = gradient(make(guidance_name, load_prior(model_dir)), seed=4)[0]
         assert torch.equal(first, again) and not torch.equal(first, other)
 
-    def test_own_state_round_trips_through_a_checkpoint(self, guidance_name, tiny_sd_dir):
-        trained = make(guidance_name, load_prior(tiny_sd_dir))
+    def test_own_state_round_trips_through_a_checkpoint(self, guidance_name, model_dir):
+        trained = make(guidance_name, load_prior(model_dir))
         for step in range(2):
             gradient(trained, seed=step, step=step)
         saved = trained.checkpoint_state()
-        restored = make(guidance_name, load_prior(tiny_sd_dir))
+        restored = make(guidance_name, load_prior(model_dir))
         restored.load_checkpoint_state(torch.load(_round_trip(saved), weights_only=True))
         assert torch.equal(gradient(trained, seed=9, step=2)[0], gradient(restored, seed=9, step=2)[0])
         again = restored.checkpoint_state()
         assert _flat(again) == _flat(trained.checkpoint_state())
 
-    def test_a_nan_model_output_gives_a_zero_gradient_not_nan(self, guidance_name, tiny_sd_dir):
-        grad, _ = gradient(make(guidance_name, load_prior(tiny_sd_dir), [NaNPrompt()]), seed=0)
+    def test_a_nan_model_output_gives_a_zero_gradient_not_nan(self, guidance_name, model_dir):
+        grad, _ = gradient(make(guidance_name, load_prior(model_dir), [NaNPrompt()]), seed=0)
         assert torch.isfinite(grad).all() and torch.equal(grad, torch.zeros_like(grad))
 
-    def test_runs_through_dreamsmith_generate_on_a_tiny_model(self, guidance_name, tiny_sd_dir, tmp_path):
+    def test_runs_through_dreamsmith_generate_on_a_tiny_model(self, guidance_name, model_dir, tmp_path):
         out = tmp_path / "run"
-        result = run_cli("generate", "a hamburger", "--model", str(tiny_sd_dir), "--steps", "2", "--out", str(out),
-                         "--quiet", *SMALL, f"guidance.name={guidance_name}")
+        result = run_cli("generate", "a hamburger", "--model", str(model_dir), "--steps", "2", "--out", str(out),
+                         "--quiet", *SMALL, f"guidance.name={guidance_name}",
+                         f"camera.batch_size={GUIDANCES[guidance_name].views_per_group}")
         assert result.returncode == 0, result.stderr
         assert (out / "asset.glb").stat().st_size > 0
 
-    def test_every_conditioner_kind_at_scale_zero_is_exact(self, guidance_name, tiny_sd_dir, tmp_path):
+    def test_every_conditioner_kind_at_scale_zero_is_exact(self, guidance_name, model_dir, tmp_path):
         assert set(CONDITIONERS) == {"controlnet", "lora", "regions"}, "add an off case for the new conditioner kind"
-        prior = load_prior(tiny_sd_dir)
+        prior = load_prior(model_dir)
         controlnet = ControlNetModel.from_unet(prior.unet)
         with torch.no_grad():  # non-zero everywhere, so only the scale keeps it out
             for parameter in controlnet.parameters():
                 parameter.add_(0.1)
         controlnet.save_pretrained(tmp_path / "controlnet", safe_serialization=True)
-        donor = load_prior(tiny_sd_dir)
+        donor = load_prior(model_dir)
         for parameter in add_lora(donor.unet, "donor", rank=2):
             with torch.no_grad():
                 parameter.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))

@@ -195,6 +195,10 @@ def validate_guidance(stage: StageConfig, path: str) -> None:
     if "prompt" in stage.guidance:
         raise ConfigError(f"'{path}guidance.prompt' cannot be set: the prompt is the run's (the PROMPT argument)")
     guidance_class = GUIDANCES[name]
+    views = guidance_class.views_per_group
+    if stage.camera.batch_size % views:
+        raise ConfigError(f"{path}camera.batch_size is {stage.camera.batch_size}, but guidance {name} judges groups "
+                          f"of {views} views of one object: set it to a multiple of {views}")
     options = guidance_options(stage, guidance_class)
     guidance_class.check_config(build(guidance_class.config_class, options, f"{path}guidance."), f"{path}guidance.")
 

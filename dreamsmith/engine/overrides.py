@@ -5,7 +5,14 @@ from __future__ import annotations
 from dreamsmith.configs import build
 from dreamsmith.engine.config import RunConfig, apply_overrides, deep_merge, resolve
 from dreamsmith.engine.memory import check_memory
-from dreamsmith.engine.presets import check_model, load_preset, preset_for_model, resolve_model
+from dreamsmith.engine.presets import (
+    check_model,
+    check_model_fits,
+    default_model,
+    load_preset,
+    preset_for_model,
+    resolve_model,
+)
 from dreamsmith.errors import ConfigError
 
 
@@ -55,11 +62,15 @@ def make_config(
 
 def check_models(config: RunConfig) -> None:
     """The run's and every stage's models (its own, and a guidance's second model such as VSD's
-    ``lora_model``): an existing folder or a Hugging Face id (no loading)."""
+    ``lora_model``): an existing folder or a Hugging Face id, and one that sees as many views at once as
+    the stage's guidance needs (no loading)."""
     stage_models = {stage.model for stage in config.stages}
     guidance_models = {stage.guidance.get("lora_model") for stage in config.stages}
     for name in sorted({config.model, *stage_models, *guidance_models} - {None}):
         check_model(name)
+    for stage in config.stages:
+        model = stage.model or config.model or default_model(config.preset)
+        check_model_fits(model, stage.guidance.get("name", "sds"), f"stage '{stage.name}'")
 
 
 def split_steps(total: int, proportions: list[int]) -> list[int]:

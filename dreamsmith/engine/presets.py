@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from importlib import resources
 from pathlib import Path
@@ -73,10 +74,25 @@ def preset_for_model(model: str | None) -> str:
     return "dreamfusion"
 
 
+NEEDS_CONVERSION = {
+    "MVDream/MVDream": "download sd-v2.1-base-4view.pt from it, convert it with `dreamsmith convert mvdream "
+                       "sd-v2.1-base-4view.pt OUT_DIR --allow-pickle` and pass --model OUT_DIR",
+}
+"""Hugging Face repositories that publish checkpoints in another layout, and how to make them a model folder."""
+
+
 def check_model(model: str) -> None:
     """Fail at once, before torch or a model loads, when ``model`` (``embedded:<name>`` resolved) is
-    neither an existing folder nor a Hugging Face id."""
+    neither an existing folder nor a Hugging Face id, is an embedded model not shipped, or is a repository
+    whose checkpoint must be converted first."""
+    if model in NEEDS_CONVERSION:
+        raise ModelLoadError(f"{model} publishes a checkpoint in another layout, not a diffusers model folder: "
+                             f"{NEEDS_CONVERSION[model]}")
     path = Path(resolve_model(model)).expanduser()
+    if model.startswith(EMBEDDED_PREFIX) and not path.is_dir():
+        shipped = sorted(entry.name for entry in path.parent.iterdir() if (entry / "model_index.json").is_file())
+        raise ModelLoadError(f"the embedded model '{model.removeprefix(EMBEDDED_PREFIX)}' is not shipped with this "
+                             f"version of dreamsmith (shipped: {', '.join(shipped)}); pass --model with a model folder")
     if path.exists():
         if not path.is_dir():
             raise ModelLoadError(f"{path} is a file; pass a diffusers model folder (with model_index.json)")
@@ -85,3 +101,39 @@ def check_model(model: str) -> None:
         raise ModelLoadError(
             f"model folder {path} does not exist; pass a diffusers model folder or a Hugging Face id (owner/name)"
         )
+
+
+GUIDANCE_VIEWS = {"mvdream": 4}
+"""Views of one object each multi-view guidance method judges together (the others: 1). Known here without
+torch, so a model that cannot serve a stage is refused before anything loads; a test keeps it equal to
+the guidance registry's ``views_per_group``."""
+
+
+def model_views(model: str) -> int | None:
+    """How many views of one object a local model denoises together, from its ``dreamsmith.json``
+    (``"attention": "multiview"`` with ``views_per_group``; 1 otherwise); None for a Hugging Face id,
+    which is checked when it loads."""
+    metadata_file = Path(resolve_model(model)).expanduser() / "dreamsmith.json"
+    if not metadata_file.parent.is_dir():
+        return None
+    try:
+        metadata = json.loads(metadata_file.read_text()) if metadata_file.is_file() else {}
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"cannot read {metadata_file}: {error}") from None
+    views = metadata.get("views_per_group", 1) if metadata.get("attention") == "multiview" else 1
+    return views if isinstance(views, int) else None
+
+
+def check_model_fits(model: str, guidance: str, where: str) -> None:
+    """Refuse, before anything loads, a single-view model for a multi-view guidance and the reverse;
+    ``where``: the stage, for the message."""
+    needed = GUIDANCE_VIEWS.get(guidance, 1)
+    views = model_views(model)
+    if views is None or views == needed:
+        return
+    if needed > 1:
+        raise ConfigError(f"{where}: guidance {guidance} needs a multi-view model that denoises {needed} views of "
+                          f"an object together (MVDream's sd-v2.1-base-4view converted with `dreamsmith convert "
+                          f"mvdream CKPT OUT_DIR`, then --model OUT_DIR); {model} sees one view at a time")
+    raise ConfigError(f"{where}: {model} is a multi-view model ({views} views together); use it with a multi-view "
+                      f"guidance (guidance.name={next(iter(GUIDANCE_VIEWS))}, e.g. --preset mvdream), not {guidance}")

@@ -60,7 +60,7 @@ def load_prior(
     device = torch.device(device)
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
-    folder = _resolve_folder(model, allow_pickle)
+    folder = resolve_model_folder(model, allow_pickle)
     index_file = folder / "model_index.json"
     if not index_file.is_file():
         raise ModelLoadError(f"{folder} is not a diffusers model folder: it has no model_index.json")
@@ -229,7 +229,8 @@ def _variant(weight_files: list[str]) -> str | None:
     return "fp16" if "fp16" in variants else variants[0]
 
 
-def _resolve_folder(model: str | Path, allow_pickle: bool) -> Path:
+def resolve_model_folder(model: str | Path, allow_pickle: bool) -> Path:
+    """The local folder of a model folder or Hugging Face id (from the cache when offline)."""
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir():

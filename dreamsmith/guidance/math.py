@@ -146,3 +146,32 @@ def regional_composite(base: Tensor, regional: Tensor, masks: Tensor, base_ratio
     masks = masks / masks.sum(-1, keepdim=True).clamp(min=1.0)
     delta = torch.einsum("blr,rblc->blc", masks.to(base), regional - base)
     return base + (1.0 - base_ratio) * delta
+
+
+def x0_from_eps(z_t: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """The denoised estimate x̂0 = (z_t − σ_t ε̂)/α_t (DDPM, Ho et al. 2020, eq. 15); ``alpha``, ``sigma``: ``[B]``."""
+    return (z_t - per_sample(sigma, z_t) * eps) / per_sample(alpha, z_t)
+
+
+def group_std_rescale(x0: Tensor, x0_reference: Tensor, views_per_group: int, r: float, eps: float = 1e-8) -> Tensor:
+    """CFG rescale of x̂0 per group of views (MVDream, Shi et al. 2023, Sec. 4; after Lin et al. 2024, eq. 16).
+
+    x̂0′ = r·x̂0·std(x̂0_ref)/std(x̂0) + (1 − r)·x̂0, each std over all values of one group of
+    ``views_per_group`` consecutive samples; ``x0_reference`` is the unguided (conditional) x̂0. r = 0
+    leaves x̂0 as it is; r = 1 gives every group the reference's standard deviation.
+    """
+    batch = x0.shape[0]
+    if batch % views_per_group:
+        raise ValueError(f"a batch of {batch} is not made of groups of {views_per_group} views")
+    groups = batch // views_per_group
+    std = x0.reshape(groups, -1).std(dim=1)
+    std_reference = x0_reference.reshape(groups, -1).std(dim=1)
+    factor = ((std_reference + eps) / (std + eps)).repeat_interleave(views_per_group)
+    return r * per_sample(factor, x0) * x0 + (1 - r) * x0
+
+
+def x0_reconstruction_grad(z: Tensor, x0: Tensor) -> Tensor:
+    """The gradient with respect to z of ½‖z − sg(x̂0)‖² per sample: z − x̂0 (MVDream's x0-reconstruction
+    loss, Shi et al. 2023, Sec. 4). With x̂0 from ε̂ at the same z_t this is (σ_t/α_t)(ε̂ − ε): SDS with
+    w(t) = σ_t/α_t."""
+    return z - x0

@@ -22,12 +22,15 @@ from dreamsmith.guidance.conditioners import (
     tile_to_batch,
 )
 from dreamsmith.guidance.math import alpha_sigma, eps_from_v
+from dreamsmith.guidance.multiview import MultiViewConditioner, model_conditioners
+from dreamsmith.guidance.mvdream_camera import mvdream_camera_labels
 from dreamsmith.renderers.cameras import Cameras
 
 METADATA_FILE = "dreamsmith.json"
-CAMERA_CONDITIONINGS = ("c2w16", "c2w16+rays")
+CAMERA_CONDITIONINGS = ("c2w16", "c2w16+rays", "mvdream")
 """How a camera-conditioned model reads its camera: "c2w16" as class labels only; "c2w16+rays" also as
-six Plücker ray channels (:meth:`Cameras.plucker_map`) after the image's own input channels."""
+six Plücker ray channels (:meth:`Cameras.plucker_map`) after the image's own input channels; "mvdream"
+as class labels in MVDream's frame with unit-length translation (:mod:`dreamsmith.guidance.mvdream_camera`)."""
 RAY_CHANNELS = 6
 _UNET_RESERVED = ("sample", "timestep", "encoder_hidden_states", "class_labels", "return_dict")
 
@@ -46,7 +49,10 @@ class DiffusionPrior:
     Attributes: ``alphas_cumprod`` (fp32, on ``device``), ``num_train_timesteps``, ``prediction_type``
     ("epsilon" or "v_prediction"), ``is_latent``, ``image_size`` (pixels the model expects),
     ``latent_channels`` (channels of z), ``metadata`` (the folder's ``dreamsmith.json``, or {}),
-    ``known_prompts`` (list or None), ``camera_conditioning`` (one of ``CAMERA_CONDITIONINGS`` or None).
+    ``known_prompts`` (list or None), ``camera_conditioning`` (one of ``CAMERA_CONDITIONINGS`` or None),
+    ``views_per_group`` (views of one object the model denoises together: 1, or F for a multi-view model
+    whose ``dreamsmith.json`` names ``"attention": "multiview"``; its multi-view attention is part of
+    every call).
     """
 
     def __init__(
@@ -103,6 +109,9 @@ class DiffusionPrior:
                     f"{unet.config.in_channels}"
                 )
         self.camera_distance = float(self.metadata.get("camera_distance", 1.0))
+        self.model_conditioners = model_conditioners(self.metadata, METADATA_FILE)
+        self.views_per_group = next(
+            (c.views for c in self.model_conditioners if isinstance(c, MultiViewConditioner)), 1)
 
     def max_prompt_tokens(self) -> int:
         """How many tokens of a prompt the text encoder reads."""
@@ -196,7 +205,11 @@ class DiffusionPrior:
             return None
         if cameras is None:
             return torch.zeros(batch, 16, device=self.device, dtype=self.dtype)
-        labels = c2w16_labels(cameras.c2w.to(device=self.device, dtype=torch.float32), self.camera_distance)
+        c2w = cameras.c2w.to(device=self.device, dtype=torch.float32)
+        if self.camera_conditioning == "mvdream":
+            labels = mvdream_camera_labels(c2w)
+        else:
+            labels = c2w16_labels(c2w, self.camera_distance)
         return tile_to_batch(labels, batch).to(self.dtype)
 
     def camera_rays(self, cameras: Cameras | None, sample: Tensor) -> Tensor | None:
@@ -227,8 +240,10 @@ class DiffusionPrior:
         used by camera-conditioned models and ignored by others; conditioners: hooks applied in
         order (DESIGN.md "Diffusion priors"); context: what conditioners read. v-predictions are
         converted with the scheduler's α_t, σ_t; learned-variance outputs (DeepFloyd IF) are cut to
-        ε. Runs under no_grad unless ``enable_grad``.
+        ε. Runs under no_grad unless ``enable_grad``. The model's own conditioners (its multi-view
+        attention) come first.
         """
+        conditioners = [*self.model_conditioners, *conditioners]
         batch = z_t.shape[0]
         t = torch.as_tensor(t, device=self.device).long().reshape(-1).expand(batch)
         sample = z_t.to(device=self.device, dtype=self.dtype)

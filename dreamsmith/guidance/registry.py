@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dreamsmith.guidance.base import Guidance
 from dreamsmith.guidance.dreamflow import DreamFlowGuidance
+from dreamsmith.guidance.mvdream import MVDreamGuidance
 from dreamsmith.guidance.sds import SDSGuidance
 from dreamsmith.guidance.vsd import VSDGuidance
 
@@ -11,4 +12,5 @@ GUIDANCES: dict[str, type[Guidance]] = {
     "sds": SDSGuidance,
     "vsd": VSDGuidance,
     "dreamflow": DreamFlowGuidance,
+    "mvdream": MVDreamGuidance,
 }
