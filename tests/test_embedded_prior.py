@@ -23,7 +23,7 @@ def prior():
 
 def test_shipped_model_loads_through_the_prior_loader(prior):
     assert not prior.is_latent and prior.prediction_type == "epsilon" and prior.image_size == 32
-    assert prior.camera_conditioning == "c2w16" and len(prior.known_prompts) == 48
+    assert prior.camera_conditioning == "c2w16+rays" and len(prior.known_prompts) == 48
     size = sum(f.stat().st_size for f in embedded_model_path("toyworld").rglob("*") if f.is_file())
     assert size < 30e6
 
@@ -103,3 +103,13 @@ def test_the_camera_probe_sees_the_text_conditioning(prior):
                                 n_noise=2)
     assert result.wrong_text > 1.1 * result.right  # the text is used: the wrong caption predicts worse
     assert set(result.turned) == {"45,0"} and 0 < result.no_camera < 1
+
+
+def test_the_prior_reads_its_camera_where_the_image_is_mostly_noise(prior):
+    # what score distillation needs from it: at high noise, the object's look follows the camera (the
+    # elevation here; a prior that ignored its camera made blob-shaped cubes, issue 20)
+    from dreamsmith.toyworld.camera_probe import camera_sensitivity
+
+    result = camera_sensitivity(prior, "a blue torus", "a blue sphere", azimuth=0.0, elevation=60.0,
+                                offsets=((0.0, -50.0),), timesteps=(800, 900), n_noise=4)
+    assert result.turned["0,-50"] > 1.1 * result.right and result.no_camera > 1.05 * result.right

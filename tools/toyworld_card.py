@@ -54,12 +54,16 @@ def sample(prior: DiffusionPrior, captions: list[str], cameras: Cameras, steps: 
     return ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
 
 
+PROBE_TIMESTEPS = (800, 900, 950)
+"""High noise, where the image says little and the camera most: what score distillation's shapes rest on."""
+
+
 def probe_rows(prior: DiffusionPrior) -> list[tuple[str, float, float, dict]]:
-    """The camera probe on ``PROBES``: (caption, azimuth, elevation, result as a dict)."""
+    """The camera probe on ``PROBES`` at ``PROBE_TIMESTEPS``: (caption, azimuth, elevation, result as a dict)."""
     rows = []
     for caption, azimuth, elevation in PROBES:
         wrong = caption.rsplit(" ", 1)[0] + " sphere"
-        result = camera_sensitivity(prior, caption, wrong, azimuth, elevation)
+        result = camera_sensitivity(prior, caption, wrong, azimuth, elevation, timesteps=PROBE_TIMESTEPS)
         rows.append((caption, azimuth, elevation, {"right": result.right, **result.turned,
                                                    "no camera": result.no_camera, "wrong caption": result.wrong_text}))
     return rows
@@ -162,7 +166,8 @@ def resumed_text(log: dict) -> str:
 
 
 def write_readme(model_dir: Path, log: dict, results: dict[str, tuple[float, float]], args: argparse.Namespace,
-                 sampling_seconds: float, probes: list[tuple[str, float, float, dict]]) -> None:
+                 sampling_seconds: float, probes: list[tuple[str, float, float, dict]],
+                 baseline: tuple[str, list[tuple[str, float, float, dict]]] | None = None) -> None:
     """The model card's text."""
     rays = log.get("camera_rays", False)
     el_lo, el_hi = log.get("elevation_range", tw.ELEVATION_RANGE_DEG)
@@ -172,6 +177,8 @@ def write_readme(model_dir: Path, log: dict, results: dict[str, tuple[float, flo
         "image's three input channels (`camera_conditioning: c2w16+rays`)"
         if rays else "by the camera distance 2.0, through the UNet's class-embedding projection (`class_labels`)"
     )
+    probe_t = ", ".join(map(str, PROBE_TIMESTEPS))
+    before = (f"\n\nThe same probe on {baseline[0]}:\n\n{probe_table(baseline[1])}" if baseline else "")
     init = (f"- fine-tuned from the model folder `{log['init_from']}`"
             + (" (its first convolution given the six ray channels with zero weights, so training "
                "started from exactly that model)" if rays else "") + ";\n") if log.get("init_from") else ""
@@ -250,13 +257,13 @@ held-out captions: IoU {_mean(held, 0):.2f}, colour error {_mean(held, 1):.3f}.
 ## Does it use its camera?
 
 The camera probe (`python -m dreamsmith.toyworld.camera_probe CAPTION --azimuth A --elevation E`):
-the ground-truth render from one camera, noised at t = 200, 400, 600 (8 draws each); the prior's
+the ground-truth render from one camera, noised at t = {probe_t} (8 draws each); the prior's
 noise-prediction error with the right camera, then each other condition's error relative to it
 (camera turned by "azimuth,elevation" degrees, camera dropped, the right camera with the caption's
 shape swapped for a sphere, for scale). A prior that reads its camera predicts worst with a turned
 one; +0 % everywhere means score distillation cannot tell one side of an object from another.
 
-{probe_table(probes)}
+{probe_table(probes)}{before}
 """)
 
 
@@ -270,6 +277,9 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--captions", type=str, default="", help="comma-separated subset (default: all 48)")
     parser.add_argument("--out-png", type=Path, default=None, help="samples image (default: in the model)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="an earlier model folder: the card adds its camera probe, for comparison")
+    parser.add_argument("--baseline-name", type=str, default="the earlier model")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = json.loads((args.model / "dreamsmith.json").read_text())
@@ -299,7 +309,8 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
     if args.out_png is None and log_path.exists():
         log = json.loads(log_path.read_text())
         draw_loss(log["losses"]).save(args.model / "loss.png")
-        write_readme(args.model, log, results, args, time.time() - start, probe_rows(prior))
+        baseline = ((args.baseline_name, probe_rows(load_prior(args.baseline))) if args.baseline else None)
+        write_readme(args.model, log, results, args, time.time() - start, probe_rows(prior), baseline)
     for text, (iou, colour_error) in results.items():
         print(f"{text:20s} IoU {iou:.2f} colour error {colour_error:.3f}")
     return results
