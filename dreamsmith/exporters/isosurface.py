@@ -66,10 +66,31 @@ def density_volume(density: Callable[[Tensor], Tensor], bound: float, resolution
     return ndimage.gaussian_filter(volume, smoothing) if smoothing > 0 else volume
 
 
+def fill_cavities(volume: np.ndarray, level: float, close_cells: int = 2) -> np.ndarray:
+    """``volume`` raised above ``level`` wherever the solid it bounds is hollow: its enclosed cavities,
+    and the pinholes (up to ``2 * close_cells`` cells wide) through which a cavity would reach the
+    outside. A NeRF's shell may hold little density inside, since no render sees the inside, and
+    be thin enough at the export level to have pinholes: marching cubes would then give a hollow
+    asset (a second, inward surface, wrong volume). The closing fills nothing wider than its cells,
+    so an open hole such as a torus's stays."""
+    inside = volume >= level
+    ball = ndimage.generate_binary_structure(3, 1)
+    closed = ndimage.binary_closing(np.pad(inside, close_cells + 1), ball, iterations=close_cells)
+    closed = closed[(slice(close_cells + 1, -close_cells - 1),) * 3] | inside
+    solid = ndimage.binary_fill_holes(closed)
+    raised = solid & ~inside
+    if not raised.any():
+        return volume
+    filled = volume.copy()
+    filled[raised] = max(float(volume.max()), level) + abs(level) + 1.0
+    return filled
+
+
 def volume_mesh(volume: np.ndarray, albedo: Callable[[Tensor], Tensor], bound: float, threshold: float,
                 keep_fraction: float = 0.05, device: torch.device | str = "cpu", chunk: int = 262144) -> Mesh:
-    """The ``threshold`` isosurface of a sampled density, floaters removed, vertex colours from ``albedo``
-    (``chunk`` vertices per call)."""
+    """The ``threshold`` isosurface of a sampled density (enclosed cavities filled), floaters removed,
+    vertex colours from ``albedo`` (``chunk`` vertices per call)."""
+    volume = fill_cavities(volume, threshold)
     mesh = remove_small_components(marching_cubes(volume, threshold, bound), keep_fraction)
     if mesh.n_faces == 0:
         return mesh
