@@ -123,12 +123,8 @@ def generate(
     region_base_ratio: RegionBaseRatioOption = 0.3,
 ) -> None:
     """Optimize a 3D asset for PROMPT and write it, with previews and a report, to the run directory."""
-    try:
-        conditioners = conditioners_override([], region or [], region_base_ratio)
-    except DreamsmithError as error:
-        _fail(error)
-    _run_command(prompt, [*conditioners, *(overrides or [])], preset, model, steps, seed, device, out, resume,
-                 overwrite, quiet, allow_pickle, threads, memory_budget)
+    _run_command(prompt, overrides or [], preset, model, steps, seed, device, out, resume, overwrite, quiet,
+                 allow_pickle, threads, memory_budget, regions=region or [], base_ratio=region_base_ratio)
 
 
 @app.command()
@@ -153,13 +149,9 @@ def texture(
     region_base_ratio: RegionBaseRatioOption = 0.3,
 ) -> None:
     """Paint MESH from PROMPT (fixed geometry, a UV texture): the same run directory as `generate`."""
-    try:
-        conditioners = conditioners_override(control or [], region or [], region_base_ratio)
-    except DreamsmithError as error:
-        _fail(error)
-    _run_command(prompt, [f"uv_texture.mesh={mesh.resolve()}", *conditioners, *(overrides or [])], preset, model,
-                 steps, seed, device, out, resume, overwrite, quiet, allow_pickle, threads, memory_budget,
-                 needs_mesh=True)
+    _run_command(prompt, [f"uv_texture.mesh={mesh.resolve()}", *(overrides or [])], preset, model, steps, seed,
+                 device, out, resume, overwrite, quiet, allow_pickle, threads, memory_budget, needs_mesh=True,
+                 controls=control or [], regions=region or [], base_ratio=region_base_ratio)
 
 
 def conditioners_override(controls: list[str], regions: list[str], base_ratio: float) -> list[str]:
@@ -193,15 +185,18 @@ def control_specs(controls: list[str]) -> list[dict[str, Any]]:
 
 def _run_command(prompt: str, overrides: list[str], preset: str | None, model: str | None, steps: int | None,
                  seed: int | None, device: str | None, out: Path | None, resume: bool, overwrite: bool, quiet: bool,
-                 allow_pickle: bool, threads: int | None, memory_budget: str | None, needs_mesh: bool = False) -> None:
-    """What `generate` and `texture` share: config, checks, the run with its progress, one-line errors."""
+                 allow_pickle: bool, threads: int | None, memory_budget: str | None, needs_mesh: bool = False,
+                 controls: list[str] = (), regions: list[str] = (), base_ratio: float = 0.3) -> None:
+    """What `generate` and `texture` share: the --control/--region conditioners, config, checks, the run with
+    its progress, one-line errors."""
     from dreamsmith.engine.overrides import make_config
     from dreamsmith.engine.threads import apply_thread_policy
 
     try:
+        conditioners = conditioners_override(list(controls), list(regions), base_ratio)
         _machine_settings(threads, memory_budget)
         extra = ["allow_pickle=true"] if allow_pickle else []
-        config = make_config(prompt, preset, model, steps, seed, device, [*overrides, *extra])
+        config = make_config(prompt, preset, model, steps, seed, device, [*conditioners, *overrides, *extra])
         if needs_mesh:
             _check_texture_input(config)
         apply_thread_policy(threads)  # after validation: a usage error does not wait to count idle cores

@@ -93,21 +93,29 @@ def tiny_unet(sample_size: int, channels: int, cross_attention_dim: int = TEXT_D
     )
 
 
+def tiny_vae(**extra: object) -> torch.nn.Module:
+    """A 4-level AutoencoderKL with 4 latent channels and 4 channels per block, 32 px images (8x down)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(4, 4, 4, 4),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=2,
+        sample_size=32,
+        **extra,
+    )
+
+
 def build_tiny_sd(folder: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
     """Save a tiny Stable-Diffusion-shaped pipeline (safetensors) into ``folder``; returns it."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(4, 4, 4, 4),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=2,
-            sample_size=32,
-        )
+        vae = tiny_vae()
         unet = tiny_unet(sample_size=4, channels=4)
         text_encoder, tokenizer = tiny_text_components(folder.parent / f"{folder.name}-src")
     scheduler = DDIMScheduler(
@@ -286,7 +294,6 @@ def build_tiny_sdxl(folder: Path, refiner: bool = False, seed: int = 0) -> Path:
     """Save a tiny SDXL-shaped pipeline (base: two CLIP encoders, the second with a projection; refiner:
     the second only, aesthetic-score time ids) into ``folder`` with diffusers' own pipeline classes."""
     from diffusers import (
-        AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionXLImg2ImgPipeline,
         StableDiffusionXLPipeline,
@@ -295,16 +302,7 @@ def build_tiny_sdxl(folder: Path, refiner: bool = False, seed: int = 0) -> Path:
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(4, 4, 4, 4),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=2,
-            sample_size=32,
-            scaling_factor=0.13025,
-        )
+        vae = tiny_vae(scaling_factor=0.13025)
         unet = tiny_sdxl_unet(refiner)
         text_encoder, tokenizer = tiny_text_components(folder.parent / f"{folder.name}-src")
         config = dict(text_encoder.config.to_dict(), projection_dim=TEXT_DIM)

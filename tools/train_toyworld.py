@@ -37,6 +37,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dreamsmith.guidance.priors import c2w16_labels  # noqa: E402
 from dreamsmith.renderers.cameras import Cameras  # noqa: E402
 from dreamsmith.toyworld import world as tw  # noqa: E402
 from dreamsmith.toyworld.data import ToyworldDataset, generate_toyworld_dataset  # noqa: E402
@@ -136,9 +137,7 @@ def build_scheduler() -> DDPMScheduler:
 
 def camera_condition(c2w: torch.Tensor) -> torch.Tensor:
     """``[B, 16]`` conditioning from ``c2w [B, 4, 4]``: row-major, translation / camera distance."""
-    cond = c2w.clone().float()
-    cond[:, :3, 3] = cond[:, :3, 3] / tw.CAMERA_DISTANCE
-    return cond.reshape(-1, 16)
+    return c2w16_labels(c2w.float(), tw.CAMERA_DISTANCE)
 
 
 def camera_rays(c2w: torch.Tensor, resolution: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from dreamsmith.representations.chunked import evaluate_in_chunks
 from dreamsmith.representations.mesh import Mesh
+from dreamsmith.representations.tets import enclosed
 
 
 @torch.no_grad()
@@ -77,8 +78,7 @@ def fill_cavities(volume: np.ndarray, level: float, close_cells: int = 2) -> np.
     ball = ndimage.generate_binary_structure(3, 1)
     closed = ndimage.binary_closing(np.pad(inside, close_cells + 1), ball, iterations=close_cells)
     closed = closed[(slice(close_cells + 1, -close_cells - 1),) * 3] | inside
-    solid = ndimage.binary_fill_holes(closed)
-    raised = solid & ~inside
+    raised = (closed & ~inside) | enclosed(~closed)
     if not raised.any():
         return volume
     filled = volume.copy()

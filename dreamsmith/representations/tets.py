@@ -76,6 +76,12 @@ def tet_grid_edges(resolution: int, device: torch.device | str = "cpu") -> Tenso
     return torch.stack([lower, lower + offsets.expand(n**3, -1)[fits]], dim=1)
 
 
+def enclosed(empty: np.ndarray) -> np.ndarray:
+    """Cells of a dense boolean grid that are ``empty`` and that no axis-aligned path of empty cells links
+    to the grid's boundary: bubbles enclosed by what is not empty."""
+    return ndimage.binary_fill_holes(~empty) & empty
+
+
 def cavities(outside: Tensor, resolution: int) -> Tensor:
     """Outside vertices ``[N]`` of a ``tet_grid`` that no axis-aligned path of outside vertices links to
     the grid's boundary: bubbles enclosed by the surface. ``outside``: ``[N]`` bool.
@@ -84,9 +90,5 @@ def cavities(outside: Tensor, resolution: int) -> Tensor:
     sampled on the grid gives, lets tet diagonals through but encloses what is behind it for these.
     """
     n = resolution + 1
-    grid = outside.view(n, n, n).cpu().numpy()
-    labels, _ = ndimage.label(grid)
-    faces_of_cube = [labels[[0, -1]], labels[:, [0, -1]], labels[:, :, [0, -1]]]
-    open_labels = np.unique(np.concatenate([face.ravel() for face in faces_of_cube]))
-    enclosed = grid & ~np.isin(labels, open_labels[open_labels > 0])
-    return torch.from_numpy(enclosed.reshape(-1)).to(outside.device)
+    bubbles = enclosed(outside.view(n, n, n).cpu().numpy())
+    return torch.from_numpy(bubbles.reshape(-1)).to(outside.device)
