@@ -102,6 +102,24 @@ def test_occupancy_grid_keeps_the_blob_and_skips_the_empty_corners():
     assert renderer.occupancy.cell_density[skipped].max() < renderer.skip_density()
 
 
+def test_a_steeper_outer_blob_keeps_the_inside_and_lets_the_grid_skip_a_shallow_blobs_surroundings():
+    """A shallow blob (density 2.5, the toy preset's) leaves visible alpha everywhere in the box; its own
+    slope outside the radius empties the surroundings without changing anything inside."""
+    hash_grid = HashGridConfig(n_levels=4, log2_hashmap_size=15)
+    shallow = NeRFField(NeRFConfig(hash_grid=hash_grid, blob_density=2.5, bound=0.75))
+    steep = NeRFField(NeRFConfig(hash_grid=hash_grid, blob_density=2.5, blob_outer_density=10.0, bound=0.75))
+    points = torch.tensor([[0.0, 0.0, 0.0], [0.2, 0.1, 0.0], [0.5, 0.0, 0.0], [0.6, 0.0, 0.0], [0.7, 0.7, 0.7]])
+    inside, outside = shallow.blob_bias(points), steep.blob_bias(points)
+    assert torch.equal(inside[:3], outside[:3])  # the line inside the radius, and zero on it
+    assert torch.allclose(outside[3:], 4.0 * inside[3:])  # four times as steep outside
+    occupied = []
+    for field in (shallow, steep):
+        renderer = VolumeRenderer(VolumeRendererConfig(n_samples=32, grid_resolution=32), bound=0.75)
+        renderer.update_occupancy(field, 0)
+        occupied.append(renderer.occupancy.occupied_fraction())
+    assert occupied[0] > 0.95 and occupied[1] < 0.8
+
+
 def test_empty_space_skipping_changes_pixels_by_less_than_its_bound_and_keeps_the_gradient():
     field = blob_field()
     background = Background(BackgroundConfig(kind="solid"))

@@ -41,6 +41,10 @@ class NeRFConfig:
     """Density bias at the centre (Magic3D blob initialization)."""
     blob_radius: float = 0.5
     """Radius where the blob bias crosses zero (metres)."""
+    blob_outer_density: float | None = None
+    """Slope of the bias outside ``blob_radius``, as the density it would reach at the centre: a value
+    above ``blob_density`` keeps a shallow blob's surroundings empty, so the occupancy grid skips them
+    (None: ``blob_density``, Magic3D's single line)."""
     backend: str = "auto"
     """Hash-grid backend: auto (tiny-cuda-nn on CUDA when installed), torch or tcnn."""
     normals: str = "finite_difference"

@@ -80,9 +80,12 @@ class NeRFField(nn.Module):
         return (points / self.config.bound + 1.0) * 0.5
 
     def blob_bias(self, points: Tensor) -> Tensor:
-        """Magic3D's density bias ``[N]``: positive inside the blob radius, negative outside."""
-        radius = points.norm(dim=-1)
-        return self.config.blob_density * (1.0 - radius / self.config.blob_radius)
+        """Magic3D's density bias ``[N]``: positive inside the blob radius, negative outside (with its own
+        slope there when ``blob_outer_density`` is set)."""
+        config = self.config
+        line = 1.0 - points.norm(dim=-1) / config.blob_radius
+        outer = config.blob_density if config.blob_outer_density is None else config.blob_outer_density
+        return torch.where(line > 0, config.blob_density * line, outer * line)
 
     def _features(self, points: Tensor) -> Tensor:
         return self.encoding(self.normalize(points))
