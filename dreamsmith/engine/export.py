@@ -70,6 +70,7 @@ def export_run(
     lods: int = 0,
     origin: str = "center",
     scale: float | None = None,
+    align_yaw: bool = True,
     out: Path | str | None = None,
     profile: str = "pc",
     preview_resolution: int = 256,
@@ -82,7 +83,8 @@ def export_run(
     checkpoint, an unwritable ``out``) is a one-line ``DreamsmithError`` raised before anything is written.
     """
     options = ExportOptions(formats=tuple(formats), texture_size=texture_size, max_triangles=max_triangles, lods=lods,
-                            origin=origin, scale=scale, profile=profile, preview_resolution=preview_resolution)
+                            origin=origin, scale=scale, align_yaw=align_yaw, profile=profile,
+                            preview_resolution=preview_resolution)
     check_options(options)
     run = RunDir(run_dir)
     config, state = load_run(run)

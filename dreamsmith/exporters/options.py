@@ -33,6 +33,9 @@ class ExportOptions:
     """Further levels of detail, each about half the triangles of the one before."""
     origin: str = "center"
     """center: the bounding box centred on the origin; base: resting on y = 0, centred in x and z."""
+    align_yaw: bool = True
+    """Turn the asset about +Y (at most 45°) so its footprint's smallest bounding rectangle lies along x
+    and z: square to a level grid (a round footprint is left as it is)."""
     scale: float | None = None
     """Longest bounding-box side in metres; None keeps the field's metres."""
     profile: str = "pc"

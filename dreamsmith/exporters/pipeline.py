@@ -32,6 +32,7 @@ from dreamsmith.exporters.lod import lod_meshes, lod_texture_size, max_lod_level
 from dreamsmith.exporters.normals import crease_vertex_normals
 from dreamsmith.exporters.obj import write_obj
 from dreamsmith.exporters.options import ExportOptions
+from dreamsmith.exporters.orient import footprint_yaw, yaw_matrix
 from dreamsmith.exporters.qa import is_power_of_two, lod_levels_check, profile, qa_report
 from dreamsmith.exporters.usdz import write_usdz
 from dreamsmith.paths import safe_name
@@ -163,19 +164,26 @@ def check_writable(folder: Path) -> None:
         raise DreamsmithError(f"cannot write to {folder}: {error.strerror or error}; choose another --out") from None
 
 
-def placement(mesh: Mesh, origin: str, scale: float | None) -> tuple[np.ndarray, float]:
-    """``(anchor [3], factor)`` such that ``(v - anchor) * factor`` puts ``mesh`` where asked."""
-    low, high = mesh.bounds().astype(np.float64)
+def placement(mesh: Mesh, origin: str, scale: float | None, align_yaw: bool = False,
+              ) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(turn [3, 3], anchor [3], factor)`` such that ``(v @ turn - anchor) * factor`` puts ``mesh``
+    where asked (``turn``: the footprint squared to the axes when ``align_yaw``, else the identity)."""
+    turn = yaw_matrix(footprint_yaw(mesh.vertices)) if align_yaw else np.eye(3)
+    turned = mesh.vertices.astype(np.float64) @ turn
+    low, high = turned.min(0), turned.max(0)
     anchor = (low + high) / 2
     if origin == "base":
         anchor[1] = low[1]
     factor = 1.0 if scale is None else scale / max(float((high - low).max()), 1e-12)
-    return anchor, factor
+    return turn, anchor, factor
 
 
-def place(mesh: Mesh, anchor: np.ndarray, factor: float) -> Mesh:
-    """``mesh`` moved and uniformly scaled (normals unchanged, as the scale is uniform and positive)."""
-    return mesh.copy(vertices=((mesh.vertices - anchor) * factor).astype(np.float32))
+def place(mesh: Mesh, turn: np.ndarray, anchor: np.ndarray, factor: float) -> Mesh:
+    """``mesh`` turned, moved and uniformly scaled (normals turned with it; the scale is uniform and
+    positive, so they need nothing else)."""
+    vertices = ((mesh.vertices.astype(np.float64) @ turn - anchor) * factor).astype(np.float32)
+    normals = None if mesh.vertex_normals is None else (mesh.vertex_normals @ turn).astype(np.float32)
+    return mesh.copy(vertices=vertices, vertex_normals=normals)
 
 
 def textured(geometry: Mesh, albedo: AlbedoFn, texture_size: int, crease_angle: float,
@@ -219,12 +227,13 @@ def export_mesh(mesh: Mesh, albedo: AlbedoFn | None, out_dir: Path | str, option
     with _timed(timings, "decimate"):
         if options.max_triangles is not None and geometry.n_faces > options.max_triangles:
             geometry = cleanup(decimate(geometry, options.max_triangles), options.keep_components_fraction)
-    anchor, factor = placement(geometry, options.origin, options.scale)
+    turn, anchor, factor = placement(geometry, options.origin, options.scale, options.align_yaw)
     levels = min(options.lods, max_lod_levels(geometry.n_faces))
 
     with _staging(out_dir) as staging:
         written: list[Path] = []
-        asset = place(textured(geometry, albedo, options.texture_size, options.crease_angle, timings), anchor, factor)
+        asset = textured(geometry, albedo, options.texture_size, options.crease_angle, timings)
+        asset = place(asset, turn, anchor, factor)
         with _timed(timings, "write"):
             written += _write_level(asset, staging / options.name, options)
         with _timed(timings, "qa"):
@@ -233,7 +242,7 @@ def export_mesh(mesh: Mesh, albedo: AlbedoFn | None, out_dir: Path | str, option
         with _timed(timings, "lods"):
             for level, lod_geometry in enumerate(lod_meshes(geometry, levels) if levels else [], start=1):
                 size = lod_texture_size(options.texture_size, level)
-                lod = place(textured(lod_geometry, albedo, size, options.crease_angle, {}), anchor, factor)
+                lod = place(textured(lod_geometry, albedo, size, options.crease_angle, {}), turn, anchor, factor)
                 written += _write_level(lod, staging / f"{options.name}_lod{level}", options)
                 lod_qa = qa_report(lod, options.profile, level)
                 report["lods"].append({"level": level, "triangles": lod.n_faces, "texture_size": size,
