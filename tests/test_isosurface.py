@@ -3,8 +3,9 @@
 import numpy as np
 import torch
 import trimesh
+from scipy.spatial import cKDTree
 
-from dreamsmith.exporters.isosurface import density_mesh
+from dreamsmith.exporters.isosurface import density_mesh, fill_cavities, marching_cubes, sample_grid
 
 
 def ball_density(points: torch.Tensor) -> torch.Tensor:
@@ -74,3 +75,23 @@ def test_a_hollow_shell_exports_solid_and_an_open_hole_stays_open():
     tri = trimesh.Trimesh(*(lambda m: (m.vertices, m.faces))(
         density_mesh(torus, grey, bound=1.0, resolution=64, threshold=50.0)), process=False)
     assert tri.is_watertight and tri.euler_number == 0  # genus 1: the hole is still there
+
+
+def test_filling_moves_a_smooth_surface_by_less_than_a_cell():
+    """The closing also takes in cells just under the level in concave creases of a smooth field (the
+    waist of two overlapping balls); they must join the solid where the surface already runs, not
+    push it a cell outward (a value far above the level did: a pyramid on each such cell)."""
+    resolution, bound, level = 48, 1.0, 6.5
+    cell = 2 * bound / (resolution - 1)
+    centres = torch.tensor([[-0.22, 0.03, 0.01], [0.22, -0.02, 0.04]])
+
+    def peanut(points):  # NeRF-like: the level at r = 0.3 of either ball, rising steeply inside
+        r = torch.cdist(points, centres).min(dim=-1).values
+        return (level + 300.0 * (0.3 - r)).clamp(min=0.0)
+
+    volume = sample_grid(peanut, bound, resolution)
+    filled = fill_cavities(volume, level)
+    assert (filled != volume).any()  # the waist's crease cells are taken in
+    plain, closed = marching_cubes(volume, level, bound), marching_cubes(filled, level, bound)
+    distance, _ = cKDTree(plain.vertices).query(closed.vertices)
+    assert distance.max() < 0.5 * cell  # 0.94 cells with the old value, 0.10 now

@@ -81,8 +81,10 @@ def fill_cavities(volume: np.ndarray, level: float, close_cells: int = 2) -> np.
     raised = (closed & ~inside) | enclosed(~closed)
     if not raised.any():
         return volume
+    # just above the level: the surface crosses where the filled cells meet the outside, as flat as
+    # the cells; a value far above it put the crossing a cell further out, a pyramid on every dent
     filled = volume.copy()
-    filled[raised] = max(float(volume.max()), level) + abs(level) + 1.0
+    filled[raised] = level + max(1e-3 * abs(level), 1e-6)
     return filled
 
 
