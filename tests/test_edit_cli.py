@@ -109,6 +109,19 @@ def test_edit_without_keep_trains_the_shape_too_and_resume_must_name_the_same_so
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 2
 
 
+def test_a_p2p_edit_injects_the_source_runs_prompt_with_the_source_runs_model(source_run, tiny_sd_dir, tmp_path):
+    out = tmp_path / "p2p"
+    result = run_cli("edit", str(source_run), "a blue cube", "--method", "p2p", "--reweight", "blue=2",
+                     "--out", str(out), "--quiet", "--steps", "2")
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["model"] == str(tiny_sd_dir) and config["prompt"] == "a blue cube"
+    assert config["stages"][0]["guidance"] == {"name": "p2p", "source_prompt": "a red cube",
+                                               "reweight": {"blue": 2.0}}
+    assert json.loads((out / "report.json").read_text())["final_losses"]["cross_replace"] == 0.8
+    assert (out / "asset.glb").stat().st_size > 0 and (out / "edit.json").is_file()
+
+
 def test_edit_of_a_textured_mesh_paints_it_from_its_own_texture_and_keeps_its_geometry(tiny_ip2p_dir, tmp_path):
     mesh_file = tmp_path / "cube.glb"
     split_texture_cube(mesh_file)
@@ -179,7 +192,14 @@ def test_usage_errors_are_one_line_before_torch_loads_and_write_nothing(tiny_sd_
         ([str(run), "make it blue", "--model", str(tiny_sd_dir), "--out", str(out)],
          "guidance ip2p needs an InstructPix2Pix-style model"),
         ([str(run), "make it blue", "--out", str(out)], "'toyworld-ip2p' is not shipped"),
-        ([str(run), "make it blue", "--method", "p2p", *model], "unknown --method 'p2p'"),
+        ([str(run), "make it blue", "--method", "in2n", *model], "unknown --method 'in2n'"),
+        ([str(run), "a blue cube", "--method", "p2p", "--reweight", "fluffy=2", "--out", str(out)],
+         "--reweight 'fluffy' is not a word of the prompt 'a blue cube'"),
+        ([str(run), "a blue cube", "--method", "p2p", "--reweight", "blue", "--out", str(out)], "is not WORD=WEIGHT"),
+        ([str(run), "make it blue", "--reweight", "blue=2", *model], "--reweight is for --method p2p"),
+        ([str(tmp_path / "plain.obj"), "a blue cube", "--method", "p2p", "--out", str(out)], "needs --source-prompt"),
+        ([str(run), "a blue cube", "--method", "p2p", "--model", str(tiny_ip2p_dir), "--out", str(out)],
+         "is an image-conditioned"),
         ([str(run), "make it blue", "--keep", "shape", *model], "unknown --keep 'shape'"),
         ([str(tmp_path / "plain.obj"), "make it blue", "--keep", "none", *model], "--keep none needs a run"),
         ([str(run), "make it blue", "--model", str(tiny_ip2p_dir), "--out", str(run / "edit")],

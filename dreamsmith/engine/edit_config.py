@@ -15,12 +15,14 @@ from typing import Any, Literal
 
 from dreamsmith.engine.config import RunConfig, apply_overrides
 from dreamsmith.engine.overrides import validated
-from dreamsmith.engine.presets import load_preset
+from dreamsmith.engine.presets import default_model, load_preset
 from dreamsmith.engine.run_dir import RunDir
 from dreamsmith.errors import ConfigError, DreamsmithError, RunDirError
+from dreamsmith.prompt_words import check_reweight, parse_reweight
 
-EDIT_METHODS = ("ip2p",)
-"""Edit methods, each a guidance (``guidance.name``) whose model reads the source's render."""
+EDIT_METHODS = ("ip2p", "p2p")
+"""Edit methods, each a guidance (``guidance.name``): ip2p's model reads the source's render; p2p's is a
+text-to-image model (by default the one the source's stage used) whose source prompt lends its cross-attention."""
 KEEP = ("geometry", "none")
 DEFAULT_EDIT_MODEL = "embedded:toyworld-ip2p"
 SourceKind = Literal["run", "mesh"]
@@ -43,6 +45,8 @@ class EditRequest:
     preset: str = "toy-texture"
     overrides: tuple[str, ...] = ()
     allow_pickle: bool = False
+    source_prompt: str | None = None
+    reweight: tuple[str, ...] = ()
 
 
 def source_kind(path: Path) -> SourceKind:
@@ -97,10 +101,8 @@ def edit_config(request: EditRequest) -> tuple[RunConfig, SourceKind]:
         stage = _texture_stage(base, request.preset)
         stage.setdefault("uv_texture", {})["mesh"] = str(request.source.resolve())
         keep = "geometry"
-    guidance: dict[str, Any] = {"name": request.method}
-    for key, value in (("guidance_scale", request.text_guidance), ("image_guidance_scale", request.image_guidance)):
-        if value is not None:
-            guidance[key] = value
+    guidance = _guidance(request, base.get("prompt") if kind == "run" else None)
+    own_model = stage.get("model") or base.get("model") or default_model(base.get("preset", request.preset))
     stage.update(name="edit", model=None, guidance=guidance)
     if request.steps is not None:
         stage["steps"] = request.steps
@@ -110,7 +112,7 @@ def edit_config(request: EditRequest) -> tuple[RunConfig, SourceKind]:
     raw = {
         "prompt": request.instruction,
         "preset": base.get("preset", request.preset),
-        "model": request.model or DEFAULT_EDIT_MODEL,
+        "model": request.model or (DEFAULT_EDIT_MODEL if request.method == "ip2p" else own_model),
         "seed": base.get("seed", 0) if request.seed is None else request.seed,
         "device": request.device or "auto",
         "allow_pickle": request.allow_pickle,
@@ -121,6 +123,30 @@ def edit_config(request: EditRequest) -> tuple[RunConfig, SourceKind]:
     if kind == "mesh":
         check_mesh_source(request.source, int(raw["stages"][0].get("uv_texture", {}).get("max_faces", _max_faces())))
     return validated(raw, models_first=True), kind
+
+
+def _guidance(request: EditRequest, source_prompt: str | None) -> dict[str, Any]:
+    """The edit stage's guidance section: ip2p's two scales, or p2p's source prompt, re-weighted words and scale."""
+    guidance: dict[str, Any] = {"name": request.method}
+    if request.text_guidance is not None:
+        guidance["guidance_scale"] = request.text_guidance
+    if request.method == "ip2p":
+        for option, given in (("--source-prompt", request.source_prompt), ("--reweight", request.reweight)):
+            if given:
+                raise ConfigError(f"{option} is for --method p2p; ip2p edits by an instruction and the source's look")
+        if request.image_guidance is not None:
+            guidance["image_guidance_scale"] = request.image_guidance
+        return guidance
+    if request.image_guidance is not None:
+        raise ConfigError("--image-guidance is for --method ip2p; p2p has no image condition")
+    guidance["source_prompt"] = request.source_prompt or source_prompt or ""
+    if not guidance["source_prompt"].strip():
+        raise ConfigError("--method p2p on a mesh needs --source-prompt: the prompt that describes it as it is")
+    weights = dict(parse_reweight(text) for text in request.reweight)
+    check_reweight(request.instruction, weights)
+    if weights:
+        guidance["reweight"] = weights
+    return guidance
 
 
 def check_out(out: Path, source: Path) -> None:

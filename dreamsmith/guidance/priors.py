@@ -268,6 +268,7 @@ class DiffusionPrior:
             cameras=cameras if context.cameras is None else context.cameras,
             image_size=self.image_size,
             class_labels=class_labels,
+            timesteps=t,
         )
         with torch.set_grad_enabled(enable_grad):
             deltas = [d for d in (c.time_embedding_delta(context, batch) for c in conditioners) if d is not None]
