@@ -154,6 +154,59 @@ def texture(
                  controls=control or [], regions=region or [], base_ratio=region_base_ratio)
 
 
+@app.command()
+def edit(
+    source: Annotated[Path, typer.Argument(help="What to edit: a finished run directory, or a .glb/.obj mesh with a texture or vertex colours. It is only read.")],
+    instruction: Annotated[str, typer.Argument(help="What to change, e.g. \"make it blue\".")],
+    method: Annotated[str, typer.Option(help="ip2p: InstructPix2Pix score distillation, conditioned on the source's renders; p2p: Prompt-to-Prompt, INSTRUCTION is the edited prompt (\"a blue cube\").")] = "ip2p",
+    source_prompt: Annotated[str | None, typer.Option(help="p2p: the prompt describing the source as it is (default: the source run's prompt).")] = None,
+    reweight: Annotated[list[str] | None, typer.Option("--reweight", help="p2p: WORD=WEIGHT (repeatable), scales that word's cross-attention, e.g. --reweight fluffy=2.0.")] = None,
+    image_guidance: Annotated[float | None, typer.Option(help="s_I: how closely the edit keeps to the source's renders (default 1.5).")] = None,
+    text_guidance: Annotated[float | None, typer.Option(help="s_T: how strongly it follows the instruction (default 7.5).")] = None,
+    keep: Annotated[str | None, typer.Option(help="geometry: train colour only; none: shape and colour (default: none for a run, geometry for a mesh).")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE config override of the edit stage (repeatable).")] = None,
+    preset: Annotated[str, typer.Option(help="For a mesh SOURCE: the preset whose texture stage paints it.")] = "toy-texture",
+    model: Annotated[str | None, typer.Option(help="ip2p: an InstructPix2Pix-style model folder (its UNet also reads the source image), default embedded:toyworld-ip2p; p2p: default the source's model.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimization steps (default: the source run's last stage's, or the preset's).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default: the source run's).")] = None,
+    device: DeviceOption = None,
+    out: Annotated[Path | None, typer.Option(help="The edit's run directory (default: runs/<instruction>); never the source.")] = None,
+    resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
+    allow_pickle: AllowPickleOption = False,
+    threads: ThreadsOption = None,
+    memory_budget: MemoryBudgetOption = None,
+) -> None:
+    """Edit an asset with words into a new run directory (generate's files, plus edit.json naming the source)."""
+    from dreamsmith.engine.edit_config import EditRequest, check_out, edit_config
+    from dreamsmith.engine.threads import apply_thread_policy
+
+    out = out or Path("runs") / _slug(instruction)
+    try:
+        _machine_settings(threads, memory_budget)
+        request = EditRequest(source=source, instruction=instruction, method=method, image_guidance=image_guidance,
+                              text_guidance=text_guidance, keep=keep, model=model, steps=steps, seed=seed,
+                              device=device, preset=preset, overrides=tuple(overrides or []),
+                              allow_pickle=allow_pickle, source_prompt=source_prompt,
+                              reweight=tuple(reweight or []))
+        check_out(out, source)
+        config, kind = edit_config(request)
+        apply_thread_policy(threads)
+        from dreamsmith.engine.edit_source import run_edit
+        from dreamsmith.engine.run import Progress as SilentProgress
+
+        report = run_edit(config, source, kind, out, resume=resume, overwrite=overwrite,
+                          progress=SilentProgress() if quiet else RichProgress())
+    except DreamsmithError as error:
+        _fail(error)
+    except KeyboardInterrupt as interrupt:
+        _interrupted(interrupt, out)
+    if not quiet:
+        asset = report["asset"]
+        console.print(f"wrote {out / asset['path']} ({asset['faces']} triangles)", markup=False, highlight=False)
+
+
 def conditioners_override(controls: list[str], regions: list[str], base_ratio: float) -> list[str]:
     """The ``guidance.conditioners=[...]`` override of ``--control`` and ``--region`` options (none without
     them); checked here, without torch, so a typo is refused before any model loads."""

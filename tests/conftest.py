@@ -11,6 +11,8 @@ each one once into a temporary directory:
   model (wider blocks).
 - ``tiny_mv_dir``: ``tiny_sd_dir`` made a four-view MVDream-style model: its UNet reads MVDream's camera
   through a projection class embedding, and its ``dreamsmith.json`` names the multi-view attention.
+- ``tiny_ip2p_dir``: ``tiny_sd_dir`` made InstructPix2Pix-shaped: its UNet reads 8 channels (z_t and the
+  source image's latents), every weight random.
 - ``tiny_pixel_dir`` / ``tiny_pixel_prior``: pixel space (no VAE, DeepFloyd-IF-like), 3-channel UNet
   at 8², camera-conditioned through ``class_labels`` (a ``dreamsmith.json`` declaring ``c2w16``).
 """
@@ -157,6 +159,20 @@ def build_tiny_mv(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def build_tiny_ip2p(folder: Path, seed: int = 0) -> Path:
+    """``build_tiny_sd`` with an InstructPix2Pix-shaped UNet (8 input channels: z_t, then the source image's
+    latents; random weights on both) and diffusers' InstructPix2Pix pipeline class in model_index.json."""
+    build_tiny_sd(folder, seed=seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 2)
+        unet = tiny_unet(sample_size=4, channels=8, out_channels=4)
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    index_file = folder / "model_index.json"
+    index = json.loads(index_file.read_text())
+    index_file.write_text(json.dumps({**index, "_class_name": "StableDiffusionInstructPix2PixPipeline"}))
+    return folder
+
+
 def build_tiny_controlnet(folder: Path, sd_folder: Path | None, seed: int = 0) -> Path:
     """Save a tiny ControlNet into ``folder``: from ``sd_folder``'s UNet with random zero convolutions,
     or (None) a random one for another base model, whose blocks are twice as wide."""
@@ -234,6 +250,11 @@ def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_mv_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_mv(tmp_path_factory.mktemp("models") / "tiny-mv")
+
+
+@pytest.fixture(scope="session")
+def tiny_ip2p_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_ip2p(tmp_path_factory.mktemp("models") / "tiny-ip2p")
 
 
 @pytest.fixture(scope="session")

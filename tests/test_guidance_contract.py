@@ -1,7 +1,8 @@
 """The contract every registered guidance method passes (one shared test class over ``GUIDANCES``):
 determinism under a seed, a checkpoint round trip of its own state, the NaN guard, a CPU run through
-``dreamsmith generate`` on a tiny random model, and exactness of every conditioner kind turned off (scale 0,
-base ratio 1)."""
+``dreamsmith generate`` on a tiny random model (a method that edits an existing asset: refused there in one
+line; ``tests/test_edit_cli.py`` runs it through ``dreamsmith edit``), and exactness of every conditioner kind
+turned off (scale 0, base ratio 1)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from diffusers import ControlNetModel
 from safetensors.torch import save_file
-from test_generate import SMALL, run_cli
+from test_generate import SMALL, assert_clean_failure, run_cli
 
 from dreamsmith.guidance import GUIDANCES
 from dreamsmith.guidance.conditioner_registry import CONDITIONERS, build_conditioners
@@ -27,8 +28,11 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture
 def model_dir(guidance_name, request):
-    """A tiny model the method can run on: a four-view one for multi-view methods."""
-    return request.getfixturevalue("tiny_mv_dir" if GUIDANCES[guidance_name].views_per_group > 1 else "tiny_sd_dir")
+    """A tiny model the method can run on: a four-view one for multi-view methods, an InstructPix2Pix-shaped
+    one for methods that edit a source."""
+    cls = GUIDANCES[guidance_name]
+    name = "tiny_mv_dir" if cls.views_per_group > 1 else "tiny_ip2p_dir" if cls.needs_source else "tiny_sd_dir"
+    return request.getfixturevalue(name)
 
 
 def views(batch: int = 2, size: int = 16) -> tuple[torch.Tensor, Cameras]:
@@ -50,7 +54,11 @@ def gradient(guidance, seed: int, step: int = 0) -> tuple[torch.Tensor, dict]:
     render = RenderOutput(rgb=rgb, opacity=torch.ones(len(cameras), size, size, 1),
                           depth=torch.full((len(cameras), size, size, 1), 2.0))
     generator = torch.Generator().manual_seed(seed)
-    out = guidance(render, cameras, step, generator, guidance.timestep(step))
+    source = None
+    if guidance.needs_source:  # a fixed render of the "source asset" from the same cameras
+        source = RenderOutput(rgb=torch.rand(rgb.shape, generator=torch.Generator().manual_seed(22)),
+                              opacity=render.opacity, depth=render.depth)
+    out = guidance(render, cameras, step, generator, guidance.timestep(step), source=source)
     out.loss.backward()
     logs = guidance.update(RenderOutput(rgb=rgb.detach(), opacity=render.opacity, depth=render.depth), cameras,
                            step, generator, out)
@@ -89,6 +97,10 @@ class TestGuidanceContract:
         result = run_cli("generate", "a hamburger", "--model", str(model_dir), "--steps", "2", "--out", str(out),
                          "--quiet", *SMALL, f"guidance.name={guidance_name}",
                          f"camera.batch_size={GUIDANCES[guidance_name].views_per_group}")
+        if GUIDANCES[guidance_name].needs_source:
+            assert_clean_failure(result, f"guidance {guidance_name} edits an existing asset", "dreamsmith edit")
+            assert not out.exists()
+            return
         assert result.returncode == 0, result.stderr
         assert (out / "asset.glb").stat().st_size > 0
 

@@ -253,7 +253,7 @@ def check_export_options(export: ExportConfig) -> None:
         raise ConfigError(f"export: {error}") from None
 
 
-PER_STAGE_FLAGS = ("dmtet.optimize_geometry", "dmtet.optimize_deformation")
+PER_STAGE_FLAGS = ("dmtet.optimize_geometry", "dmtet.optimize_deformation", "nerf.optimize_geometry")
 """Copied sections' keys that say what a stage trains, not what it is: they may differ between stages."""
 
 

@@ -26,7 +26,8 @@ class UserMesh:
 
 
 def read_user_mesh(path: Path | str, max_faces: int) -> UserMesh:
-    """The GLB/OBJ at ``path`` as a ``Mesh`` with its own UVs when it has one per vertex (else None).
+    """The GLB/OBJ at ``path`` as a ``Mesh`` with its own UVs when it has one per vertex (else None), and its
+    colours when it has them (vertex colours, or a base-colour texture read through those UVs).
 
     Vertices and faces are read without merging or reordering (``process=False``), so an export that
     keeps the geometry writes back exactly what was read. Refused in one line: a missing file, one that
@@ -66,7 +67,8 @@ def _read(path: Path, size: int, mtime_ns: int, max_faces: int) -> UserMesh:
         raise DreamsmithError(f"{path} has vertex positions that are not finite numbers; repair it and try again")
     uvs = getattr(loaded.visual, "uv", None)
     uvs = None if uvs is None or len(uvs) != len(vertices) else np.asarray(uvs, dtype=np.float32)
-    mesh, notes = Mesh(vertices, faces, uvs=uvs), []
+    vertex_colors, texture = _colours(loaded.visual, len(vertices), uvs is not None)
+    mesh, notes = Mesh(vertices, faces, uvs=uvs, vertex_colors=vertex_colors, base_color_texture=texture), []
     if mesh.n_faces > max_faces:
         mesh = _decimated(mesh, max_faces, path)
         notes.append(f"{path} has {len(faces)} faces, more than uv_texture.max_faces={max_faces}: decimated to "
@@ -76,6 +78,20 @@ def _read(path: Path, size: int, mtime_ns: int, max_faces: int) -> UserMesh:
         notes.append(f"warning: {path} is not manifold ({shared} edges shared by more than two faces): painted as "
                      "it is; seams may show along those edges")
     return UserMesh(mesh, tuple(notes))
+
+
+def _colours(visual: Any, n_vertices: int, has_uvs: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(vertex colours ``[V, 3]``, base-colour texture ``[H, W, 3]``), sRGB in [0, 1], as the file has them
+    (a texture only with UVs to read it through); None for what it lacks."""
+    if getattr(visual, "kind", None) == "vertex":
+        colours = np.asarray(visual.vertex_colors)
+        if len(colours) == n_vertices:
+            return colours[:, :3].astype(np.float32) / 255.0, None
+    material = getattr(visual, "material", None)
+    image = getattr(material, "baseColorTexture", None) or getattr(material, "image", None)
+    if image is not None and has_uvs:
+        return None, np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return None, None
 
 
 def texture_mesh_notes(stages: list[Any]) -> list[str]:

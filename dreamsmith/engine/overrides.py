@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from dreamsmith.configs import build
 from dreamsmith.engine.config import RunConfig, apply_overrides, deep_merge, resolve
 from dreamsmith.engine.memory import check_memory
@@ -47,14 +49,22 @@ def make_config(
                                 strict=True):
             stage["steps"] = count
     raw = apply_overrides(raw, list(overrides))
-    # Config errors come before a missing model. Validating the guidance section needs the guidance
-    # registry (torch), but a preset's own guidance is valid: without guidance overrides the models
-    # are checked first, after the torch-free checks, so a usage error never waits for torch.
     guidance_overridden = any(text.split("=", 1)[0].split(".")[:2].count("guidance") for text in overrides)
-    if not guidance_overridden:
+    return validated(raw, models_first=not guidance_overridden)
+
+
+def validated(raw: dict[str, Any], models_first: bool) -> RunConfig:
+    """The ``RunConfig`` of a merged raw config, its models checked and its memory need against the budget.
+
+    Config errors come before a missing model. Validating the guidance section needs the guidance
+    registry (torch), but a guidance section the code wrote itself (a preset's, an edit's) is valid:
+    ``models_first`` checks the models before it, after the torch-free checks, so a usage error never
+    waits for torch.
+    """
+    if models_first:
         check_models(build(RunConfig, raw))
     config = resolve(raw)
-    if guidance_overridden:
+    if not models_first:
         check_models(config)
     check_memory(config, resolve_model(config.model))
     return config

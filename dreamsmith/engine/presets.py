@@ -109,24 +109,60 @@ torch, so a model that cannot serve a stage is refused before anything loads; a 
 the guidance registry's ``views_per_group``."""
 
 
+def _read_metadata(folder: Path, name: str) -> dict[str, Any]:
+    """A JSON file of a local model folder ({} when absent)."""
+    path = folder / name
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"cannot read {path}: {error}") from None
+
+
 def model_views(model: str) -> int | None:
     """How many views of one object a local model denoises together, from its ``dreamsmith.json``
     (``"attention": "multiview"`` with ``views_per_group``; 1 otherwise); None for a Hugging Face id,
     which is checked when it loads."""
-    metadata_file = Path(resolve_model(model)).expanduser() / "dreamsmith.json"
-    if not metadata_file.parent.is_dir():
+    folder = Path(resolve_model(model)).expanduser()
+    if not folder.is_dir():
         return None
-    try:
-        metadata = json.loads(metadata_file.read_text()) if metadata_file.is_file() else {}
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelLoadError(f"cannot read {metadata_file}: {error}") from None
+    metadata = _read_metadata(folder, "dreamsmith.json")
     views = metadata.get("views_per_group", 1) if metadata.get("attention") == "multiview" else 1
     return views if isinstance(views, int) else None
 
 
+IMAGE_GUIDANCES = ("ip2p",)
+"""Guidance methods whose model also reads a source image (InstructPix2Pix): known here without torch, so a
+text-only model is refused before anything loads."""
+RAY_CHANNELS = 6
+
+
+def model_image_channels(model: str) -> int | None:
+    """The input channels of a local model's UNet that carry a source image (InstructPix2Pix's image latents):
+    the UNet's ``in_channels`` less the VAE's latent channels and any camera ray channels, or a pixel model's
+    ``dreamsmith.json`` ``image_channels``; None for a Hugging Face id or a folder without configs."""
+    folder = Path(resolve_model(model)).expanduser()
+    unet = _read_metadata(folder, "unet/config.json") if folder.is_dir() else {}
+    if "in_channels" not in unet:
+        return None
+    metadata = _read_metadata(folder, "dreamsmith.json")
+    if not (folder / "vae").is_dir():
+        return int(metadata.get("image_channels", 0))
+    rays = RAY_CHANNELS if metadata.get("camera_conditioning") == "c2w16+rays" else 0
+    return int(unet["in_channels"]) - int(_read_metadata(folder, "vae/config.json").get("latent_channels", 4)) - rays
+
+
 def check_model_fits(model: str, guidance: str, where: str) -> None:
-    """Refuse, before anything loads, a single-view model for a multi-view guidance and the reverse;
-    ``where``: the stage, for the message."""
+    """Refuse, before anything loads, a single-view model for a multi-view guidance and the reverse, and a
+    text-only model for an image-conditioned guidance and the reverse; ``where``: the stage, for the message."""
+    image_channels = model_image_channels(model)
+    if image_channels is not None and (guidance in IMAGE_GUIDANCES) != (image_channels > 0):
+        if image_channels > 0:
+            raise ConfigError(f"{where}: {model} is an image-conditioned (InstructPix2Pix-style) model: it edits an "
+                              f"asset with `dreamsmith edit SOURCE \"INSTRUCTION\" --model {model}`, not guidance "
+                              f"{guidance}")
+        raise ConfigError(f"{where}: guidance {guidance} needs an InstructPix2Pix-style model whose UNet also reads "
+                          f"the source image (e.g. timbrooks/instruct-pix2pix, 8 input channels); {model} is a "
+                          "text-only model")
     needed = GUIDANCE_VIEWS.get(guidance, 1)
     views = model_views(model)
     if views is None or views == needed:

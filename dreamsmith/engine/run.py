@@ -26,7 +26,8 @@ from dreamsmith.engine.previews import preview_grid, write_png
 from dreamsmith.engine.run_dir import RunDir, write_json, write_yaml
 from dreamsmith.engine.signals import RunInterrupted, deferred_stop_signals
 from dreamsmith.engine.stage import Stage
-from dreamsmith.errors import RunDirError
+from dreamsmith.errors import ConfigError, RunDirError
+from dreamsmith.guidance import GUIDANCES
 from dreamsmith.guidance.loading import run_models
 from dreamsmith.guidance.prompt_check import check_prompt
 
@@ -68,6 +69,7 @@ def generate(
     prior: Any = None,
     progress: Progress | None = None,
     overwrite: bool = False,
+    source: Any = None,
 ) -> dict[str, Any]:
     """Run every stage of ``config`` into the run directory ``out`` and export the asset.
 
@@ -76,11 +78,18 @@ def generate(
     once per distinct model, before anything is written. resume: continue from ``out``'s last
     checkpoint, which must belong to this run (same prompt, seed and settings). overwrite: replace a
     run already in ``out`` (refused otherwise). The directory is locked for the run; SIGINT and
-    SIGTERM stop it at the next step boundary with a checkpoint (:class:`RunInterrupted`).
-    Returns the report.
+    SIGTERM stop it at the next step boundary with a checkpoint (:class:`RunInterrupted`). source: the
+    asset an edit starts from (an :class:`~dreamsmith.engine.edit_source.EditSource`): the first stage
+    starts as it, guidances that need it see its frozen renders, and its record is the run's ``edit.json``
+    (a resumed edit must name the same source). Returns the report.
     """
     progress = progress or Progress()
     check_prompt(config.prompt, None)
+    for stage_config in config.stages:
+        name = stage_config.guidance.get("name", "sds")
+        if GUIDANCES[name].needs_source and source is None:
+            raise ConfigError(f"stage '{stage_config.name}': guidance {name} edits an existing asset; run "
+                              "`dreamsmith edit SOURCE \"INSTRUCTION\"` instead")
     if not resume:  # a resumed texture stage has its geometry in the checkpoint
         for note in texture_mesh_notes(config.stages):
             progress.message(note)
@@ -105,13 +114,15 @@ def generate(
                                   "--overwrite to replace it, or choose another --out")
             run_dir.clear_run()
         run_dir.prepare()
+        if source is not None:
+            source.check_or_write_record(run_dir.edit_record, resumed=state is not None)
         write_yaml(run_dir.config, to_dict(config))
         with run_models(priors.load):
-            return _run(config, run_dir, state, device, stage_priors, progress)
+            return _run(config, run_dir, state, device, stage_priors, progress, source)
 
 
 def _run(config: RunConfig, run_dir: RunDir, state: dict[str, Any] | None, device: torch.device,
-         stage_priors: list[Any], progress: Progress) -> dict[str, Any]:
+         stage_priors: list[Any], progress: Progress, source: Any = None) -> dict[str, Any]:
     generator = torch.Generator(device=device).manual_seed(config.seed)
     reports = [StageReport(stage.name) for stage in config.stages]
     start_stage, start_step, resumed_from = 0, 0, None
@@ -128,13 +139,16 @@ def _run(config: RunConfig, run_dir: RunDir, state: dict[str, Any] | None, devic
             previous = stage
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed + index)  # parameter initialization is part of "same seed, same asset"
-                stage = Stage(stage_config, stage_priors[index], config.prompt, device, config.allow_pickle)
+                stage = Stage(stage_config, stage_priors[index], config.prompt, device, config.allow_pickle,
+                              source=None if source is None else source.representation)
             first = 0
             if state is not None and index == start_stage:
                 stage.load_state_dict(state["stage_state"])
                 first = start_step
             elif previous is not None:
                 stage.representation.init_from(previous.representation, config.export)
+            elif source is not None:
+                source.start(stage.representation)
             _run_stage(stage, index, first, config, run_dir, generator, reports, progress, stop_requested)
         signum = stop_requested()
     if signum is not None:

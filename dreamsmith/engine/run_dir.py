@@ -17,7 +17,7 @@ import yaml
 from dreamsmith.errors import RunDirError
 
 LOCK_FILE = ".dreamsmith.lock"
-RUN_FILES = ("config.yaml", "report.json", "qa.json")
+RUN_FILES = ("config.yaml", "report.json", "qa.json", "edit.json")
 """Files of a run besides checkpoints/, previews/ and the asset files (``asset*``)."""
 
 
@@ -71,6 +71,11 @@ class RunDir:
     @property
     def previews(self) -> Path:
         return self.root / "previews"
+
+    @property
+    def edit_record(self) -> Path:
+        """What an edit run (``dreamsmith edit``) started from."""
+        return self.root / "edit.json"
 
     @property
     def asset(self) -> Path:

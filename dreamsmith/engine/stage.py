@@ -41,10 +41,15 @@ class StepResult:
 
 
 class Stage:
-    """Everything one stage optimizes, and how one step of it runs."""
+    """Everything one stage optimizes, and how one step of it runs.
+
+    source: a frozen representation of the asset an edit starts from; a guidance that ``needs_source``
+    gets its render from each step's cameras, with the step's shading, light and background.
+    """
 
     def __init__(
-        self, config: StageConfig, prior: Any, prompt: str, device: torch.device, allow_pickle: bool = False
+        self, config: StageConfig, prior: Any, prompt: str, device: torch.device, allow_pickle: bool = False,
+        source: Representation | None = None,
     ) -> None:
         if config.representation not in REPRESENTATIONS:
             raise ValueError(f"unknown representation {config.representation!r}; expected {list(REPRESENTATIONS)}")
@@ -52,6 +57,7 @@ class Stage:
         self.device = device
         self.representation: Representation = REPRESENTATIONS[config.representation](config, device)
         self.guidance = build_guidance(config, prior, prompt, allow_pickle).to(device)
+        self.source = source if self.guidance.needs_source else None
         # the guidance's own parameters (a LoRA) train with its own optimizer in update(), never here
         self.optimizer = make_optimizer(self.representation.parameter_groups(), config.optim)
 
@@ -79,7 +85,13 @@ class Stage:
         render = self.representation.render(cameras, shading, light, background_color, generator,
                                             need_normals=needs_normals(config.loss, step))
         judged = replace(render, rgb=normal_image(render)) if config.shading.guide_normals else render
-        out = self.guidance(judged, cameras, step, generator, self.guidance.timestep(step))
+        source = None
+        if self.source is not None:
+            with torch.no_grad():  # no generator: the source's render draws nothing from the run's stream
+                seen = self.source.render(cameras, shading, light, background_color, None,
+                                          need_normals=config.shading.guide_normals)
+            source = replace(seen, rgb=normal_image(seen)) if config.shading.guide_normals else seen
+        out = self.guidance(judged, cameras, step, generator, self.guidance.timestep(step), source=source)
         regularizers = self.representation.regularizers(render, step)
         total = out.loss + sum(regularizers.values(), torch.zeros((), device=self.device))
         self.optimizer.zero_grad(set_to_none=True)

@@ -4,7 +4,7 @@ One optimization step of the engine, for any guidance method::
 
     scheduled = guidance.timestep(step)                    # None, or (t, t_next) from its schedule
     render = renderer(representation, cameras)            # cameras: B = groups × views_per_group
-    out = guidance(render, cameras, step, generator, scheduled)
+    out = guidance(render, cameras, step, generator, scheduled, source=source_render)   # source: edits only
     (out.loss + regularizers).backward(); asset_optimizer.step()
     logs |= guidance.update(detached(render), cameras, step, generator, out)   # its own training
 
@@ -55,6 +55,9 @@ class Guidance(torch.nn.Module):
       ``batch = groups × views_per_group`` cameras, group-major.
     - ``timestep_mode``: ``"random"``: the guidance samples t itself each call; ``"scheduled"``
       (DreamFlow): :meth:`timestep` maps the step to (t, t_next), the engine passes it to ``forward``.
+    - ``needs_source``: the method edits an existing asset (InstructPix2Pix): each call gets ``source``, the
+      render of a frozen copy of that asset from the same cameras with the same shading
+      (``dreamsmith edit``); a run without a source is refused.
 
     The frozen diffusion prior is held as a plain attribute, not a submodule, so ``state_dict()``
     holds only the guidance's own trainable state (e.g. a camera MLP) and checkpoints stay small.
@@ -63,6 +66,7 @@ class Guidance(torch.nn.Module):
     config_class: ClassVar[type]
     views_per_group: ClassVar[int] = 1
     timestep_mode: ClassVar[str] = "random"
+    needs_source: ClassVar[bool] = False
 
     def __init__(self, prior: Any, config: Any, conditioners: Sequence[Conditioner] = ()) -> None:
         super().__init__()
@@ -98,11 +102,13 @@ class Guidance(torch.nn.Module):
         step: int,
         generator: torch.Generator,
         timestep: ScheduledTimestep | int | None = None,
+        source: RenderOutput | None = None,
     ) -> GuidanceOutput:
         """The guidance loss of ``render`` (from ``cameras``) at optimization ``step``.
 
         generator: the run's seeded generator (all noise and timesteps are drawn from it);
-        timestep: the engine's scheduled (t, t_next) (or a fixed integer t), else None.
+        timestep: the engine's scheduled (t, t_next) (or a fixed integer t), else None; source: the
+        edited asset's frozen render from the same ``cameras`` (``needs_source`` methods), else None.
         """
         raise NotImplementedError
 

@@ -52,7 +52,7 @@ class ConditionContext:
     source_image: ``[B_call, H, W, 3]`` images a branch is conditioned on (InstructPix2Pix's source
     render), with source_mask ``[B_call]`` True where a sample has one. The prior fills in the rest for
     each call: image_size: the pixel size the model expects; class_labels: the UNet's class labels for
-    this call (camera conditioning), or None.
+    this call (camera conditioning), or None; timesteps: ``[B_call]`` the call's integer t.
     """
 
     render: RenderOutput | None = None
@@ -63,6 +63,7 @@ class ConditionContext:
     branch_labels: tuple[str, ...] = ()
     source_image: Tensor | None = None
     source_mask: Tensor | None = None
+    timesteps: Tensor | None = None
 
     def branch_mask(self, label: str, device: torch.device | None = None) -> Tensor:
         """``[B_call]`` True for the samples of branch ``label``."""

@@ -5,7 +5,7 @@ One call, for a render x of the asset (DreamFusion, Poole et al. 2022, Sec. 3 an
     z = encode(x)                                      encode()
     t = scheduled or drawn (one t per view group)      sample_t()
     z_t = α_t z + σ_t ε
-    branches = [(label, prompt embeddings, scale)]     branches()      e.g. [uncond, cond]
+    branches = [(label, prompt embeddings, scale)]     branches()      e.g. [uncond, cond]; + image (IP2P)
     ε_b = ε̂(z_t; branch b, t) for every b, one call   predict()
     ε̂ = ε_0 + Σ_k s_k (ε_k − ε_{k−1})                 combine()       N-way classifier-free guidance
     g = w(t) (ε̂ − target)                             gradient()      target(): −ε for SDS, ε_φ for VSD
@@ -165,8 +165,11 @@ class DistillationGuidance(Guidance):
             config.overhead_threshold,
         )
 
-    def branches(self, render: RenderOutput, cameras: Cameras, step: int) -> list[Branch]:
-        """The CFG branches in combination order, first the base: [uncond, cond] at the scheduled scale."""
+    def branches(
+        self, render: RenderOutput, cameras: Cameras, step: int, source: RenderOutput | None = None
+    ) -> list[Branch]:
+        """The CFG branches in combination order, first the base: [uncond, cond] at the scheduled scale
+        (``source``: the edited asset's render, for methods that condition on it)."""
         config = self.config
         cond = self.prompts.text_embeddings(config.prompt, self.view_directions(cameras))
         uncond = self.prompts.negative_embeddings(config.negative_prompt, len(cameras))
@@ -231,6 +234,7 @@ class DistillationGuidance(Guidance):
         step: int,
         generator: torch.Generator,
         timestep: ScheduledTimestep | int | None = None,
+        source: RenderOutput | None = None,
     ) -> GuidanceOutput:
         prior = self.prior
         z = self.encode(render, generator)
@@ -238,7 +242,7 @@ class DistillationGuidance(Guidance):
         noise = torch.randn(z.shape, generator=generator, device=generator.device).to(z.device)
         alpha, sigma = alpha_sigma(prior.alphas_cumprod, t)
         z_t = add_noise(z.detach(), noise, alpha, sigma)
-        branches = self.branches(render, cameras, step)
+        branches = self.branches(render, cameras, step, source)
         eps = self.predict(z_t, t, branches, render, cameras, step)
         state = DistillationState(
             z=z, noise=noise, t=t, z_t=z_t, alpha=alpha, sigma=sigma, cameras=cameras, step=step,

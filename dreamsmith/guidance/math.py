@@ -175,3 +175,22 @@ def x0_reconstruction_grad(z: Tensor, x0: Tensor) -> Tensor:
     loss, Shi et al. 2023, Sec. 4). With x̂0 from ε̂ at the same z_t this is (σ_t/α_t)(ε̂ − ε): SDS with
     w(t) = σ_t/α_t."""
     return z - x0
+
+
+def p2p_cross_attention(source: Tensor, edited: Tensor, mapper: Tensor, own: Tensor) -> Tensor:
+    """Prompt-to-Prompt's edited cross-attention maps (Hertz et al. 2022, "Prompt-to-Prompt Image Editing with
+    Cross Attention Control", Sec. 3.2): M'_j = Σ_i M^src_i mapper_ij + own_j M^edit_j over the edited
+    prompt's tokens j.
+
+    Word swap: ``mapper`` spreads each source token's map onto the tokens of the word that replaced it, own = 0
+    (the edited maps are the source's); refinement: mapper_ij = 1 where edited token j is source token i,
+    own_j = 1 for new tokens (which keep their own maps). ``source``, ``edited``: softmax maps
+    ``[..., L_q, L_src]`` and ``[..., L_q, L_edit]``; ``mapper [L_src, L_edit]``; ``own [L_edit]``.
+    """
+    return source @ mapper.to(source) + edited * own.to(edited)
+
+
+def p2p_reweight(probs: Tensor, equalizer: Tensor) -> Tensor:
+    """Prompt-to-Prompt's attention re-weighting (Hertz et al. 2022, Sec. 3.2): each token's column of the
+    cross-attention maps ``[..., L_q, L]`` scaled by ``equalizer [L]`` (not renormalised, as in the paper)."""
+    return probs * equalizer.to(probs)

@@ -52,7 +52,9 @@ class DiffusionPrior:
     ``known_prompts`` (list or None), ``camera_conditioning`` (one of ``CAMERA_CONDITIONINGS`` or None),
     ``views_per_group`` (views of one object the model denoises together: 1, or F for a multi-view model
     whose ``dreamsmith.json`` names ``"attention": "multiview"``; its multi-view attention is part of
-    every call).
+    every call), ``image_channels`` (input channels after z_t and any ray channels that carry a source
+    image, InstructPix2Pix's image latents: the UNet's extra inputs for a latent model, ``dreamsmith.json``
+    ``"image_channels"`` for a pixel model; 0 for a text-only model).
     """
 
     def __init__(
@@ -99,14 +101,21 @@ class DiffusionPrior:
                 f"supported: {', '.join(CAMERA_CONDITIONINGS)}"
             )
         self.ray_channels = RAY_CHANNELS if self.camera_conditioning == "c2w16+rays" else 0
-        if not self.is_latent:
+        in_channels = int(unet.config.in_channels)
+        if self.is_latent:
+            self.image_channels = in_channels - self.latent_channels - self.ray_channels
+            if self.image_channels < 0:
+                raise ModelLoadError(f"the UNet reads {in_channels} input channels, fewer than the VAE's "
+                                     f"{self.latent_channels} latent channels")
+        else:
             self.image_size = unet_size
-            self.latent_channels = int(unet.config.in_channels) - self.ray_channels
+            self.image_channels = int(self.metadata.get("image_channels", 0))
+            self.latent_channels = in_channels - self.ray_channels - self.image_channels
             if self.latent_channels < 1:
                 raise ModelLoadError(
                     f"{METADATA_FILE}: camera_conditioning {self.camera_conditioning!r} needs "
-                    f"{self.ray_channels} ray input channels beside the image's, but the UNet reads "
-                    f"{unet.config.in_channels}"
+                    f"{self.ray_channels} ray input channels and image_channels {self.image_channels} beside the "
+                    f"image's, but the UNet reads {in_channels}"
                 )
         self.camera_distance = float(self.metadata.get("camera_distance", 1.0))
         self.model_conditioners = model_conditioners(self.metadata, METADATA_FILE)
@@ -259,6 +268,7 @@ class DiffusionPrior:
             cameras=cameras if context.cameras is None else context.cameras,
             image_size=self.image_size,
             class_labels=class_labels,
+            timesteps=t,
         )
         with torch.set_grad_enabled(enable_grad):
             deltas = [d for d in (c.time_embedding_delta(context, batch) for c in conditioners) if d is not None]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dreamsmith.guidance.base import Guidance
 from dreamsmith.guidance.dreamflow import DreamFlowGuidance
+from dreamsmith.guidance.ip2p import IP2PGuidance
 from dreamsmith.guidance.mvdream import MVDreamGuidance
+from dreamsmith.guidance.p2p import P2PGuidance
 from dreamsmith.guidance.sds import SDSGuidance
 from dreamsmith.guidance.vsd import VSDGuidance
 
@@ -13,4 +15,6 @@ GUIDANCES: dict[str, type[Guidance]] = {
     "vsd": VSDGuidance,
     "dreamflow": DreamFlowGuidance,
     "mvdream": MVDreamGuidance,
+    "ip2p": IP2PGuidance,
+    "p2p": P2PGuidance,
 }

@@ -56,6 +56,9 @@ class NeRFConfig:
     normal_gradients: bool = True
     """Backpropagate through the normals, so shading trains the geometry directly; False detaches
     them (shading then trains geometry only through where the surface is; several times cheaper)."""
+    optimize_geometry: bool = True
+    """Train the density (hash tables and both heads); False trains the albedo head alone, so the shape stays
+    as it started (``dreamsmith edit --keep geometry``)."""
 
 
 @dataclass

@@ -59,7 +59,10 @@ class NeRFField(nn.Module):
         self.albedo_head = mlp(self.encoding.n_output_dims, 3, config.hidden_dim, config.hidden_layers)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters by learning-rate group: the hash tables and the MLPs."""
+        """Parameters by learning-rate group: the hash tables and the MLPs; without ``optimize_geometry`` the
+        albedo head alone (the hash tables feed the density too)."""
+        if not self.config.optimize_geometry:
+            return {"mlp": list(self.albedo_head.parameters())}
         return {
             "encoding": list(self.encoding.parameters()),
             "mlp": list(self.density_head.parameters()) + list(self.albedo_head.parameters()),

@@ -127,6 +127,28 @@ class TextureRepresentation:
         if previous.config.background == self.config.background:
             self.background.load_state_dict(previous.background.state_dict())
 
+    @torch.no_grad()
+    def paint_from(self, source: Mesh) -> None:
+        """Start the texels from a mesh's own colours (``source``, as read): its base-colour texture resized to
+        the atlas when the stage kept the mesh's UVs, else its colours per vertex (from the texture at the
+        vertices' UVs, or its vertex colours) baked through the nearest vertex."""
+        from dreamsmith.exporters.bake import vertex_color_albedo
+
+        mesh = self._geometry()
+        texture = source.base_color_texture
+        if texture is not None and source.uvs is not None and np.array_equal(mesh.uvs, source.uvs):
+            size = self.config.uv_texture.texture_size
+            image = torch.from_numpy(np.ascontiguousarray(texture, dtype=np.float32)).permute(2, 0, 1)[None]
+            image = torch.nn.functional.interpolate(image, size=(size, size), mode="bilinear", antialias=True,
+                                                    align_corners=False)[0].permute(1, 2, 0)
+            self.texture.logits.copy_(torch.logit(image.clamp(1e-4, 1 - 1e-4)).to(self.device))
+            return
+        if texture is not None and source.uvs is not None:
+            source = source.copy(vertex_colors=sample_texture(texture, source.uvs).astype(np.float32))
+        if source.vertex_colors is None:
+            raise DreamsmithError("the mesh has neither vertex colours nor a texture to start from")
+        self._fit_texture(vertex_color_albedo(source))
+
     def _fit_texture(self, albedo: Any) -> None:
         """Start the texels from ``albedo`` baked into this stage's atlas."""
         from dreamsmith.exporters.bake import bake
