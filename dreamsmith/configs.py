@@ -86,7 +86,7 @@ def build(cls: type, values: dict[str, Any], path: str = "", extra_keys: typing.
     kwargs = {}
     for key, value in values.items():
         if key not in hints:
-            raise ConfigError(f"unknown config key '{path}{key}'{nearest(path + key, valid_keys(cls, path))}")
+            raise ConfigError(f"unknown config key {path + key!r}{nearest(path + key, valid_keys(cls, path))}")
         kwargs[key] = _convert(hints[key], value, f"{path}{key}")
     return cls(**kwargs)
 

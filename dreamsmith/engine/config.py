@@ -171,7 +171,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if key not in run_keys:
                 candidates = run_keys + stage_keys + ["guidance." + k for k in ("guidance_scale", "name")]
                 candidates += [f"{name}.{k}" for name in stage_names for k in stage_keys]
-                raise ConfigError(f"unknown config key '{key}'{nearest(key, candidates)}")
+                raise ConfigError(f"unknown config key {key!r}{nearest(key, candidates)}")
             raw = deep_merge(raw, _nested(key, value))
             continue
         for index in targets:
@@ -180,7 +180,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if stage_key.startswith("guidance"):  # only guidance keys need the guidance registry (torch)
                 allowed = stage_keys + guidance_keys(stage.get("guidance", {"name": "sds"}), "guidance.")
             if stage_key not in allowed and not (stage_key.startswith("guidance.") and stage_key.count(".") > 1):
-                raise ConfigError(f"unknown config key '{key}'{nearest(stage_key, allowed)}")
+                raise ConfigError(f"unknown config key {key!r}{nearest(stage_key, allowed)}")
             raw["stages"][index] = deep_merge(stage, _nested(stage_key, value))
     return raw
 
