@@ -290,6 +290,8 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = json.loads((args.model / "dreamsmith.json").read_text())
+    if config.get("views_per_group", 1) > 1:
+        parser.error(f"{args.model} is a multi-view model; write its card with tools/toyworld_mv_card.py")
     resolution = config["resolution"]
     captions = args.captions.split(",") if args.captions else list(tw.ALL_CAPTIONS)
     prior = load_prior(args.model)
