@@ -269,7 +269,7 @@ def export_model(out: Path, unet: UNet2DConditionModel, text_encoder: CLIPTextMo
         metadata["base"] = os.path.relpath(base.resolve(), out.resolve())
     (tmp / "dreamsmith.json").write_text(json.dumps(metadata, indent=2) + "\n")
     (tmp / "train_log.json").write_text(json.dumps(train_log) + "\n")
-    for keep in ("README.md", "loss.png", "samples.png"):  # the card survives a re-export
+    for keep in ("README.md", "loss.png", "samples.png", "consistency.png", "consistency.json"):  # the card survives
         if (out / keep).exists():
             shutil.copy2(out / keep, tmp / keep)
     old = out.with_name(out.name + ".old")
