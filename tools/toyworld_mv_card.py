@@ -156,7 +156,7 @@ Size on disk: {own_mb:.1f} MB (the base: {base_mb:.1f} MB).
 - {len(losses)} steps at batch {log['batch_size']} images ({log['batch_size'] // VIEWS} groups), one t per
   group, caption and camera dropped per group (p = {log['text_dropout']}, {log['camera_dropout']}), AdamW lr
   {log['lr']:g}, {log['warmup']} warmup steps then cosine decay, truncated-SNR weights up to {log['max_weight']:g},
-  cubes drawn {log['oversample'] or 'as often as the rest'}, {log['high_t_fraction']:g} of the groups' t from the
+  oversampling `{log['oversample'] or 'none'}`, {log['high_t_fraction']:g} of the groups' t from the
   top 30 % of the schedule, seed {log['seed']}, {log['threads']} CPU thread;
 - wall time {minutes:.1f} min of rendering and training on a 2-core CPU machine shared with other work;
 - loss (the same truncated-SNR-weighted epsilon loss as the base's card): mean of the first 50 steps
@@ -205,6 +205,11 @@ about +Y, so the truth's four views are one silhouette: view-to-view 1.00).
   not how an object changes between views 90 deg apart. A model that copies one view into the other
   three scores well on view-to-view IoU; the IoU against the truth per view is the check that the
   agreed view is also right.
+- Cubes score lowest: the four views agree, but a group's yaw need not be the truth's (the 60 deg
+  groups in `samples.png`). Whether this model reads its azimuth better than the base (whose card
+  shows it does not) is not measured: the camera probe runs on single views.
+- Sampled here at text CFG 1.0, like the base's card; at 4 the pixel-space DDIM samples of both models
+  blot into discs and other shapes.
 - Trained on 32x32 renders at camera distance 2.0 and fovy 40 deg only, like the base.
 """)
 
@@ -216,7 +221,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--base", type=Path, default=None,
                         help="the single-view model to compare with (default: the model's base)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    parser.add_argument("--cfg", type=float, default=4.0, help="text guidance scale")
+    parser.add_argument("--cfg", type=float, default=1.0, help="text guidance scale (the base card's 1.0: at 4 the "
+                        "pixel-space DDIM samples of both models blot into discs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--captions", type=str, default="", help="comma-separated (default: CARD_CAPTIONS)")
