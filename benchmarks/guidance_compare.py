@@ -1,8 +1,10 @@
-"""SDS, VSD and DreamFlow side by side on the embedded prior, scored against the toy world's truth.
+"""SDS, VSD, DreamFlow and MVDream side by side on the embedded priors, scored against the toy world's truth.
 
-Each method runs at its own preset (``toy``, ``toy-vsd``, ``toy-dreamflow``) on the same captions (6
-training, 2 held out) and seeds. Per run: silhouette IoU (side views), IoU seen from above (elevation
-70°: a filled torus hole shows there), volume IoU, colour error, wall time, and the IoU-against-step
+Each method runs at its own preset (``toy``, ``toy-vsd``, ``toy-dreamflow``; ``toy-mv`` on the
+multi-view ``toyworld-mv``) on the same captions (6 training, 2 held out) and seeds. Per run: silhouette
+IoU (side views), its spread over the 8 side views (the standard deviation of the per-view IoUs: an object
+right from some sides and wrong from others spreads), IoU seen from above (elevation 70°: a filled torus
+hole shows there), volume IoU, colour error, wall time, and the IoU-against-step
 curve, read from the run's preview grids (the normal row: the object's silhouette over white) against
 the truth rendered from the same preview cameras. Prints one JSON object and writes, under ``--out``,
 ``compare.json``, ``compare.md`` (the table) and ``compare.png`` (the final renders, one row per method).
@@ -32,7 +34,7 @@ from dreamsmith.engine import make_config  # noqa: E402
 from dreamsmith.engine.camera_sampling import eval_cameras  # noqa: E402
 from dreamsmith.toyworld.score import ground_truth_mesh, render_mesh  # noqa: E402
 
-METHODS = {"sds": "toy", "vsd": "toy-vsd", "dreamflow": "toy-dreamflow"}
+METHODS = {"sds": "toy", "vsd": "toy-vsd", "dreamflow": "toy-dreamflow", "mvdream": "toy-mv"}
 CAPTIONS = ["a red cube", "a green sphere", "a blue torus", "a yellow cone", "a gray cylinder", "a red capsule",
             "a purple torus", "a green cube"]
 PREVIEW_EVERY = 50
@@ -78,7 +80,10 @@ def summarise(rows: list[dict], methods: list[str]) -> dict:
         mine = [r for r in rows if r["method"] == method]
         table[method] = {key: round(statistics.mean(r[key] for r in mine), 4)
                          for key in ("iou", "top_iou", "volume_iou", "colour_error", "wall_time_s")}
-        table[method]["held_out_iou"] = round(statistics.mean(r["iou"] for r in mine if r["held_out"]), 4)
+        held_out = [r["iou"] for r in mine if r["held_out"]]
+        table[method]["held_out_iou"] = round(statistics.mean(held_out), 4) if held_out else None
+        spreads = [statistics.pstdev(r["per_view_iou"]) for r in mine if r.get("per_view_iou")]
+        table[method]["iou_spread"] = round(statistics.mean(spreads), 4) if spreads else None
     if "sds" in methods:
         sds = {(r["caption"], r["seed"]): r for r in rows if r["method"] == "sds"}
         for method in methods:
@@ -94,12 +99,13 @@ def summarise(rows: list[dict], methods: list[str]) -> dict:
 
 
 def markdown(table: dict) -> str:
-    lines = ["| method (preset) | silhouette IoU | IoU from above | volume IoU | held-out IoU | colour error | "
-             "steps to SDS's final IoU (fraction of SDS's) | wall time (s) |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method (preset) | silhouette IoU | per-view IoU spread | IoU from above | volume IoU | held-out IoU | "
+             "colour error | steps to SDS's final IoU (fraction of SDS's) | wall time (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for method, row in table.items():
-        lines.append(f"| {method} ({METHODS[method]}) | {row['iou']:.3f} | {row['top_iou']:.3f} | "
-                     f"{row['volume_iou']:.3f} | {row['held_out_iou']:.3f} | {row['colour_error']:.3f} | "
-                     f"{row.get('steps_to_sds_final_iou')} | {row['wall_time_s']:.0f} |")
+        lines.append(f"| {method} ({METHODS[method]}) | {row['iou']:.3f} | {row['iou_spread']} | "
+                     f"{row['top_iou']:.3f} | {row['volume_iou']:.3f} | {row['held_out_iou']} | "
+                     f"{row['colour_error']:.3f} | {row.get('steps_to_sds_final_iou')} | {row['wall_time_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

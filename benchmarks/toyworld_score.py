@@ -40,7 +40,8 @@ def score_fields(score: Score) -> dict:
     """A score as rounded JSON fields."""
     return {"iou": round(score.iou, 4), "top_iou": round(score.top_iou, 4), "volume_iou": round(score.volume_iou, 4),
             "extent": [round(e, 3) for e in score.extent], "extent_error": round(score.extent_error, 4),
-            "colour_error": round(score.colour_error, 4)}
+            "colour_error": round(score.colour_error, 4),
+            "per_view_iou": [round(iou, 4) for iou in score.per_view_iou]}
 
 
 def score_run(text: str, seed: int, root: Path, preset: str, steps: int | None, overrides: list[str]) -> dict:

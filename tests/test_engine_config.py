@@ -10,8 +10,8 @@ from dreamsmith.errors import ConfigError
 
 def preset_model(name: str, tiny_mv_dir) -> str | None:
     """The model a preset resolves with here: its own, or a tiny four-view one where its own is not a
-    model folder yet (MVDream's checkpoint needs converting; toyworld-mv is not shipped)."""
-    return str(tiny_mv_dir) if name in ("mvdream", "toy-mv") else None
+    model folder yet (MVDream's checkpoint needs converting)."""
+    return str(tiny_mv_dir) if name == "mvdream" else None
 
 
 def test_every_preset_resolves(monkeypatch, tiny_mv_dir):
@@ -27,7 +27,7 @@ def test_every_preset_resolves(monkeypatch, tiny_mv_dir):
     for name in preset_names():
         config = make_config("a red cube", preset=name, model=preset_model(name, tiny_mv_dir))
         assert config.preset == name and config.stages and all(s.steps > 0 for s in config.stages)
-    for name in ("toy", "toy-mesh", "toy-vsd", "toy-dreamflow", "dreamfusion", "magic3d"):
+    for name in ("toy", "toy-mesh", "toy-vsd", "toy-dreamflow", "toy-mv", "dreamfusion", "magic3d"):
         monkeypatch.setenv("DREAMSMITH_MEMORY_BUDGET", "4G")
         make_config("a red cube", preset=name)  # the presets a CPU runs fit in 4 GB
 

@@ -272,3 +272,51 @@ def test_uncached_hub_id_fails_at_once_offline(monkeypatch):
     assert "dreamsmith-tests/not-a-cached-model" in message
     assert "huggingface-cli download dreamsmith-tests/not-a-cached-model" in message
     assert "local diffusers model folder" in message
+
+
+def _delta_of(base, folder, unet_shift: float = 0.5):
+    """``folder``: ``base``'s UNet with its output bias shifted, index and dreamsmith.json, naming ``base``."""
+    folder.mkdir()
+    shutil.copytree(base / "unet", folder / "unet")
+    weights = next((folder / "unet").glob("*.safetensors"))
+    state = load_file(weights)
+    state["conv_out.bias"] = state["conv_out.bias"] + unet_shift
+    save_file(state, weights)
+    shutil.copy2(base / "model_index.json", folder / "model_index.json")
+    metadata = json.loads((base / "dreamsmith.json").read_text())
+    (folder / "dreamsmith.json").write_text(json.dumps({**metadata, "base": f"../{base.name}"}))
+    return folder
+
+
+def test_a_folder_with_a_base_takes_the_components_it_lacks_from_the_base(tiny_pixel_dir):
+    delta = _delta_of(tiny_pixel_dir, tiny_pixel_dir.parent / "delta")
+    base, tuned = load_prior(tiny_pixel_dir), load_prior(delta)
+    for name, p in base.text_encoder.state_dict().items():
+        assert torch.equal(tuned.text_encoder.state_dict()[name], p), name
+    assert tuned.tokenizer("a red cube").input_ids == base.tokenizer("a red cube").input_ids
+    assert torch.equal(tuned.alphas_cumprod, base.alphas_cumprod)
+    z_t, t = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([10, 500])
+    embeds = base.encode_prompts(["a red cube", ""])
+    shift = tuned.predict_noise(z_t, t, embeds) - base.predict_noise(z_t, t, embeds)
+    torch.testing.assert_close(shift, torch.full_like(shift, 0.5))  # its own UNet, not the base's
+    assert tuned.camera_conditioning == base.camera_conditioning
+
+
+def test_a_base_that_is_not_a_model_folder_is_refused_in_one_line(tiny_pixel_dir, tmp_path):
+    delta = _delta_of(tiny_pixel_dir, tmp_path / "delta")  # ../<base name> does not exist beside it
+    with pytest.raises(ModelLoadError, match="its base") as error:
+        load_prior(delta)
+    assert "\n" not in str(error.value) and "not a diffusers model folder" in str(error.value)
+    metadata = json.loads((delta / "dreamsmith.json").read_text())
+    (delta / "dreamsmith.json").write_text(json.dumps({**metadata, "base": 3}))
+    with pytest.raises(ModelLoadError, match="base must be the path of a model folder"):
+        load_prior(delta)
+
+
+def test_a_component_in_neither_folder_names_both(tiny_pixel_dir, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(tiny_pixel_dir, base, ignore=shutil.ignore_patterns("scheduler"))
+    delta = _delta_of(base, tmp_path / "delta")
+    with pytest.raises(ModelLoadError, match="has no scheduler/ folder") as error:
+        load_prior(delta)
+    assert str(delta) in str(error.value) and str(base) in str(error.value)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 from test_cli_usage import run_cli as run_cli_probe
 from test_convert_mvdream import tiny_checkpoint, tiny_config
 from test_generate import SMALL, run_cli
 
 from dreamsmith.engine.overrides import make_config
-from dreamsmith.engine.presets import embedded_model_path
+from dreamsmith.engine.presets import embedded_model_path, resolve_model
 from dreamsmith.schedules import schedule_value
 
 
@@ -70,12 +71,39 @@ def test_the_mvdream_preset_without_a_model_says_how_to_convert_the_checkpoint()
     assert "dreamsmith convert mvdream sd-v2.1-base-4view.pt OUT_DIR --allow-pickle" in stderr
 
 
-@pytest.mark.skipif(embedded_model_path("toyworld-mv").is_dir(), reason="toyworld-mv is shipped")
-def test_toy_mv_is_refused_in_one_line_while_its_model_is_not_shipped():
-    result, stderr = run_cli_probe("generate", "a purple torus", "--preset", "toy-mv")
+def test_the_embedded_toyworld_mv_loads_as_a_four_view_prior_over_toyworld():
+    from dreamsmith.guidance.loading import load_prior
+
+    folder, base_folder = embedded_model_path("toyworld-mv"), embedded_model_path("toyworld")
+    assert sorted(p.name for p in (folder / "unet").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert not (folder / "text_encoder").exists()  # a delta: the base's text encoder, tokenizer and scheduler
+    prior, base = load_prior(resolve_model("embedded:toyworld-mv")), load_prior(base_folder)
+    assert prior.views_per_group == 4 and base.views_per_group == 1
+    assert prior.camera_conditioning == base.camera_conditioning == "c2w16+rays" and prior.image_size == 32
+    for name, p in base.text_encoder.state_dict().items():
+        assert torch.equal(prior.text_encoder.state_dict()[name], p), name
+    assert torch.equal(prior.alphas_cumprod, base.alphas_cumprod)
+    weights = [f for f in folder.parent.rglob("*") if f.suffix == ".safetensors"]
+    assert sum(f.stat().st_size for f in weights) <= 60 * 10**6  # TOYWORLD.md: everything shipped together
+
+
+def test_an_embedded_model_that_is_not_shipped_is_refused_in_one_line_naming_the_shipped_ones():
+    result, stderr = run_cli_probe("generate", "a purple torus", "--model", "embedded:toyworld-xl")
     assert result == {"code": 1, "torch": False, "diffusers": False}
-    assert "the embedded model 'toyworld-mv' is not shipped" in stderr and "shipped: toyworld" in stderr
+    assert "the embedded model 'toyworld-xl' is not shipped" in stderr and "shipped: toyworld, toyworld-mv" in stderr
     assert len(stderr.strip().splitlines()) <= 2
+
+
+def test_toy_mv_runs_end_to_end_through_the_cli_on_the_shipped_model(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("generate", "a purple torus", "--preset", "toy-mv", "--steps", "4", "--out", str(out),
+                     "--quiet", *SMALL)
+    assert result.returncode == 0, result.stderr
+    assert (out / "asset.glb").stat().st_size > 0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    (stage,) = config["stages"]
+    assert stage["guidance"]["name"] == "mvdream" and stage["camera"]["batch_size"] == 4
+    assert config["model"].endswith("toyworld-mv")
 
 
 def test_toy_mv_runs_the_toy_stage_with_mvdream_guidance(tiny_mv_dir):

@@ -146,3 +146,107 @@ def test_oversampling_and_high_timesteps_shift_the_draws() -> None:
     t = script.sample_timesteps(4000, 1000, 0.5, generator)
     assert 0.6 < float((t >= 700).float().mean()) < 0.7  # 0.5 + 0.5 * 0.3
     assert int(t.min()) >= 0 and int(t.max()) < 1000
+
+
+def _spherical(c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(azimuth, elevation) in degrees of cameras ``c2w [N, 4, 4]`` (azimuth 0 on +Z, towards +X)."""
+    position = c2w[:, :3, 3]
+    azimuth = torch.rad2deg(torch.atan2(position[:, 0], position[:, 2]))
+    elevation = torch.rad2deg(torch.asin(position[:, 1] / position.norm(dim=-1)))
+    return azimuth, elevation
+
+
+def test_groups_are_one_caption_seen_from_four_azimuths_90_degrees_apart() -> None:
+    data = generate_toyworld_dataset(83, resolution=16, seed=2, elevation_range=(-10, 80), views_per_group=4)
+    assert len(data) == 80  # whole groups only
+    groups = data.caption_index.view(20, 4)
+    assert bool((groups == groups[:, :1]).all()) and groups[:, 0].unique().numel() > 5
+    azimuth, elevation = (v.view(20, 4) for v in _spherical(data.c2w))
+    torch.testing.assert_close(elevation, elevation[:, :1].expand(20, 4), atol=1e-3, rtol=0)
+    assert float(elevation.min()) >= -10.001 and float(elevation.max()) <= 80.001 and elevation[:, 0].std() > 10
+    steps = (azimuth.diff(dim=1) % 360).flatten()
+    torch.testing.assert_close(steps, torch.full_like(steps, 90.0), atol=1e-2, rtol=0)
+    torch.testing.assert_close(data.c2w[:, :3, 3].norm(dim=-1), torch.full((80,), 2.0))
+    views = data.images.view(20, 4, 16, 16, 3).float()
+    # every toyworld shape is symmetric under a quarter turn about +Y: a group's views are one picture
+    assert float((views - views[:, :1]).abs().mean()) < 0.5
+    assert float((views[1:, 0] - views[:-1, 0]).abs().mean()) > 5  # other groups, other pictures
+
+
+def test_a_multi_view_batch_keeps_each_group_whole() -> None:
+    script = _load_script()
+    data = generate_toyworld_dataset(400, resolution=8, seed=1, views_per_group=4)
+    tokenizer = script.build_tokenizer()
+    generator = torch.Generator().manual_seed(0)
+    inputs, ids, camera = script.training_batch(data, tokenizer, 64, generator, with_rays=True, text_dropout=0.5,
+                                                camera_dropout=0.5, views_per_group=4)
+    assert inputs.shape == (64, 9, 8, 8) and ids.shape == (64, 6) and camera.shape == (64, 16)
+    ids, camera, rays = ids.view(16, 4, 6), camera.view(16, 4, 16), inputs[:, 3:].view(16, 4, -1)
+    assert bool((ids == ids[:, :1]).all())  # one caption, dropped or kept and its article swapped as one
+    dropped_text = ids[:, 0, 1] == tokenizer.eos_token_id  # "" is [BOS] [EOS] and padding
+    dropped_camera = (camera == 0).all(-1)
+    assert bool((dropped_camera == dropped_camera[:, :1]).all())
+    assert bool(((rays == 0).all(-1) == dropped_camera).all())  # rays dropped with the labels
+    assert 0 < int(dropped_camera[:, 0].sum()) < 16 and 0 < int(dropped_text.sum()) < 16
+    kept = ~dropped_camera[:, 0]
+    azimuth, _ = _spherical(_camera_c2w(camera[kept].reshape(-1, 16)))
+    steps = azimuth.view(-1, 4).diff(dim=1) % 360
+    torch.testing.assert_close(steps, torch.full_like(steps, 90.0), atol=1e-2, rtol=0)
+
+
+def _camera_c2w(labels: torch.Tensor) -> torch.Tensor:
+    """c2w ``[N, 4, 4]`` back from c2w16 labels (translation times the camera distance 2)."""
+    c2w = labels.view(-1, 4, 4).clone()
+    c2w[:, :3, 3] *= 2.0
+    return c2w
+
+
+def test_multi_view_fine_tuning_folds_groups_and_ships_the_unet_over_its_base(trained: tuple[Path, dict],
+                                                                              tmp_path: Path) -> None:
+    from dreamsmith.guidance.loading import load_prior
+
+    script = _load_script()
+    seen: list[tuple[int, ...]] = []
+
+    class Recording(script.MultiViewAttention):
+        def hidden_states(self, attn, hidden_states, context):
+            folded = super().hidden_states(attn, hidden_states, context)
+            seen.append((hidden_states.shape[0], folded.shape[0]))
+            return folded
+
+    script.MultiViewAttention = Recording
+    base, _ = trained
+    tuned = tmp_path / "models" / "tuned"
+    argv = ["--out", str(tuned), "--state-dir", str(tmp_path / "state"), "--resolution", "16", "--steps", "2",
+            "--batch-size", "8", "--n-images", "64", "--threads", "1", "--init-from", str(base), "--camera-rays",
+            "--views-per-group", "4", "--freeze-text-encoder", "--lr", "1e-2"]
+    log = script.main(argv)
+    assert log["views_per_group"] == 4 and len(log["losses"]) == 2
+    assert seen and set(seen) == {(8, 2)}  # every self-attention saw 2 groups of 4 views as 2 sequences
+    config = json.loads((tuned / "dreamsmith.json").read_text())
+    assert config["attention"] == "multiview" and config["views_per_group"] == 4
+    assert (tuned / config["base"]).resolve() == base.resolve()
+    assert sorted(p.name for p in tuned.iterdir()) == ["dreamsmith.json", "model_index.json", "train_log.json",
+                                                       "unet"]
+    prior, base_prior = load_prior(tuned), load_prior(base)
+    assert prior.views_per_group == 4 and prior.camera_conditioning == "c2w16+rays"
+    for name, p in base_prior.text_encoder.state_dict().items():
+        assert torch.equal(prior.text_encoder.state_dict()[name], p), name
+    tuned_unet = prior.unet.state_dict()
+    changed = [name for name, p in base_prior.unet.state_dict().items()
+               if not name.startswith("conv_in") and not torch.equal(tuned_unet[name], p)]
+    assert changed  # the UNet trained (conv_in aside, which gained the ray channels)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--batch-size", "6", "--views-per-group", "4"], "whole number of groups"),
+    (["--views-per-group", "0"], "whole number of groups"),
+    (["--freeze-text-encoder"], "--freeze-text-encoder needs --init-from"),
+])
+def test_bad_multi_view_options_are_refused_in_one_line(extra: list[str], message: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        _load_script().parse_args(["--batch-size", "8", *extra])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in error

@@ -88,13 +88,20 @@ def foreground(images: torch.Tensor, threshold: float = 0.15) -> torch.Tensor:
     return (images - background[:, None, None]).abs().amax(dim=-1) > threshold
 
 
-def score(samples: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
-    """Mean silhouette IoU and mean |mean foreground colour difference| of ``[B, H, W, 3]`` pairs.
+def view_ious(samples: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """``[B]`` silhouette IoU of each of ``[B, H, W, 3]`` samples against its truth.
 
     The truth's background is exactly white, so its mask is exact; the samples' uses ``foreground``.
     """
     fg_s, fg_t = foreground(samples), foreground(truth, threshold=1e-6)
-    iou = ((fg_s & fg_t).sum((1, 2)) / (fg_s | fg_t).sum((1, 2)).clamp(min=1)).mean().item()
+    return (fg_s & fg_t).sum((1, 2)) / (fg_s | fg_t).sum((1, 2)).clamp(min=1)
+
+
+def score(samples: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
+    """Mean silhouette IoU (``view_ious``) and mean |mean foreground colour difference| of
+    ``[B, H, W, 3]`` pairs."""
+    fg_s, fg_t = foreground(samples), foreground(truth, threshold=1e-6)
+    iou = view_ious(samples, truth).mean().item()
     mean_colour = [(img * m[..., None]).sum((1, 2)) / m.sum((1, 2)).clamp(min=1)[:, None]
                    for img, m in ((samples, fg_s), (truth, fg_t))]
     return iou, (mean_colour[0] - mean_colour[1]).abs().mean().item()
@@ -283,6 +290,8 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = json.loads((args.model / "dreamsmith.json").read_text())
+    if config.get("views_per_group", 1) > 1:
+        parser.error(f"{args.model} is a multi-view model; write its card with tools/toyworld_mv_card.py")
     resolution = config["resolution"]
     captions = args.captions.split(",") if args.captions else list(tw.ALL_CAPTIONS)
     prior = load_prior(args.model)

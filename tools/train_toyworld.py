@@ -16,6 +16,14 @@ conditioning "c2w16+rays"): an image-aligned signal a convolution reads directly
 embedding alone was learnt but not used. ``--init-from`` fine-tunes an existing model folder; with
 ``--camera-rays`` its first convolution gains the ray channels with zero weights, so training starts
 from exactly the old model.
+
+``--views-per-group 4`` trains the multi-view prior (MVDream, Shi et al. 2023): each batch item is a
+group of four renders of one object (shared elevation and distance, azimuths a random start plus 0,
+90, 180, 270 deg, as the ``mvdream`` guidance samples them), one t per group, caption and camera
+dropped per group, and the multi-view attention processor folding each group into one sequence in
+every self-attention. ``--freeze-text-encoder`` with ``--init-from`` trains the UNet only and exports
+a delta folder: its ``dreamsmith.json`` names the init folder as ``base`` for the text encoder,
+tokenizer and scheduler.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dreamsmith.guidance.attention import hooks_active  # noqa: E402
+from dreamsmith.guidance.multiview import MULTIVIEW, MultiViewAttention  # noqa: E402
 from dreamsmith.guidance.priors import c2w16_labels  # noqa: E402
 from dreamsmith.renderers.cameras import Cameras  # noqa: E402
 from dreamsmith.toyworld import world as tw  # noqa: E402
@@ -83,7 +93,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-weight", type=float, default=1.0,
                         help="truncated-SNR loss weight cap: each sample's epsilon loss times "
                              "clamp(1 / SNR(t), 1, MAX); 1 = plain epsilon loss")
-    return parser.parse_args(argv)
+    parser.add_argument("--views-per-group", type=int, default=1,
+                        help="F > 1: train a multi-view model on groups of F renders of one object, "
+                             "360/F deg apart, with multi-view attention (MVDream: 4)")
+    parser.add_argument("--freeze-text-encoder", action="store_true",
+                        help="train the UNet only; with --init-from, export a delta folder whose "
+                             "dreamsmith.json names the init folder as its base")
+    args = parser.parse_args(argv)
+    if args.views_per_group < 1 or args.batch_size % args.views_per_group:
+        parser.error(f"--batch-size {args.batch_size} must be a whole number of groups of "
+                     f"--views-per-group {args.views_per_group} (>= 1) views")
+    if args.n_images < args.views_per_group:
+        parser.error(f"--n-images {args.n_images} holds no group of {args.views_per_group} views")
+    if args.freeze_text_encoder and args.init_from is None:
+        parser.error("--freeze-text-encoder needs --init-from: a text encoder trained from scratch must train")
+    return args
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -210,8 +234,13 @@ def atomic_torch_save(obj: object, path: Path) -> None:
 
 def export_model(out: Path, unet: UNet2DConditionModel, text_encoder: CLIPTextModel,
                  tokenizer: PreTrainedTokenizerFast, scheduler: DDPMScheduler, resolution: int,
-                 train_log: dict, elevation_range: tuple[float, float] = tw.ELEVATION_RANGE_DEG) -> None:
-    """Write the diffusers folder next to ``out`` and swap it in, keeping the card's files."""
+                 train_log: dict, elevation_range: tuple[float, float] = tw.ELEVATION_RANGE_DEG,
+                 views_per_group: int = 1, base: Path | None = None) -> None:
+    """Write the diffusers folder next to ``out`` and swap it in, keeping the card's files.
+
+    views_per_group > 1: ``dreamsmith.json`` names the multi-view attention. base: a model folder whose
+    text encoder, tokenizer and scheduler this one shares; only the UNet is written and
+    ``dreamsmith.json`` names the base by its path relative to ``out``."""
     import diffusers
 
     tmp = out.with_name(out.name + ".tmp")
@@ -219,22 +248,28 @@ def export_model(out: Path, unet: UNet2DConditionModel, text_encoder: CLIPTextMo
     tmp.mkdir(parents=True)
     # fp16 on disk halves the size; loaders pass torch_dtype=torch.float32 on a CPU
     copy.deepcopy(unet).half().save_pretrained(tmp / "unet", safe_serialization=True)
-    copy.deepcopy(text_encoder).half().save_pretrained(tmp / "text_encoder", safe_serialization=True)
-    tokenizer.save_pretrained(tmp / "tokenizer")
-    scheduler.save_pretrained(tmp / "scheduler")
+    if base is None:
+        copy.deepcopy(text_encoder).half().save_pretrained(tmp / "text_encoder", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        scheduler.save_pretrained(tmp / "scheduler")
     (tmp / "model_index.json").write_text(json.dumps({
         "_class_name": "ToyworldPipeline", "_diffusers_version": diffusers.__version__,
         "unet": ["diffusers", "UNet2DConditionModel"], "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "PreTrainedTokenizerFast"], "scheduler": ["diffusers", "DDPMScheduler"],
     }, indent=2) + "\n")
-    (tmp / "dreamsmith.json").write_text(json.dumps({
+    metadata = {
         "camera_conditioning": "c2w16+rays" if unet.config.in_channels > 3 else "c2w16",
         "camera_distance": tw.CAMERA_DISTANCE, "resolution": resolution,
         "known_prompts": list(tw.ALL_CAPTIONS), "fovy_deg": tw.FOVY_DEG,
         "elevation_range": list(elevation_range),
-    }, indent=2) + "\n")
+    }
+    if views_per_group > 1:
+        metadata |= {"attention": MULTIVIEW, "views_per_group": views_per_group}
+    if base is not None:
+        metadata["base"] = os.path.relpath(base.resolve(), out.resolve())
+    (tmp / "dreamsmith.json").write_text(json.dumps(metadata, indent=2) + "\n")
     (tmp / "train_log.json").write_text(json.dumps(train_log) + "\n")
-    for keep in ("README.md", "loss.png", "samples.png"):  # the card survives a re-export
+    for keep in ("README.md", "loss.png", "samples.png", "consistency.png", "consistency.json"):  # the card survives
         if (out / keep).exists():
             shutil.copy2(out / keep, tmp / keep)
     old = out.with_name(out.name + ".old")
@@ -265,20 +300,29 @@ def sample_timesteps(batch_size: int, total: int, high_fraction: float, generato
 
 def training_batch(data: ToyworldDataset, tokenizer: PreTrainedTokenizerFast, batch_size: int,
                    generator: torch.Generator, with_rays: bool = False, text_dropout: float = 0.1,
-                   camera_dropout: float = 0.1,
-                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   camera_dropout: float = 0.1, weights: torch.Tensor | None = None,
+                   views_per_group: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """images ``[B, 3, H, W]`` in [-1, 1] (``[B, 9, H, W]`` with the ray channels after them),
     token ids ``[B, L]``, camera ``[B, 16]``; text and camera (labels and rays together) dropped.
-    weights: per-render draw weights (None: uniform)."""
-    index = (torch.randint(len(data), (batch_size,), generator=generator) if weights is None
-             else torch.multinomial(weights, batch_size, replacement=True, generator=generator))
+    weights: per-render draw weights (None: uniform). views_per_group F: ``data`` is group-major
+    (see :func:`generate_toyworld_dataset`) and the batch is B / F whole groups, each drawn, its
+    article swapped and its caption and camera dropped as one (F = 1: the single-view draws)."""
+    views = views_per_group
+    groups = batch_size // views
+    group = (torch.randint(len(data) // views, (groups,), generator=generator) if weights is None
+             else torch.multinomial(weights[::views], groups, replacement=True, generator=generator))
+    index = (group[:, None] * views + torch.arange(views)).reshape(-1)
     images = data.images[index].permute(0, 3, 1, 2).float() / 127.5 - 1
-    captions = swap_articles(data.captions(index), torch.rand(batch_size, generator=generator) < 0.3)
-    drop_text = torch.rand(batch_size, generator=generator) < text_dropout
+
+    def per_group(draw: torch.Tensor) -> torch.Tensor:
+        return draw.repeat_interleave(views)
+
+    captions = swap_articles(data.captions(index), per_group(torch.rand(groups, generator=generator) < 0.3))
+    drop_text = per_group(torch.rand(groups, generator=generator) < text_dropout)
     captions = ["" if d else c for c, d in zip(captions, drop_text.tolist(), strict=True)]
     ids = tokenizer(captions, padding="max_length", max_length=TEXT_LENGTH, return_tensors="pt").input_ids
     camera = camera_condition(data.c2w[index])
-    keep_camera = (torch.rand(batch_size, generator=generator) >= camera_dropout).float()
+    keep_camera = per_group(torch.rand(groups, generator=generator) >= camera_dropout).float()
     if with_rays:
         rays = camera_rays(data.c2w[index], images.shape[-1]) * keep_camera[:, None, None, None]
         images = torch.cat([images, rays], dim=1)
@@ -293,9 +337,11 @@ def main(argv: list[str] | None = None) -> dict:
     channels = tuple(int(c) for c in args.channels.split(","))
     t_start = time.time()
     elevation_range = tuple(args.elevation_range)
-    data = generate_toyworld_dataset(args.n_images, args.resolution, args.seed, elevation_range)
+    views = args.views_per_group
+    data = generate_toyworld_dataset(args.n_images, args.resolution, args.seed, elevation_range, views)
     data_seconds = time.time() - t_start
-    print(f"dataset: {len(data)} renders at {args.resolution}^2 in {data_seconds:.1f}s", flush=True)
+    print(f"dataset: {len(data)} renders at {args.resolution}^2 ({len(data) // views} groups of {views}) "
+          f"in {data_seconds:.1f}s", flush=True)
 
     tokenizer = build_tokenizer()
     if args.init_from is not None and not (args.resume and (args.state_dir / "state.pt").exists()):
@@ -308,7 +354,9 @@ def main(argv: list[str] | None = None) -> dict:
     # EMA of both networks: the UNet was trained against this text encoder, so they average together
     ema_unet = copy.deepcopy(unet).requires_grad_(False)
     ema_text_encoder = copy.deepcopy(text_encoder).requires_grad_(False)
-    params = [*unet.parameters(), *text_encoder.parameters()]
+    if args.freeze_text_encoder:
+        text_encoder.requires_grad_(False)
+    params = [p for p in (*unet.parameters(), *text_encoder.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(args.seed + 1)
     alphas_cumprod = scheduler.alphas_cumprod
@@ -322,6 +370,7 @@ def main(argv: list[str] | None = None) -> dict:
            "camera_dropout": args.camera_dropout,
            "lr": args.lr, "warmup": args.warmup, "max_weight": args.max_weight,
            "oversample": args.oversample, "high_t_fraction": args.high_t_fraction,
+           "views_per_group": views, "freeze_text_encoder": args.freeze_text_encoder,
            "unet_params": sum(p.numel() for p in unet.parameters()),
            "text_encoder_params": sum(p.numel() for p in text_encoder.parameters())}
     step = 0
@@ -341,22 +390,26 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"resumed at step {step}", flush=True)
 
     draw_weights = sampling_weights(data, args.oversample)
+    base = args.init_from if args.freeze_text_encoder else None
+    attention_hooks = [MultiViewAttention(views)] if views > 1 else []
     unet.train()
-    text_encoder.train()
+    text_encoder.train(not args.freeze_text_encoder)
     t_loop = time.time() - log["train_seconds"]
     while step < args.steps:
         for group in optimizer.param_groups:
             group["lr"] = args.lr * lr_factor(step, args.warmup, args.steps)
         inputs, ids, camera = training_batch(data, tokenizer, args.batch_size, generator, args.camera_rays,
-                                             args.text_dropout, args.camera_dropout, draw_weights)
+                                             args.text_dropout, args.camera_dropout, draw_weights, views)
         images, rays = inputs[:, :3], inputs[:, 3:]
         noise = torch.randn(images.shape, generator=generator)
-        timesteps = sample_timesteps(args.batch_size, scheduler.config.num_train_timesteps, args.high_t_fraction,
-                                     generator)
+        timesteps = sample_timesteps(args.batch_size // views, scheduler.config.num_train_timesteps,
+                                     args.high_t_fraction, generator).repeat_interleave(views)  # one t per group
         a = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
         noisy = torch.cat([a.sqrt() * images + (1 - a).sqrt() * noise, rays], dim=1)
-        text = text_encoder(ids).last_hidden_state
-        eps = unet(noisy, timesteps, encoder_hidden_states=text, class_labels=camera).sample
+        with torch.set_grad_enabled(not args.freeze_text_encoder):
+            text = text_encoder(ids).last_hidden_state
+        with hooks_active(unet, attention_hooks):
+            eps = unet(noisy, timesteps, encoder_hidden_states=text, class_labels=camera).sample
         weight = loss_weights(a.flatten(), args.max_weight)
         loss = (F.mse_loss(eps, noise, reduction="none").mean((1, 2, 3)) * weight).sum() / weight.sum()
         optimizer.zero_grad(set_to_none=True)
@@ -366,7 +419,8 @@ def main(argv: list[str] | None = None) -> dict:
         # warm the EMA up so early checkpoints are not dominated by the random init
         decay = min(args.ema_decay, (1 + step) / (10 + step))
         ema_update(ema_unet, unet, decay)
-        ema_update(ema_text_encoder, text_encoder, decay)
+        if not args.freeze_text_encoder:
+            ema_update(ema_text_encoder, text_encoder, decay)
         step += 1
         log["losses"].append(round(loss.item(), 6))
         log["train_seconds"] = time.time() - t_loop
@@ -385,7 +439,7 @@ def main(argv: list[str] | None = None) -> dict:
                                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                                "step": step, "log": log}, state_path)
             export_model(args.out, ema_unet, ema_text_encoder, tokenizer, scheduler, args.resolution, log,
-                         elevation_range)
+                         elevation_range, views, base)
             print(f"checkpoint at step {step} -> {args.out}", flush=True)
     return log
 

@@ -52,7 +52,9 @@ def load_prior(
     pipelines add ``text_encoder_2``/``tokenizer_2`` (the refiner has only those) and load as an
     :class:`~dreamsmith.guidance.sdxl.SDXLPrior`; plus an
     optional ``dreamsmith.json`` (``camera_conditioning``, ``known_prompts``, ``resolution``,
-    ``fovy_deg``, ``elevation_range``, ``camera_distance``). A Hugging Face id is read from the
+    ``fovy_deg``, ``elevation_range``, ``camera_distance``, and ``base``: a model folder, relative to
+    this one, whose components stand in for those this folder lacks, so a fine-tuned UNet ships
+    alone). A Hugging Face id is read from the
     local cache when offline (``HF_HUB_OFFLINE`` set or the Hub unreachable) and fails at once if it
     is not there. dtype: fp16 on CUDA, fp32 elsewhere unless given. Weights: safetensors only unless
     ``allow_pickle``. Raises :class:`ModelLoadError` with what to do.
@@ -67,22 +69,29 @@ def load_prior(
     index = _read_json(index_file)
     metadata_file = folder / METADATA_FILE
     metadata = _read_json(metadata_file) if metadata_file.is_file() else {}
-    sdxl = _present(folder, index, "text_encoder_2")  # SDXL base and refiner
+    base = _base_model(folder, metadata)
+
+    def source(name: str) -> tuple[Path, dict[str, Any]]:
+        """The folder and index that hold component ``name``: this folder's, else its base's."""
+        return (folder, index) if base is None or (folder / name).is_dir() else base
+
+    sdxl = _present(*source("text_encoder_2"), "text_encoder_2")  # SDXL base and refiner
     text_slots = [("tokenizer", "text_encoder")]
     if sdxl:  # the refiner has the second encoder only
         text_slots = [slot for slot in (*text_slots, ("tokenizer_2", "text_encoder_2"))
-                      if _present(folder, index, slot[1])]
+                      if _present(*source(slot[1]), slot[1])]
     for required in ("unet", *(name for slot in text_slots for name in slot), "scheduler"):
-        if not (folder / required).is_dir():
-            raise ModelLoadError(f"{folder} has no {required}/ folder; a prior needs {required}")
-    unet = _load_weights(folder, index, "unet", dtype, allow_pickle)
+        if not (source(required)[0] / required).is_dir():
+            where = f"{folder} nor its base {base[0]}" if base is not None else str(folder)
+            raise ModelLoadError(f"{where} has no {required}/ folder; a prior needs {required}")
+    unet = _load_weights(*source("unet"), "unet", dtype, allow_pickle)
     if getattr(unet.config, "addition_embed_type", None) == "text_time" and not sdxl:
         raise ModelLoadError(f"{folder}: its UNet is SDXL-shaped (it reads pooled text and time ids) but the folder "
                              "has no text_encoder_2/; pass the whole SDXL pipeline folder")
-    vae = _load_weights(folder, index, "vae", dtype, allow_pickle) if _present(folder, index, "vae") else None
-    encoders = [(_load_config_only(folder, index, tokenizer, allow_pickle),
-                 _load_weights(folder, index, encoder, dtype, allow_pickle)) for tokenizer, encoder in text_slots]
-    scheduler = _load_config_only(folder, index, "scheduler", allow_pickle)
+    vae = _load_weights(*source("vae"), "vae", dtype, allow_pickle) if _present(*source("vae"), "vae") else None
+    encoders = [(_load_config_only(*source(tokenizer), tokenizer, allow_pickle),
+                 _load_weights(*source(encoder), encoder, dtype, allow_pickle)) for tokenizer, encoder in text_slots]
+    scheduler = _load_config_only(*source("scheduler"), "scheduler", allow_pickle)
     for module in (unet, vae, *(encoder for _, encoder in encoders)):
         if module is not None:
             module.requires_grad_(False).eval().to(device)
@@ -115,6 +124,23 @@ def load_run_model(model: str, device: str | torch.device = "cpu", allow_pickle:
     """The running run's model ``model`` (see :func:`run_models`), else a fresh :func:`load_prior`."""
     load = _RUN_MODELS.get()
     return load(model) if load is not None else load_prior(model, device=device, allow_pickle=allow_pickle)
+
+
+def _base_model(folder: Path, metadata: dict[str, Any]) -> tuple[Path, dict[str, Any]] | None:
+    """The folder and ``model_index.json`` of the model named by ``dreamsmith.json``'s ``base`` (a path
+    relative to ``folder``, or absolute), or None without one. One level only: a base's own base is not
+    followed."""
+    base = metadata.get("base")
+    if base is None:
+        return None
+    if not isinstance(base, str) or not base:
+        raise ModelLoadError(f"{folder / METADATA_FILE}: base must be the path of a model folder relative to "
+                             f"{folder}, got {base!r}")
+    base_folder = (folder / base).resolve()
+    if not (base_folder / "model_index.json").is_file():
+        raise ModelLoadError(f"{folder / METADATA_FILE}: its base {base!r} ({base_folder}) is not a diffusers "
+                             "model folder; put the base model there or copy its components into this folder")
+    return base_folder, _read_json(base_folder / "model_index.json")
 
 
 def _present(folder: Path, index: dict[str, Any], name: str) -> bool:

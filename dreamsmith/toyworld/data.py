@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from dreamsmith.engine.camera_sampling import CameraConfig, sample_cameras
 from dreamsmith.renderers.cameras import Cameras
 from dreamsmith.renderers.sdf_tracer import render_sdf
 from dreamsmith.toyworld import world as tw
@@ -70,14 +71,40 @@ def render_caption(text: str, cameras: Cameras, chunk: int = 2048) -> Tensor:
     return torch.cat(images)
 
 
+def sample_toyworld_groups(
+    n_groups: int, views: int, resolution: int, generator: torch.Generator,
+    elevation_range: tuple[float, float] = tw.ELEVATION_RANGE_DEG,
+) -> Cameras:
+    """``n_groups * views`` cameras, group-major, grouped as the multi-view guidance groups its views
+    (:func:`~dreamsmith.engine.camera_sampling.sample_cameras`): each group shares one elevation uniform
+    in ``elevation_range``, its azimuths a start uniform in [0, 360) deg plus 360/views deg steps;
+    distance 2.0, fovy 40 deg."""
+    config = CameraConfig(
+        batch_size=n_groups * views, resolution=resolution, elevation_range=elevation_range,
+        azimuth_range=tw.AZIMUTH_RANGE_DEG, distance_range=(tw.CAMERA_DISTANCE,) * 2, fovy_range=(tw.FOVY_DEG,) * 2,
+    )
+    return sample_cameras(config, generator, views)
+
+
 def generate_toyworld_dataset(
     n: int, resolution: int = 32, seed: int = 0,
-    elevation_range: tuple[float, float] = tw.ELEVATION_RANGE_DEG,
+    elevation_range: tuple[float, float] = tw.ELEVATION_RANGE_DEG, views_per_group: int = 1,
 ) -> ToyworldDataset:
-    """``n`` renders, captions drawn uniformly from the 44 training captions, cameras at random."""
+    """``n`` renders, captions drawn uniformly from the 44 training captions, cameras at random.
+
+    With ``views_per_group`` F > 1: ``n // F`` groups of F renders of one caption, group-major (rows
+    ``k·F … k·F + F − 1``), cameras from :func:`sample_toyworld_groups`.
+    """
     generator = torch.Generator().manual_seed(seed)
-    caption_index = torch.randint(len(tw.TRAIN_CAPTIONS), (n,), generator=generator)
-    cameras = sample_toyworld_cameras(n, resolution, generator, elevation_range)
+    if views_per_group > 1:
+        n_groups = n // views_per_group
+        group_caption = torch.randint(len(tw.TRAIN_CAPTIONS), (n_groups,), generator=generator)
+        caption_index = group_caption.repeat_interleave(views_per_group)
+        cameras = sample_toyworld_groups(n_groups, views_per_group, resolution, generator, elevation_range)
+        n = n_groups * views_per_group
+    else:
+        caption_index = torch.randint(len(tw.TRAIN_CAPTIONS), (n,), generator=generator)
+        cameras = sample_toyworld_cameras(n, resolution, generator, elevation_range)
     images = torch.empty(n, resolution, resolution, 3, dtype=torch.uint8)
     for i, text in enumerate(tw.TRAIN_CAPTIONS):
         idx = (caption_index == i).nonzero().squeeze(-1)
