@@ -290,6 +290,7 @@ def export(
     origin: Annotated[str, typer.Option(help="center: bounding box centred on the origin; base: resting on y = 0.")] = "center",
     scale: Annotated[float | None, typer.Option(help="Longest bounding-box side in metres; default: the run's metres.")] = None,
     align_yaw: Annotated[bool, typer.Option("--align-yaw/--keep-yaw", help="Turn the asset about +Y (at most 45 deg) to square its footprint to x and z.")] = True,
+    surface_colour: Annotated[str, typer.Option(help="seen: bake the colour the field shows along the surface normal (right for translucent fields); surface: the albedo at the surface point only.")] = "seen",
     out: Annotated[Path | None, typer.Option(help="Output folder (default: the run directory).")] = None,
     profile: Annotated[str, typer.Option(help="QA budgets: mobile, pc or hero.")] = "pc",
     preview_size: Annotated[int, typer.Option(help="Turntable frame size in pixels (poster: twice); 0: no previews.")] = 256,
@@ -307,8 +308,8 @@ def export(
         from dreamsmith.engine.export import export_run
 
         result = export_run(run_dir, formats=formats, texture_size=texture_size, max_triangles=max_triangles, lods=lods,
-                            origin=origin, scale=scale, align_yaw=align_yaw, out=out, profile=profile,
-                            preview_resolution=preview_size)
+                            origin=origin, scale=scale, align_yaw=align_yaw, surface_colour=surface_colour, out=out,
+                            profile=profile, preview_resolution=preview_size)
     except DreamsmithError as error:
         _fail(error)
     except KeyboardInterrupt as interrupt:

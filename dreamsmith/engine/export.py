@@ -71,6 +71,7 @@ def export_run(
     origin: str = "center",
     scale: float | None = None,
     align_yaw: bool = True,
+    surface_colour: str = "seen",
     out: Path | str | None = None,
     profile: str = "pc",
     preview_resolution: int = 256,
@@ -83,8 +84,8 @@ def export_run(
     checkpoint, an unwritable ``out``) is a one-line ``DreamsmithError`` raised before anything is written.
     """
     options = ExportOptions(formats=tuple(formats), texture_size=texture_size, max_triangles=max_triangles, lods=lods,
-                            origin=origin, scale=scale, align_yaw=align_yaw, profile=profile,
-                            preview_resolution=preview_resolution)
+                            origin=origin, scale=scale, align_yaw=align_yaw, surface_colour=surface_colour,
+                            profile=profile, preview_resolution=preview_resolution)
     check_options(options)
     run = RunDir(run_dir)
     config, state = load_run(run)
@@ -102,4 +103,6 @@ def export_representation(representation: Any, config: RunConfig, device: torch.
     with torch.no_grad():
         mesh = representation.export_mesh(config.export)
     extras = {"prompt": config.prompt, "preset": config.preset, "seed": config.seed, "model": config.model or ""}
-    return export_mesh(mesh, representation.albedo, out_dir, replace(options, extras=extras))
+    # a volume representation (NeRF) also gives its density: the bake reads the colour it shows
+    density = getattr(representation, "density", None)
+    return export_mesh(mesh, representation.albedo, out_dir, replace(options, extras=extras), density=density)

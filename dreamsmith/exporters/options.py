@@ -52,3 +52,7 @@ class ExportOptions:
     """Drop connected components with fewer faces than this fraction of the largest (floaters)."""
     crease_angle: float = 40.0
     """Edges whose faces' normals differ by more degrees than this are shaded hard (180: every edge smooth)."""
+    surface_colour: str = "seen"
+    """seen: the colour the field shows at the surface (its albedo composited along the inward normal, so a
+    translucent field bakes the colour its renders had); surface: the albedo at the surface point only.
+    The same for a mesh with no field behind it."""

@@ -34,6 +34,7 @@ from dreamsmith.exporters.obj import write_obj
 from dreamsmith.exporters.options import ExportOptions
 from dreamsmith.exporters.orient import footprint_yaw, yaw_matrix
 from dreamsmith.exporters.qa import is_power_of_two, lod_levels_check, profile, qa_report
+from dreamsmith.exporters.seen_colour import seen_albedo_fn
 from dreamsmith.exporters.usdz import write_usdz
 from dreamsmith.paths import safe_name
 from dreamsmith.representations.mesh import Mesh
@@ -49,6 +50,7 @@ WRITERS: dict[str, tuple[str, Writer]] = {
 """Format name -> (file suffix, writer)."""
 
 ORIGINS = ("center", "base")
+SURFACE_COLOURS = ("seen", "surface")
 TEXTURE_SIZE_RANGE = (64, 8192)
 PREVIEW_RESOLUTION_RANGE = (32, 2048)
 SCALE_RANGE_M = (1e-3, 1e4)
@@ -110,6 +112,8 @@ def check_options(options: ExportOptions) -> None:
     _fraction("export.material.metallic", options.material.metallic)
     _fraction("export.material.roughness", options.material.roughness)
     _fraction("export.keep_components_fraction", options.keep_components_fraction)
+    if options.surface_colour not in SURFACE_COLOURS:
+        raise DreamsmithError(f"export.surface_colour {options.surface_colour!r} is unknown; choose seen or surface")
     if not (_is_number(options.crease_angle) and 0 <= options.crease_angle <= 180):
         raise DreamsmithError(f"export.crease_angle {options.crease_angle} must be an angle from 0 to 180 degrees")
     try:
@@ -186,6 +190,13 @@ def place(mesh: Mesh, turn: np.ndarray, anchor: np.ndarray, factor: float) -> Me
     return mesh.copy(vertices=vertices, vertex_normals=normals)
 
 
+def seen_surface_albedo(geometry: Mesh, density: AlbedoFn, albedo: AlbedoFn) -> AlbedoFn:
+    """The bake's albedo corrected to the colour the field shows at ``geometry`` (cleaned: outward, with
+    normals): rays from 5 % of the asset's size outside to half its size inside, 32 samples."""
+    size = float(np.ptp(geometry.vertices, axis=0).max())
+    return seen_albedo_fn(geometry, density, albedo, outside=0.05 * size, inside=0.5 * size, samples=32)
+
+
 def textured(geometry: Mesh, albedo: AlbedoFn, texture_size: int, crease_angle: float,
              timings: dict[str, float]) -> Mesh:
     """Unwrap, bake and split the normals at ``crease_angle`` degrees of one level (adds the time of
@@ -201,15 +212,17 @@ def textured(geometry: Mesh, albedo: AlbedoFn, texture_size: int, crease_angle: 
 
 
 def export_mesh(mesh: Mesh, albedo: AlbedoFn | None, out_dir: Path | str, options: ExportOptions | None = None,
-                ) -> ExportResult:
+                density: AlbedoFn | None = None) -> ExportResult:
     """Export ``mesh`` (world frame of the field ``albedo`` is defined in) into ``out_dir``.
 
     albedo: sRGB albedo of surface points (e.g. the run's ``NeRFField.albedo``); None bakes ``mesh``'s
-    vertex colours. A mesh that already has UVs and a texture (a texture stage's) is written as it is:
-    no cleanup, decimation, unwrap, placement, normal split or LODs, so its positions, indices and UVs
-    come back exactly. Writes ``<name>.<format>`` per format (with sidecar .mtl/.bin/PNG files),
-    ``<name>_lod<k>.<format>`` per LOD (as many as the triangles allow: the QA report says when fewer
-    than asked), ``qa.json`` and the previews; returns the paths, QA and timings.
+    vertex colours. density: the volume density of the same field (``[N, 3] -> [N]``, per metre); with it
+    and ``options.surface_colour == "seen"`` the bake reads the colour the field shows along the surface
+    normal (:mod:`dreamsmith.exporters.seen_colour`). A mesh that already has UVs and a texture (a texture
+    stage's) is written as it is: no cleanup, decimation, unwrap, placement, normal split or LODs, so its
+    positions, indices and UVs come back exactly. Writes ``<name>.<format>`` per format (with sidecar
+    .mtl/.bin/PNG files), ``<name>_lod<k>.<format>`` per LOD (as many as the triangles allow: the QA
+    report says when fewer than asked), ``qa.json`` and the previews; returns the paths, QA and timings.
     """
     options = options or ExportOptions()
     check_options(options)
@@ -224,6 +237,9 @@ def export_mesh(mesh: Mesh, albedo: AlbedoFn | None, out_dir: Path | str, option
         geometry = cleanup(mesh, options.keep_components_fraction)
     if geometry.n_faces == 0:
         raise DreamsmithError("the mesh has no faces left after cleanup: nothing to export")
+    if density is not None and options.surface_colour == "seen":
+        with _timed(timings, "seen_colour"):
+            albedo = seen_surface_albedo(geometry, density, albedo)
     with _timed(timings, "decimate"):
         if options.max_triangles is not None and geometry.n_faces > options.max_triangles:
             geometry = cleanup(decimate(geometry, options.max_triangles), options.keep_components_fraction)

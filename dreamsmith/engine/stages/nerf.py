@@ -110,6 +110,11 @@ class NeRFRepresentation:
         """The field's albedo at ``points [N, 3]`` (in chunks)."""
         return evaluate_in_chunks(self.field.albedo, points.to(self.device), self.chunk_points)
 
+    def density(self, points: Tensor) -> Tensor:
+        """The field's density ``[N]`` (per metre) at ``points [N, 3]`` (in chunks): with it the export bakes
+        the colour the field shows, not only the albedo at its level set."""
+        return evaluate_in_chunks(self.field.density, points.to(self.device), self.chunk_points)
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "field": self.field.state_dict(),
