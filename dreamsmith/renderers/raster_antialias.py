@@ -46,9 +46,16 @@ def project_to_pixels(vertices: Tensor, cameras: Cameras) -> tuple[Tensor, Tenso
 
 
 def edge_antialias(
-    image: Tensor, triangle_id: Tensor, depth: Tensor, vertices: Tensor, faces: Tensor, cameras: Cameras
+    image: Tensor, triangle_id: Tensor, depth: Tensor, vertices: Tensor, faces: Tensor, cameras: Cameras,
+    skip_shared_edges: bool = True,
 ) -> Tensor:
-    """Antialiased ``image [B, H, W, C]`` (see module doc); triangle_id ``[B, H, W]``, depth ``[B, H, W, 1]``."""
+    """Antialiased ``image [B, H, W, C]`` (see module doc); triangle_id ``[B, H, W]``, depth ``[B, H, W, 1]``.
+
+    skip_shared_edges: pairs whose two triangles share an edge and both face the camera are not walked:
+    their walk crosses that edge into the other pixel's triangle and ends there without a silhouette.
+    On a 21k-triangle asset at 256² they are 58 % of the pairs and the antialiasing takes 0.67 s instead
+    of 1.03 s per 12 views; 628 of 786k pixels change, by at most 0.003 (pixel centres within
+    ``EDGE_TOLERANCE`` of a silhouette beyond the other triangle). False walks every pair."""
     batch, height, width, channels = image.shape
     if faces.shape[0] == 0:
         return image
@@ -67,11 +74,14 @@ def edge_antialias(
         first = triangle_id.narrow(axis, 0, triangle_id.shape[axis] - 1)
         second = triangle_id.narrow(axis, 1, triangle_id.shape[axis] - 1)
         b, y, x = torch.nonzero(first != second, as_tuple=True)
-        if b.numel() == 0:
-            continue
         pixel0 = (b * height + y) * width + x
         pixel1 = pixel0 + step
         id0, id1 = flat_id[pixel0], flat_id[pixel1]
+        if skip_shared_edges:
+            keep = ~_across_a_shared_edge(id0, id1, b, neighbour, front_facing)
+            b, y, x, pixel0, pixel1, id0, id1 = (part[keep] for part in (b, y, x, pixel0, pixel1, id0, id1))
+        if b.numel() == 0:
+            continue
         use_first = (id0 >= 0) & ((id1 < 0) | (flat_depth[pixel0] < flat_depth[pixel1]))
         triangle = torch.where(use_first, id0, id1)
         front_pixel = torch.where(use_first, pixel0, pixel1)
@@ -100,6 +110,14 @@ def edge_antialias(
         target = torch.where(alpha > 0, front_pixel, other_pixel)
         delta = delta.index_add(0, target, blend)
     return (flat_image + delta).reshape(batch, height, width, channels)
+
+
+def _across_a_shared_edge(id0: Tensor, id1: Tensor, b: Tensor, neighbour: Tensor, front_facing: Tensor) -> Tensor:
+    """``[P]`` bool: the pair's triangles (both covered) are neighbours and both face the camera of view ``b``."""
+    covered = (id0 >= 0) & (id1 >= 0)
+    first, second = id0.clamp(min=0), id1.clamp(min=0)
+    adjacent = (neighbour[first] == second.unsqueeze(1)).any(1)
+    return covered & adjacent & front_facing[b, first] & front_facing[b, second]
 
 
 def _edge_crossings(triangle: Tensor, frame: tuple, screen: Tensor, faces: Tensor) -> tuple[Tensor, Tensor, Tensor]:
