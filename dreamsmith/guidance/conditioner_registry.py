@@ -15,6 +15,7 @@ from dreamsmith.configs import Range, build, nearest
 from dreamsmith.errors import ConfigError, DreamsmithError
 from dreamsmith.guidance.conditioners import Conditioner, ControlNetConditioner
 from dreamsmith.regions import parse_region
+from dreamsmith.self_guidance_terms import check_self_guidance_words, parse_self_guidance
 
 
 @dataclass
@@ -60,11 +61,32 @@ class RegionsOptions:
                 raise ConfigError(f"'{path}.regions.{index}': {error}") from None
 
 
+@dataclass
+class SelfGuidanceOptions:
+    """Self-guidance: energies on the cross-attention maps of words of the prompt (Epstein et al. 2023)."""
+
+    terms: list[str] = field(default_factory=list)
+    """'WORD:KIND=VALUE[@WEIGHT]' entries: 'cube:centroid=0.3,0.5', 'cube:size=0.4', 'cube:shape=disk(.5,.5,.2)'."""
+    weight: Annotated[float, Range(0.0, None)] = 1.0
+    """v in ε̂ += v σ_t ∇_{z_t} g, the strength of all terms (0: plain guidance, bit for bit)."""
+    sharpness: Annotated[float, Range(0.0, None)] = 10.0
+    """k of the soft threshold sigmoid(k (A / max A − ½)) the size and shape energies read."""
+
+    def check(self, path: str) -> None:
+        if not self.terms:
+            raise ConfigError(f"'{path}.terms' needs at least one 'WORD:KIND=VALUE' entry, e.g. 'cube:size=0.4'")
+        for index, spec in enumerate(self.terms):
+            try:
+                parse_self_guidance(spec)
+            except DreamsmithError as error:
+                raise ConfigError(f"'{path}.terms.{index}': {error}") from None
+
+
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def _controlnet(options: ControlNetOptions, prior: Any, allow_pickle: bool) -> Conditioner:
+def _controlnet(options: ControlNetOptions, prior: Any, allow_pickle: bool, prompt: str) -> Conditioner:
     from dreamsmith.guidance.loading import load_controlnet
 
     controlnet = load_controlnet(options.model, prior.device, prior.dtype, allow_pickle)
@@ -76,14 +98,14 @@ def _controlnet(options: ControlNetOptions, prior: Any, allow_pickle: bool) -> C
     return ControlNetConditioner(controlnet, options.source, options.scale)
 
 
-def _lora(options: LoRAOptions, prior: Any, allow_pickle: bool) -> Conditioner:
+def _lora(options: LoRAOptions, prior: Any, allow_pickle: bool, prompt: str) -> Conditioner:
     from dreamsmith.guidance.lora import LoRAConditioner, load_lora_file
 
     name = load_lora_file(prior.unet, Path(options.path), options.adapter_name or None)
     return LoRAConditioner(name, options.scale)
 
 
-def _regions(options: RegionsOptions, prior: Any, allow_pickle: bool) -> Conditioner:
+def _regions(options: RegionsOptions, prior: Any, allow_pickle: bool, prompt: str) -> Conditioner:
     from dreamsmith.guidance.prompt_check import check_prompt
     from dreamsmith.guidance.regional import RegionalPrompts
 
@@ -94,10 +116,25 @@ def _regions(options: RegionsOptions, prior: Any, allow_pickle: bool) -> Conditi
     return RegionalPrompts(regions, embeds, options.base_ratio)
 
 
-CONDITIONERS: dict[str, tuple[type, Callable[[Any, Any, bool], Conditioner]]] = {
+def _self_guidance(options: SelfGuidanceOptions, prior: Any, allow_pickle: bool, prompt: str) -> Conditioner:
+    from dreamsmith.guidance.p2p_tokens import word_spans
+    from dreamsmith.guidance.self_guidance import SelfGuidance
+
+    terms = [parse_self_guidance(spec) for spec in options.terms]
+    check_self_guidance_words(prompt, terms)
+    words, spans = prompt.split(), word_spans(prior.tokenizer, prompt)
+    limit = prior.max_prompt_tokens()
+    term_spans = [spans[words.index(term.word)] for term in terms]
+    if any(end > limit for _, end in term_spans):
+        raise ConfigError(f"a --self-guidance word lies beyond the {limit} tokens the text encoder reads")
+    return SelfGuidance(terms, term_spans, options.weight, prior.alphas_cumprod, options.sharpness)
+
+
+CONDITIONERS: dict[str, tuple[type, Callable[[Any, Any, bool, str], Conditioner]]] = {
     "controlnet": (ControlNetOptions, _controlnet),
     "lora": (LoRAOptions, _lora),
     "regions": (RegionsOptions, _regions),
+    "self_guidance": (SelfGuidanceOptions, _self_guidance),
 }
 
 
@@ -119,10 +156,12 @@ def conditioner_options(spec: Any, path: str) -> tuple[str, Any]:
     return name, options
 
 
-def build_conditioners(specs: list[dict[str, Any]], prior: Any, allow_pickle: bool = False) -> list[Conditioner]:
-    """The conditioners of a guidance config's ``conditioners`` list, for ``prior``."""
+def build_conditioners(
+    specs: list[dict[str, Any]], prior: Any, allow_pickle: bool = False, prompt: str = ""
+) -> list[Conditioner]:
+    """The conditioners of a guidance config's ``conditioners`` list, for ``prior`` and the run's ``prompt``."""
     built = []
     for index, spec in enumerate(specs):
         name, options = conditioner_options(spec, f"guidance.conditioners.{index}")
-        built.append(CONDITIONERS[name][1](options, prior, allow_pickle))
+        built.append(CONDITIONERS[name][1](options, prior, allow_pickle, prompt))
     return built
