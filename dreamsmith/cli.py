@@ -139,7 +139,7 @@ def texture(
     mesh: Annotated[Path, typer.Argument(help="The mesh to paint (.glb or .obj); its geometry and UVs are kept.")],
     prompt: Annotated[str, typer.Argument(help="What it should look like, e.g. \"a red brick house\".")],
     overrides: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE config override (repeatable), e.g. --set uv_texture.texture_size=512.")] = None,
-    control: Annotated[list[str] | None, typer.Option("--control", help="SOURCE=CONTROLNET_DIR[:SCALE] (repeatable): a ControlNet fed with the asset's depth, normal or opacity render; sets guidance.conditioners.")] = None,
+    control: Annotated[list[str] | None, typer.Option("--control", help="SOURCE=CONTROLNET_DIR[:SCALE] (repeatable): a ControlNet fed with the asset's depth, normal or opacity render; SOURCE,SOURCE=UNI.safetensors[:SCALE]: a Uni-ControlNet checkpoint fed with several renders stacked; sets guidance.conditioners.")] = None,
     preset: Annotated[str, typer.Option(help="Preset with a texture stage (see `dreamsmith presets`).")] = "toy-texture",
     model: ModelOption = None,
     steps: Annotated[int | None, typer.Option(help="Optimization steps of the whole run.")] = None,
@@ -236,19 +236,30 @@ def conditioners_override(controls: list[str], regions: list[str], base_ratio: f
     return ["guidance.conditioners=" + json.dumps(specs)] if specs else []  # JSON is YAML: survives the parser
 
 
+UNI_CONTROLNET_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+"""A --control model that is one checkpoint file is a Uni-ControlNet (a ControlNet is a diffusers folder)."""
+
+
 def control_specs(controls: list[str]) -> list[dict[str, Any]]:
-    """The ``guidance.conditioners`` entries of ``--control SOURCE=DIR[:SCALE]`` options."""
+    """The ``guidance.conditioners`` entries of ``--control SOURCE[,SOURCE...]=MODEL[:SCALE]`` options: a diffusers
+    ControlNet folder takes one source, a Uni-ControlNet checkpoint file several (stacked in one adapter)."""
     specs = []
     for text in controls:
-        source, _, model = text.partition("=")
+        sources, _, model = text.partition("=")
         scale = 1.0
         head, _, tail = model.rpartition(":")
         if head and tail.replace(".", "", 1).isdigit():
             model, scale = head, float(tail)
-        if source not in ("depth", "normal", "opacity") or not model:
-            raise DreamsmithError(f"--control {text!r} is not SOURCE=CONTROLNET_DIR[:SCALE] with SOURCE depth, "
-                                  "normal or opacity, e.g. --control depth=models/cn-depth:0.8")
-        specs.append({"name": "controlnet", "model": model, "source": source, "scale": scale})
+        names = [name.strip() for name in sources.split(",")]
+        uni = model.lower().endswith(UNI_CONTROLNET_SUFFIXES)
+        if not model or not all(n in ("depth", "normal", "opacity") for n in names) or (len(names) > 1 and not uni):
+            raise DreamsmithError(f"--control {text!r} is not SOURCE=CONTROLNET_DIR[:SCALE] or "
+                                  "SOURCE[,SOURCE...]=UNI_CONTROLNET_FILE[:SCALE] with SOURCE depth, normal or "
+                                  "opacity, e.g. --control depth=models/cn-depth:0.8")
+        if uni:
+            specs.append({"name": "uni_controlnet", "model": model, "sources": names, "scale": scale})
+        else:
+            specs.append({"name": "controlnet", "model": model, "source": names[0], "scale": scale})
     return specs
 
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from dreamsmith.configs import Range, build, nearest
 from dreamsmith.errors import ConfigError, DreamsmithError
 from dreamsmith.guidance.conditioners import Conditioner, ControlNetConditioner
+from dreamsmith.guidance.uni_controlnet import PUBLISHED_SLOTS
 from dreamsmith.regions import parse_region
 from dreamsmith.self_guidance_terms import check_self_guidance_words, parse_self_guidance
 
@@ -28,6 +29,40 @@ class ControlNetOptions:
     """Which render of the asset is the control image."""
     scale: float = 1.0
     """Conditioning scale (0: the base model exactly)."""
+
+
+@dataclass
+class UniControlNetOptions:
+    """Uni-ControlNet (Zhao et al. 2023): one local adapter for several of the asset's renders stacked, and a
+    global image condition as extra context tokens."""
+
+    model: str = ""
+    """The Uni-ControlNet checkpoint (the authors' layout: local_adapter.* / global_adapter.* keys), .safetensors
+    (or .ckpt with allow_pickle), for the stage's base model."""
+    sources: list[Literal["depth", "normal", "opacity"]] = field(default_factory=lambda: ["depth"])
+    """Renders of the asset fed to the local adapter, each into the slot of its name."""
+    slots: list[str] = field(default_factory=lambda: list(PUBLISHED_SLOTS))
+    """The checkpoint's stacked conditions in order, three channels each (the published: canny, mlsd, hed,
+    sketch, openpose, depth (MiDaS), seg)."""
+    scale: float = 1.0
+    """Strength of the local adapter's residuals (0: the base model exactly)."""
+    reference_image: str = ""
+    """An image for the global adapter (empty: no global condition)."""
+    image_encoder: str = ""
+    """A transformers CLIPVisionModelWithProjection folder that embeds reference_image (the published model:
+    openai/clip-vit-large-patch14)."""
+    global_strength: float = 1.0
+    """Scale of the global tokens appended to the text tokens."""
+
+    def check(self, path: str) -> None:
+        if not self.sources:
+            raise ConfigError(f"'{path}.sources' needs at least one of depth, normal, opacity")
+        for source in self.sources:
+            if source not in self.slots:
+                raise ConfigError(f"'{path}': the Uni-ControlNet has no '{source}' condition; its slots are "
+                                  f"{', '.join(self.slots)} (set slots for a checkpoint trained with others)")
+        if bool(self.reference_image) != bool(self.image_encoder):
+            raise ConfigError(f"'{path}': a global condition needs both reference_image and image_encoder")
 
 
 @dataclass
@@ -98,6 +133,26 @@ def _controlnet(options: ControlNetOptions, prior: Any, allow_pickle: bool, prom
     return ControlNetConditioner(controlnet, options.source, options.scale)
 
 
+def _uni_controlnet(options: UniControlNetOptions, prior: Any, allow_pickle: bool, prompt: str) -> Conditioner:
+    from dreamsmith.guidance.uni_controlnet import UniControlNetConditioner
+    from dreamsmith.guidance.uni_loading import load_uni_controlnet
+
+    local, global_adapter = load_uni_controlnet(options.model, prior.unet, prior.device, prior.dtype, allow_pickle)
+    if local is not None and local.local_channels != 3 * len(options.slots):
+        raise ConfigError(f"the Uni-ControlNet {options.model} reads {local.local_channels} condition channels, "
+                          f"but {len(options.slots)} slots are configured ({3 * len(options.slots)} channels)")
+    embedding = None
+    if options.reference_image:
+        if global_adapter is None:
+            raise ConfigError(f"the Uni-ControlNet {options.model} has no global adapter for reference_image")
+        from dreamsmith.guidance.uni_image import embed_reference_image
+
+        embedding = embed_reference_image(options.reference_image, options.image_encoder, allow_pickle)
+    return UniControlNetConditioner(local, options.sources, options.slots, options.scale,
+                                    global_adapter if embedding is not None else None, embedding,
+                                    options.global_strength)
+
+
 def _lora(options: LoRAOptions, prior: Any, allow_pickle: bool, prompt: str) -> Conditioner:
     from dreamsmith.guidance.lora import LoRAConditioner, load_lora_file
 
@@ -132,6 +187,7 @@ def _self_guidance(options: SelfGuidanceOptions, prior: Any, allow_pickle: bool,
 
 CONDITIONERS: dict[str, tuple[type, Callable[[Any, Any, bool, str], Conditioner]]] = {
     "controlnet": (ControlNetOptions, _controlnet),
+    "uni_controlnet": (UniControlNetOptions, _uni_controlnet),
     "lora": (LoRAOptions, _lora),
     "regions": (RegionsOptions, _regions),
     "self_guidance": (SelfGuidanceOptions, _self_guidance),
