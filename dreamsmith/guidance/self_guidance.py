@@ -86,7 +86,7 @@ class SelfGuidance(Conditioner):
 
     terms: the energies; spans: ``[start, end)`` token positions of each term's word; weight: v, the
     strength of all terms; alphas_cumprod: the prior's ᾱ_t, for σ_t. ``last_energy``: ``[n]`` each guided
-    sample's Σ weight·g in the last call (for logs and tests).
+    sample's Σ weight·g in the last call, ``last_maps``: ``[n, terms, h, w]`` its word maps (for logs and tests).
     """
 
     def __init__(
@@ -101,6 +101,7 @@ class SelfGuidance(Conditioner):
         self.sharpness = sharpness
         self.recorder: WordMapRecorder | None = None
         self.last_energy: Tensor | None = None
+        self.last_maps: Tensor | None = None
 
     def _rows(self, context: ConditionContext) -> Tensor | None:
         if not context.branch_labels:
@@ -129,6 +130,7 @@ class SelfGuidance(Conditioner):
         if self.recorder is None or not self.recorder.maps:
             raise ValueError("SelfGuidance recorded no cross-attention maps: does the UNet cross-attend to text?")
         maps = word_maps(self.recorder.maps, z_t.shape[-2], z_t.shape[-1])
+        self.last_maps = maps.detach()
         total = maps.new_zeros(maps.shape[0])
         for index, term in enumerate(self.terms):
             target = term_target(term, *maps.shape[-2:]).to(maps)
