@@ -13,54 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ldm_reference import _conv, _linear, _norm, _resblock, _transformer
 from safetensors.torch import save_file
 
 PRE_EXTRACTOR = [(None, 32), (32, 64), (64, 64), (64, 128), (128, 128)]
 
 
-def _conv(keys: dict[str, tuple[int, ...]], name: str, out: int, inp: int, kernel: int) -> None:
-    keys[f"{name}.weight"], keys[f"{name}.bias"] = (out, inp, kernel, kernel), (out,)
-
-
-def _linear(keys: dict[str, tuple[int, ...]], name: str, out: int, inp: int, bias: bool = True) -> None:
-    keys[f"{name}.weight"] = (out, inp)
-    if bias:
-        keys[f"{name}.bias"] = (out,)
-
-
-def _norm(keys: dict[str, tuple[int, ...]], name: str, channels: int) -> None:
-    keys[f"{name}.weight"], keys[f"{name}.bias"] = (channels,), (channels,)
-
-
-def _resblock(keys, name: str, cin: int, cout: int, temb: int, inject: int | None) -> None:
-    if inject is None:
-        _norm(keys, f"{name}.in_layers.0", cin)
-        _norm(keys, f"{name}.out_layers.0", cout)
-    else:  # LocalResBlock: FDN norms, in_layers.0 / out_layers.0 are Identity
-        for norm, channels in (("norm_in", cin), ("norm_out", cout)):
-            _conv(keys, f"{name}.{norm}.conv_gamma", channels, inject, 3)
-            _conv(keys, f"{name}.{norm}.conv_beta", channels, inject, 3)
-    _conv(keys, f"{name}.in_layers.2", cout, cin, 3)
-    _linear(keys, f"{name}.emb_layers.1", cout, temb)
-    _conv(keys, f"{name}.out_layers.3", cout, cout, 3)
-    if cin != cout:
-        _conv(keys, f"{name}.skip_connection", cout, cin, 1)
-
-
-def _transformer(keys, name: str, channels: int, context: int) -> None:
-    _norm(keys, f"{name}.norm", channels)
-    _conv(keys, f"{name}.proj_in", channels, channels, 1)
-    block = f"{name}.transformer_blocks.0"
-    for attn, source in (("attn1", channels), ("attn2", context)):
-        _linear(keys, f"{block}.{attn}.to_q", channels, channels, bias=False)
-        _linear(keys, f"{block}.{attn}.to_k", channels, source, bias=False)
-        _linear(keys, f"{block}.{attn}.to_v", channels, source, bias=False)
-        _linear(keys, f"{block}.{attn}.to_out.0", channels, channels)
-    _linear(keys, f"{block}.ff.net.0.proj", channels * 8, channels)
-    _linear(keys, f"{block}.ff.net.2", channels, channels * 4)
-    for norm in ("norm1", "norm2", "norm3"):
-        _norm(keys, f"{block}.{norm}", channels)
-    _conv(keys, f"{name}.proj_out", channels, channels, 1)
+def _local_resblock(keys: dict[str, tuple[int, ...]], name: str, cin: int, cout: int, temb: int,
+                    inject: int) -> None:
+    """LocalResBlock: FDN norms (``norm_in`` / ``norm_out``: 3×3 ``conv_gamma``, ``conv_beta`` of the level's
+    features) where a ResBlock has GroupNorms (its ``in_layers.0`` / ``out_layers.0`` are Identity)."""
+    _resblock(keys, name, cin, cout, temb)
+    for norm, layer, channels in (("norm_in", "in_layers.0", cin), ("norm_out", "out_layers.0", cout)):
+        del keys[f"{name}.{layer}.weight"], keys[f"{name}.{layer}.bias"]
+        _conv(keys, f"{name}.{norm}.conv_gamma", inject, channels)
+        _conv(keys, f"{name}.{norm}.conv_beta", inject, channels)
 
 
 def local_adapter_shapes(unet_config: dict[str, Any], local_channels: int, inject_channels: list[int]) -> dict:
@@ -71,38 +38,39 @@ def local_adapter_shapes(unet_config: dict[str, Any], local_channels: int, injec
     context, model_channels = int(unet_config["cross_attention_dim"]), channels[0]
     temb = 4 * model_channels
     keys: dict[str, tuple[int, ...]] = {}
-    _linear(keys, "time_embed.0", temb, model_channels)
+    _linear(keys, "time_embed.0", model_channels, temb)
     _linear(keys, "time_embed.2", temb, temb)
-    _conv(keys, "input_blocks.0.0", model_channels, int(unet_config["in_channels"]), 3)
+    _conv(keys, "input_blocks.0.0", int(unet_config["in_channels"]), model_channels)
     zero_conv_channels = [model_channels]
     index, ch = 1, model_channels
     for level, width in enumerate(channels):
         for _ in range(blocks):
-            inject = inject_channels[level] if index == 1 + level * (blocks + 1) and level < len(inject_channels) \
-                else None
-            _resblock(keys, f"input_blocks.{index}.0", ch, width, temb, inject)
+            if index == 1 + level * (blocks + 1) and level < len(inject_channels):
+                _local_resblock(keys, f"input_blocks.{index}.0", ch, width, temb, inject_channels[level])
+            else:
+                _resblock(keys, f"input_blocks.{index}.0", ch, width, temb)
             ch = width
             if attention[level]:
-                _transformer(keys, f"input_blocks.{index}.1", ch, context)
+                _transformer(keys, f"input_blocks.{index}.1", ch, context, 1, linear=False)
             zero_conv_channels.append(ch)
             index += 1
         if level < len(channels) - 1:
-            _conv(keys, f"input_blocks.{index}.0.op", ch, ch, 3)
+            _conv(keys, f"input_blocks.{index}.0.op", ch, ch)
             zero_conv_channels.append(ch)
             index += 1
-    _resblock(keys, "middle_block.0", ch, ch, temb, None)
-    _transformer(keys, "middle_block.1", ch, context)
-    _resblock(keys, "middle_block.2", ch, ch, temb, None)
+    _resblock(keys, "middle_block.0", ch, ch, temb)
+    _transformer(keys, "middle_block.1", ch, context, 1, linear=False)
+    _resblock(keys, "middle_block.2", ch, ch, temb)
     for i, width in enumerate(zero_conv_channels):
-        _conv(keys, f"zero_convs.{i}.0", width, width, 1)
-    _conv(keys, "middle_block_out.0", ch, ch, 1)
+        _conv(keys, f"zero_convs.{i}.0", width, width, kernel=1)
+    _conv(keys, "middle_block_out.0", ch, ch, kernel=1)
     previous = local_channels
     for i, (_, width) in enumerate(PRE_EXTRACTOR):
-        _conv(keys, f"feature_extractor.pre_extractor.{2 * i}", width, previous, 3)
+        _conv(keys, f"feature_extractor.pre_extractor.{2 * i}", previous, width)
         previous = width
     for i, width in enumerate(inject_channels):
-        _conv(keys, f"feature_extractor.extractors.{i}.0", width, previous, 3)
-        _conv(keys, f"feature_extractor.zero_convs.{i}", width, width, 3)
+        _conv(keys, f"feature_extractor.extractors.{i}.0", previous, width)
+        _conv(keys, f"feature_extractor.zero_convs.{i}", width, width)
         previous = width
     return {f"local_adapter.{k}": v for k, v in keys.items()}
 
@@ -114,11 +82,11 @@ def global_adapter_shapes(in_dim: int, channel_mult: tuple[int, int] = (2, 4)) -
     out2, inner2 = in_dim * second, out1 * (second * 2 // first)
     keys: dict[str, tuple[int, ...]] = {}
     _norm(keys, "norm1", in_dim)
-    _linear(keys, "ff1.net.0.proj", inner1 * 2, in_dim)
-    _linear(keys, "ff1.net.2", out1, inner1)
+    _linear(keys, "ff1.net.0.proj", in_dim, inner1 * 2)
+    _linear(keys, "ff1.net.2", inner1, out1)
     _norm(keys, "norm2", out1)
-    _linear(keys, "ff2.net.0.proj", inner2 * 2, out1)
-    _linear(keys, "ff2.net.2", out2, inner2)
+    _linear(keys, "ff2.net.0.proj", out1, inner2 * 2)
+    _linear(keys, "ff2.net.2", inner2, out2)
     return {f"global_adapter.{k}": v for k, v in keys.items()}
 
 

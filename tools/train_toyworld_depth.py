@@ -41,7 +41,9 @@ from train_toyworld import (  # noqa: E402
     camera_rays,
     ema_update,
     lr_factor,
+    print_progress,
     swap_articles,
+    swap_in,
 )
 
 from dreamsmith.toyworld.data import ToyworldDataset, generate_toyworld_dataset  # noqa: E402
@@ -115,15 +117,7 @@ def export_controlnet(out: Path, controlnet: ControlNetModel, base: Path, train_
     metadata = {"base": os.path.relpath(base.resolve(), out.resolve()), "control_source": "depth"}
     (tmp / "dreamsmith.json").write_text(json.dumps(metadata, indent=2) + "\n")
     (tmp / "train_log.json").write_text(json.dumps(train_log) + "\n")
-    for keep in ("README.md", "loss.png", "samples.png"):
-        if (out / keep).exists():
-            shutil.copy2(out / keep, tmp / keep)
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in(tmp, out, ("README.md", "loss.png", "samples.png"))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -190,10 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
         step += 1
         log["losses"].append(round(loss.item(), 6))
         log["train_seconds"] = time.time() - t_loop
-        if step % args.log_every == 0 or step == 1:
-            recent = log["losses"][-args.log_every:]
-            print(f"step {step}/{args.steps} loss {sum(recent) / len(recent):.4f} "
-                  f"{log['train_seconds'] / step:.2f}s/step elapsed {log['train_seconds'] / 60:.1f}min", flush=True)
+        print_progress(log, step, args.steps, args.log_every)
         if args.time_only and step >= args.steps:
             return log
         if step % args.checkpoint_every == 0 or step == args.steps:
