@@ -142,3 +142,20 @@ def test_bad_self_guidance_on_the_command_line_is_one_line(tiny_sd_dir, tmp_path
                      "--out", str(tmp_path / "run"))
     assert_clean_failure(result, "is not WORD:KIND=VALUE")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_texture_command_runs_with_self_guidance_on_a_tiny_model(tiny_sd_dir, tmp_path):
+    import yaml
+    from test_texture_cli import SMALL
+    from test_texture_stage import cube_with_uvs
+
+    cube_with_uvs(tmp_path / "cube.glb")
+    out = tmp_path / "run"
+    result = run_cli("texture", str(tmp_path / "cube.glb"), "a wooden crate", "--model", str(tiny_sd_dir), "--out",
+                     str(out), "--quiet", "--steps", "2", *SMALL, "--self-guidance", "crate:centroid=0.3,0.5@2",
+                     "--self-guidance-weight", "5")
+    assert result.returncode == 0, result.stderr
+    (spec,) = yaml.safe_load((out / "config.yaml").read_text())["stages"][0]["guidance"]["conditioners"]
+    assert spec == {"name": "self_guidance", "terms": ["crate:centroid=0.3,0.5@2"], "weight": 5.0}
+    assert (out / "asset.glb").stat().st_size > 0
