@@ -77,7 +77,7 @@ ThreadsOption = Annotated[int | None, typer.Option(help=THREADS_HELP)]
 MemoryBudgetOption = Annotated[str | None, typer.Option(help=MEMORY_HELP)]
 RegionOption = Annotated[list[str] | None, typer.Option("--region", help="\"EXPRESSION: PROMPT\" (repeatable): a prompt painted where the asset's surface lies in a 3D region: y>0, x<-0.1, box(x0,y0,z0,x1,y1,z1), joined by &; sets guidance.conditioners.")]
 RegionBaseRatioOption = Annotated[float, typer.Option(help="How much of the main prompt is kept inside the --region regions (0 to 1).")]
-SelfGuidanceOption = Annotated[list[str] | None, typer.Option("--self-guidance", help="\"WORD:KIND=VALUE[@WEIGHT]\" (repeatable): steer a prompt word's cross-attention map in every view: centroid=X,Y, size=S, shape=box(X0,Y0,X1,Y1) or shape=disk(X,Y,R), fractions of the view from its top left; sets guidance.conditioners.")]
+SelfGuidanceOption = Annotated[list[str] | None, typer.Option("--self-guidance", help="\"WORD:KIND=VALUE\" or \"WORD:KIND=VALUE@WEIGHT\" (repeatable): steer a prompt word's cross-attention map in every view: centroid=X,Y, size=S, shape=box(X0,Y0,X1,Y1) or shape=disk(X,Y,R), fractions of the view from its top left; sets guidance.conditioners.")]
 SelfGuidanceWeightOption = Annotated[float, typer.Option(help="Strength v of all --self-guidance terms (eps += v sigma_t grad g).")]
 
 
