@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ from rich.table import Table
 
 from dreamsmith.errors import DreamsmithError
 from dreamsmith.regions import parse_region
+from dreamsmith.self_guidance_terms import check_self_guidance_words, parse_self_guidance
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Text to game-ready 3D assets by score distillation.")
 console = Console(stderr=True)
@@ -75,6 +77,8 @@ ThreadsOption = Annotated[int | None, typer.Option(help=THREADS_HELP)]
 MemoryBudgetOption = Annotated[str | None, typer.Option(help=MEMORY_HELP)]
 RegionOption = Annotated[list[str] | None, typer.Option("--region", help="\"EXPRESSION: PROMPT\" (repeatable): a prompt painted where the asset's surface lies in a 3D region: y>0, x<-0.1, box(x0,y0,z0,x1,y1,z1), joined by &; sets guidance.conditioners.")]
 RegionBaseRatioOption = Annotated[float, typer.Option(help="How much of the main prompt is kept inside the --region regions (0 to 1).")]
+SelfGuidanceOption = Annotated[list[str] | None, typer.Option("--self-guidance", help="\"WORD:KIND=VALUE\" or \"WORD:KIND=VALUE@WEIGHT\" (repeatable): steer a prompt word's cross-attention map in every view: centroid=X,Y, size=S, shape=box(X0,Y0,X1,Y1) or shape=disk(X,Y,R), fractions of the view from its top left; sets guidance.conditioners.")]
+SelfGuidanceWeightOption = Annotated[float, typer.Option(help="Strength v of all --self-guidance terms (eps += v sigma_t grad g).")]
 
 
 def _machine_settings(threads: int | None, memory_budget: str | None) -> None:
@@ -121,10 +125,13 @@ def generate(
     memory_budget: MemoryBudgetOption = None,
     region: RegionOption = None,
     region_base_ratio: RegionBaseRatioOption = 0.3,
+    self_guidance: SelfGuidanceOption = None,
+    self_guidance_weight: SelfGuidanceWeightOption = 1.0,
 ) -> None:
     """Optimize a 3D asset for PROMPT and write it, with previews and a report, to the run directory."""
     _run_command(prompt, overrides or [], preset, model, steps, seed, device, out, resume, overwrite, quiet,
-                 allow_pickle, threads, memory_budget, regions=region or [], base_ratio=region_base_ratio)
+                 allow_pickle, threads, memory_budget, regions=region or [], base_ratio=region_base_ratio,
+                 self_guidance=self_guidance or [], self_guidance_weight=self_guidance_weight)
 
 
 @app.command()
@@ -132,7 +139,7 @@ def texture(
     mesh: Annotated[Path, typer.Argument(help="The mesh to paint (.glb or .obj); its geometry and UVs are kept.")],
     prompt: Annotated[str, typer.Argument(help="What it should look like, e.g. \"a red brick house\".")],
     overrides: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE config override (repeatable), e.g. --set uv_texture.texture_size=512.")] = None,
-    control: Annotated[list[str] | None, typer.Option("--control", help="SOURCE=CONTROLNET_DIR[:SCALE] (repeatable): a ControlNet fed with the asset's depth, normal or opacity render; sets guidance.conditioners.")] = None,
+    control: Annotated[list[str] | None, typer.Option("--control", help="SOURCE=CONTROLNET_DIR[:SCALE] (repeatable): a ControlNet fed with the asset's depth, normal or opacity render; SOURCE,SOURCE=UNI.safetensors[:SCALE]: a Uni-ControlNet checkpoint fed with several renders stacked; sets guidance.conditioners.")] = None,
     preset: Annotated[str, typer.Option(help="Preset with a texture stage (see `dreamsmith presets`).")] = "toy-texture",
     model: ModelOption = None,
     steps: Annotated[int | None, typer.Option(help="Optimization steps of the whole run.")] = None,
@@ -147,11 +154,14 @@ def texture(
     memory_budget: MemoryBudgetOption = None,
     region: RegionOption = None,
     region_base_ratio: RegionBaseRatioOption = 0.3,
+    self_guidance: SelfGuidanceOption = None,
+    self_guidance_weight: SelfGuidanceWeightOption = 1.0,
 ) -> None:
     """Paint MESH from PROMPT (fixed geometry, a UV texture): the same run directory as `generate`."""
     _run_command(prompt, [f"uv_texture.mesh={mesh.resolve()}", *(overrides or [])], preset, model, steps, seed,
                  device, out, resume, overwrite, quiet, allow_pickle, threads, memory_budget, needs_mesh=True,
-                 controls=control or [], regions=region or [], base_ratio=region_base_ratio)
+                 controls=control or [], regions=region or [], base_ratio=region_base_ratio,
+                 self_guidance=self_guidance or [], self_guidance_weight=self_guidance_weight)
 
 
 @app.command()
@@ -207,10 +217,16 @@ def edit(
         console.print(f"wrote {out / asset['path']} ({asset['faces']} triangles)", markup=False, highlight=False)
 
 
-def conditioners_override(controls: list[str], regions: list[str], base_ratio: float) -> list[str]:
-    """The ``guidance.conditioners=[...]`` override of ``--control`` and ``--region`` options (none without
-    them); checked here, without torch, so a typo is refused before any model loads."""
+def conditioners_override(controls: list[str], regions: list[str], base_ratio: float, prompt: str = "",
+                          self_guidance: list[str] = (), self_guidance_weight: float = 1.0) -> list[str]:
+    """The ``guidance.conditioners=[...]`` override of ``--control``, ``--region`` and ``--self-guidance``
+    options (none without them); checked here, without torch, so a typo is refused before any model loads."""
     specs = control_specs(controls)
+    if self_guidance:
+        check_self_guidance_words(prompt, [parse_self_guidance(text) for text in self_guidance])
+        if not (math.isfinite(self_guidance_weight) and self_guidance_weight >= 0):
+            raise DreamsmithError(f"--self-guidance-weight must be a number >= 0, got {self_guidance_weight}")
+        specs.append({"name": "self_guidance", "terms": list(self_guidance), "weight": self_guidance_weight})
     if regions:
         for text in regions:
             parse_region(text)
@@ -220,33 +236,46 @@ def conditioners_override(controls: list[str], regions: list[str], base_ratio: f
     return ["guidance.conditioners=" + json.dumps(specs)] if specs else []  # JSON is YAML: survives the parser
 
 
+UNI_CONTROLNET_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+"""A --control model that is one checkpoint file is a Uni-ControlNet (a ControlNet is a diffusers folder)."""
+
+
 def control_specs(controls: list[str]) -> list[dict[str, Any]]:
-    """The ``guidance.conditioners`` entries of ``--control SOURCE=DIR[:SCALE]`` options."""
+    """The ``guidance.conditioners`` entries of ``--control SOURCE[,SOURCE...]=MODEL[:SCALE]`` options: a diffusers
+    ControlNet folder takes one source, a Uni-ControlNet checkpoint file several (stacked in one adapter)."""
     specs = []
     for text in controls:
-        source, _, model = text.partition("=")
+        sources, _, model = text.partition("=")
         scale = 1.0
         head, _, tail = model.rpartition(":")
         if head and tail.replace(".", "", 1).isdigit():
             model, scale = head, float(tail)
-        if source not in ("depth", "normal", "opacity") or not model:
-            raise DreamsmithError(f"--control {text!r} is not SOURCE=CONTROLNET_DIR[:SCALE] with SOURCE depth, "
-                                  "normal or opacity, e.g. --control depth=models/cn-depth:0.8")
-        specs.append({"name": "controlnet", "model": model, "source": source, "scale": scale})
+        names = [name.strip() for name in sources.split(",")]
+        uni = model.lower().endswith(UNI_CONTROLNET_SUFFIXES)
+        if not model or not all(n in ("depth", "normal", "opacity") for n in names) or (len(names) > 1 and not uni):
+            raise DreamsmithError(f"--control {text!r} is not SOURCE=CONTROLNET_DIR[:SCALE] or "
+                                  "SOURCE[,SOURCE...]=UNI_CONTROLNET_FILE[:SCALE] with SOURCE depth, normal or "
+                                  "opacity, e.g. --control depth=models/cn-depth:0.8")
+        if uni:
+            specs.append({"name": "uni_controlnet", "model": model, "sources": names, "scale": scale})
+        else:
+            specs.append({"name": "controlnet", "model": model, "source": names[0], "scale": scale})
     return specs
 
 
 def _run_command(prompt: str, overrides: list[str], preset: str | None, model: str | None, steps: int | None,
                  seed: int | None, device: str | None, out: Path | None, resume: bool, overwrite: bool, quiet: bool,
                  allow_pickle: bool, threads: int | None, memory_budget: str | None, needs_mesh: bool = False,
-                 controls: list[str] = (), regions: list[str] = (), base_ratio: float = 0.3) -> None:
+                 controls: list[str] = (), regions: list[str] = (), base_ratio: float = 0.3,
+                 self_guidance: list[str] = (), self_guidance_weight: float = 1.0) -> None:
     """What `generate` and `texture` share: the --control/--region conditioners, config, checks, the run with
     its progress, one-line errors."""
     from dreamsmith.engine.overrides import make_config
     from dreamsmith.engine.threads import apply_thread_policy
 
     try:
-        conditioners = conditioners_override(list(controls), list(regions), base_ratio)
+        conditioners = conditioners_override(list(controls), list(regions), base_ratio, prompt,
+                                             list(self_guidance), self_guidance_weight)
         _machine_settings(threads, memory_budget)
         extra = ["allow_pickle=true"] if allow_pickle else []
         config = make_config(prompt, preset, model, steps, seed, device, [*conditioners, *overrides, *extra])

@@ -21,6 +21,8 @@ def literal_choices(annotation: Any) -> tuple[Any, ...] | None:
     """The allowed values of a ``Literal[...]`` annotation (also inside ``X | None``), else None."""
     if typing.get_origin(annotation) is Literal:
         return typing.get_args(annotation)
+    if not (isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union):
+        return None  # e.g. list[Literal[...]]: its items are checked one by one (check_choice)
     for arg in typing.get_args(annotation):
         if typing.get_origin(arg) is Literal:
             return typing.get_args(arg) + ((None,) if type(None) in typing.get_args(annotation) else ())
@@ -28,7 +30,12 @@ def literal_choices(annotation: Any) -> tuple[Any, ...] | None:
 
 
 def check_choice(annotation: Any, value: Any, key: str) -> None:
-    """Raise a ConfigError naming ``key`` and the choices when ``value`` is not one of them."""
+    """Raise a ConfigError naming ``key`` and the choices when ``value`` (or an item of a ``list[Literal]``) is not
+    one of them."""
+    if typing.get_origin(annotation) is list and isinstance(value, list):
+        for item in value:
+            check_choice(typing.get_args(annotation)[0], item, key)
+        return
     choices = literal_choices(annotation)
     if choices is not None and value not in choices:
         names = ", ".join(str(c) for c in choices)

@@ -71,10 +71,15 @@ def _resblock(shapes: dict[str, tuple[int, ...]], name: str, n_in: int, n_out: i
         _conv(shapes, f"{name}.skip_connection", n_in, n_out, kernel=1)
 
 
-def _transformer(shapes: dict[str, tuple[int, ...]], name: str, channels: int, context: int, depth: int) -> None:
+def _transformer(shapes: dict[str, tuple[int, ...]], name: str, channels: int, context: int, depth: int,
+                 linear: bool = True) -> None:
+    """A spatial transformer's keys; ``linear``: linear projections in and out (SD 2.x), else 1×1 convs (SD 1.x)."""
     _norm(shapes, f"{name}.norm", channels)
-    _linear(shapes, f"{name}.proj_in", channels, channels)
-    _linear(shapes, f"{name}.proj_out", channels, channels)
+    for projection in ("proj_in", "proj_out"):
+        if linear:
+            _linear(shapes, f"{name}.{projection}", channels, channels)
+        else:
+            _conv(shapes, f"{name}.{projection}", channels, channels, kernel=1)
     for d in range(depth):
         block = f"{name}.transformer_blocks.{d}"
         for attn, source in (("attn1", channels), ("attn2", context)):

@@ -2,7 +2,7 @@
 determinism under a seed, a checkpoint round trip of its own state, the NaN guard, a CPU run through
 ``dreamsmith generate`` on a tiny random model (a method that edits an existing asset: refused there in one
 line; ``tests/test_edit_cli.py`` runs it through ``dreamsmith edit``), and exactness of every conditioner kind
-turned off (scale 0, base ratio 1)."""
+turned off (scale 0, base ratio 1, weight 0)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from diffusers import ControlNetModel
 from safetensors.torch import save_file
 from test_generate import SMALL, assert_clean_failure, run_cli
+from uni_checkpoint import write_uni_checkpoint
 
 from dreamsmith.guidance import GUIDANCES
 from dreamsmith.guidance.conditioner_registry import CONDITIONERS, build_conditioners
@@ -105,7 +106,8 @@ class TestGuidanceContract:
         assert (out / "asset.glb").stat().st_size > 0
 
     def test_every_conditioner_kind_at_scale_zero_is_exact(self, guidance_name, model_dir, tmp_path):
-        assert set(CONDITIONERS) == {"controlnet", "lora", "regions"}, "add an off case for the new conditioner kind"
+        kinds = {"controlnet", "lora", "regions", "self_guidance", "uni_controlnet"}
+        assert set(CONDITIONERS) == kinds, "add an off case for the new conditioner kind"
         prior = load_prior(model_dir)
         controlnet = ControlNetModel.from_unet(prior.unet)
         with torch.no_grad():  # non-zero everywhere, so only the scale keeps it out
@@ -118,6 +120,7 @@ class TestGuidanceContract:
                 parameter.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
         save_file({f"unet.{k}": v for k, v in lora_state_dict(donor.unet, "donor").items()},
                   tmp_path / "style.safetensors")
+        write_uni_checkpoint(tmp_path / "uni.safetensors", dict(prior.unet.config))
         # each kind: its spec, the options that turn it off exactly, and those that turn it on
         specs = {
             "controlnet": ({"name": "controlnet", "model": str(tmp_path / "controlnet"), "source": "depth"},
@@ -126,12 +129,16 @@ class TestGuidanceContract:
                      {"scale": 0.0}, {"scale": 1.0, "adapter_name": "style1"}),
             "regions": ({"name": "regions", "regions": ["box(-5,-5,-5,5,5,5): a red cat"]},
                         {"base_ratio": 1.0}, {"base_ratio": 0.0}),
+            "uni_controlnet": ({"name": "uni_controlnet", "model": str(tmp_path / "uni.safetensors")},
+                               {"scale": 0.0}, {"scale": 1.0}),
+            "self_guidance": ({"name": "self_guidance", "terms": ["hamburger:centroid=0.2,0.5", "hamburger:size=0.3"]},
+                              {"weight": 0.0}, {"weight": 50.0}),
         }
         bare = gradient(make(guidance_name, prior), seed=5)[0]
         for kind, (spec, off, on) in specs.items():
-            at_off = build_conditioners([{**spec, **off}], prior)
+            at_off = build_conditioners([{**spec, **off}], prior, prompt="a hamburger")
             assert torch.equal(gradient(make(guidance_name, prior, at_off), seed=5)[0], bare), kind
-            at_on = build_conditioners([{**spec, **on}], prior)
+            at_on = build_conditioners([{**spec, **on}], prior, prompt="a hamburger")
             assert not torch.equal(gradient(make(guidance_name, prior, at_on), seed=5)[0], bare), kind
 
 

@@ -269,7 +269,13 @@ def export_model(out: Path, unet: UNet2DConditionModel, text_encoder: CLIPTextMo
         metadata["base"] = os.path.relpath(base.resolve(), out.resolve())
     (tmp / "dreamsmith.json").write_text(json.dumps(metadata, indent=2) + "\n")
     (tmp / "train_log.json").write_text(json.dumps(train_log) + "\n")
-    for keep in ("README.md", "loss.png", "samples.png", "consistency.png", "consistency.json"):  # the card survives
+    swap_in(tmp, out, ("README.md", "loss.png", "samples.png", "consistency.png", "consistency.json"))
+
+
+def swap_in(tmp: Path, out: Path, card_files: tuple[str, ...]) -> None:
+    """Replace the folder ``out`` by the freshly written ``tmp`` (never half written), keeping ``out``'s model-card
+    files ``card_files``."""
+    for keep in card_files:
         if (out / keep).exists():
             shutil.copy2(out / keep, tmp / keep)
     old = out.with_name(out.name + ".old")
@@ -278,6 +284,14 @@ def export_model(out: Path, unet: UNet2DConditionModel, text_encoder: CLIPTextMo
         os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def print_progress(log: dict, step: int, steps: int, log_every: int) -> None:
+    """One line of progress every ``log_every`` steps (and after the first): mean recent loss, speed, time."""
+    if step % log_every == 0 or step == 1:
+        recent = log["losses"][-log_every:]
+        print(f"step {step}/{steps} loss {sum(recent) / len(recent):.4f} "
+              f"{log['train_seconds'] / step:.2f}s/step elapsed {log['train_seconds'] / 60:.1f}min", flush=True)
 
 
 def sampling_weights(data: ToyworldDataset, oversample: str) -> torch.Tensor | None:
@@ -424,11 +438,7 @@ def main(argv: list[str] | None = None) -> dict:
         step += 1
         log["losses"].append(round(loss.item(), 6))
         log["train_seconds"] = time.time() - t_loop
-        if step % args.log_every == 0 or step == 1:
-            recent = log["losses"][-args.log_every:]
-            print(f"step {step}/{args.steps} loss {sum(recent) / len(recent):.4f} "
-                  f"{log['train_seconds'] / step:.2f}s/step elapsed {log['train_seconds'] / 60:.1f}min",
-                  flush=True)
+        print_progress(log, step, args.steps, args.log_every)
         if args.time_only and step >= args.steps:
             return log
         if step % args.checkpoint_every == 0 or step == args.steps:

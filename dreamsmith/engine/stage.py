@@ -28,7 +28,7 @@ def build_guidance(config: StageConfig, prior: Any, prompt: str, allow_pickle: b
     if "allow_pickle" in {f.name for f in fields(guidance_class.config_class)}:
         engine_set["allow_pickle"] = allow_pickle
     guidance_config = build(guidance_class.config_class, {**options, **engine_set})
-    conditioners = build_conditioners(getattr(guidance_config, "conditioners", []), prior, allow_pickle)
+    conditioners = build_conditioners(getattr(guidance_config, "conditioners", []), prior, allow_pickle, prompt)
     return guidance_class(prior, guidance_config, conditioners)
 
 

@@ -14,7 +14,9 @@ from typing import Annotated, Any, Literal
 from dreamsmith.configs import Range, build, nearest
 from dreamsmith.errors import ConfigError, DreamsmithError
 from dreamsmith.guidance.conditioners import Conditioner, ControlNetConditioner
+from dreamsmith.guidance.uni_controlnet import PUBLISHED_SLOTS
 from dreamsmith.regions import parse_region
+from dreamsmith.self_guidance_terms import check_self_guidance_words, parse_self_guidance
 
 
 @dataclass
@@ -27,6 +29,40 @@ class ControlNetOptions:
     """Which render of the asset is the control image."""
     scale: float = 1.0
     """Conditioning scale (0: the base model exactly)."""
+
+
+@dataclass
+class UniControlNetOptions:
+    """Uni-ControlNet (Zhao et al. 2023): one local adapter for several of the asset's renders stacked, and a
+    global image condition as extra context tokens."""
+
+    model: str = ""
+    """The Uni-ControlNet checkpoint (the authors' layout: local_adapter.* / global_adapter.* keys), .safetensors
+    (or .ckpt with allow_pickle), for the stage's base model."""
+    sources: list[Literal["depth", "normal", "opacity"]] = field(default_factory=lambda: ["depth"])
+    """Renders of the asset fed to the local adapter, each into the slot of its name."""
+    slots: list[str] = field(default_factory=lambda: list(PUBLISHED_SLOTS))
+    """The checkpoint's stacked conditions in order, three channels each (the published: canny, mlsd, hed,
+    sketch, openpose, depth (MiDaS), seg)."""
+    scale: float = 1.0
+    """Strength of the local adapter's residuals (0: the base model exactly)."""
+    reference_image: str = ""
+    """An image for the global adapter (empty: no global condition)."""
+    image_encoder: str = ""
+    """A transformers CLIPVisionModelWithProjection folder that embeds reference_image (the published model:
+    openai/clip-vit-large-patch14)."""
+    global_strength: float = 1.0
+    """Scale of the global tokens appended to the text tokens."""
+
+    def check(self, path: str) -> None:
+        if not self.sources:
+            raise ConfigError(f"'{path}.sources' needs at least one of depth, normal, opacity")
+        for source in self.sources:
+            if source not in self.slots:
+                raise ConfigError(f"'{path}': the Uni-ControlNet has no '{source}' condition; its slots are "
+                                  f"{', '.join(self.slots)} (set slots for a checkpoint trained with others)")
+        if bool(self.reference_image) != bool(self.image_encoder):
+            raise ConfigError(f"'{path}': a global condition needs both reference_image and image_encoder")
 
 
 @dataclass
@@ -60,11 +96,32 @@ class RegionsOptions:
                 raise ConfigError(f"'{path}.regions.{index}': {error}") from None
 
 
+@dataclass
+class SelfGuidanceOptions:
+    """Self-guidance: energies on the cross-attention maps of words of the prompt (Epstein et al. 2023)."""
+
+    terms: list[str] = field(default_factory=list)
+    """'WORD:KIND=VALUE[@WEIGHT]' entries: 'cube:centroid=0.3,0.5', 'cube:size=0.4', 'cube:shape=disk(.5,.5,.2)'."""
+    weight: Annotated[float, Range(0.0, None)] = 1.0
+    """v in ε̂ += v σ_t ∇_{z_t} g, the strength of all terms (0: plain guidance, bit for bit)."""
+    sharpness: Annotated[float, Range(0.0, None)] = 10.0
+    """k of the soft threshold sigmoid(k (A / max A − ½)) the size and shape energies read."""
+
+    def check(self, path: str) -> None:
+        if not self.terms:
+            raise ConfigError(f"'{path}.terms' needs at least one 'WORD:KIND=VALUE' entry, e.g. 'cube:size=0.4'")
+        for index, spec in enumerate(self.terms):
+            try:
+                parse_self_guidance(spec)
+            except DreamsmithError as error:
+                raise ConfigError(f"'{path}.terms.{index}': {error}") from None
+
+
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def _controlnet(options: ControlNetOptions, prior: Any, allow_pickle: bool) -> Conditioner:
+def _controlnet(options: ControlNetOptions, prior: Any, allow_pickle: bool, prompt: str) -> Conditioner:
     from dreamsmith.guidance.loading import load_controlnet
 
     controlnet = load_controlnet(options.model, prior.device, prior.dtype, allow_pickle)
@@ -76,14 +133,34 @@ def _controlnet(options: ControlNetOptions, prior: Any, allow_pickle: bool) -> C
     return ControlNetConditioner(controlnet, options.source, options.scale)
 
 
-def _lora(options: LoRAOptions, prior: Any, allow_pickle: bool) -> Conditioner:
+def _uni_controlnet(options: UniControlNetOptions, prior: Any, allow_pickle: bool, prompt: str) -> Conditioner:
+    from dreamsmith.guidance.uni_controlnet import UniControlNetConditioner
+    from dreamsmith.guidance.uni_loading import load_uni_controlnet
+
+    local, global_adapter = load_uni_controlnet(options.model, prior.unet, prior.device, prior.dtype, allow_pickle)
+    if local is not None and local.local_channels != 3 * len(options.slots):
+        raise ConfigError(f"the Uni-ControlNet {options.model} reads {local.local_channels} condition channels, "
+                          f"but {len(options.slots)} slots are configured ({3 * len(options.slots)} channels)")
+    embedding = None
+    if options.reference_image:
+        if global_adapter is None:
+            raise ConfigError(f"the Uni-ControlNet {options.model} has no global adapter for reference_image")
+        from dreamsmith.guidance.uni_image import embed_reference_image
+
+        embedding = embed_reference_image(options.reference_image, options.image_encoder, allow_pickle)
+    return UniControlNetConditioner(local, options.sources, options.slots, options.scale,
+                                    global_adapter if embedding is not None else None, embedding,
+                                    options.global_strength)
+
+
+def _lora(options: LoRAOptions, prior: Any, allow_pickle: bool, prompt: str) -> Conditioner:
     from dreamsmith.guidance.lora import LoRAConditioner, load_lora_file
 
     name = load_lora_file(prior.unet, Path(options.path), options.adapter_name or None)
     return LoRAConditioner(name, options.scale)
 
 
-def _regions(options: RegionsOptions, prior: Any, allow_pickle: bool) -> Conditioner:
+def _regions(options: RegionsOptions, prior: Any, allow_pickle: bool, prompt: str) -> Conditioner:
     from dreamsmith.guidance.prompt_check import check_prompt
     from dreamsmith.guidance.regional import RegionalPrompts
 
@@ -94,10 +171,26 @@ def _regions(options: RegionsOptions, prior: Any, allow_pickle: bool) -> Conditi
     return RegionalPrompts(regions, embeds, options.base_ratio)
 
 
-CONDITIONERS: dict[str, tuple[type, Callable[[Any, Any, bool], Conditioner]]] = {
+def _self_guidance(options: SelfGuidanceOptions, prior: Any, allow_pickle: bool, prompt: str) -> Conditioner:
+    from dreamsmith.guidance.p2p_tokens import word_spans
+    from dreamsmith.guidance.self_guidance import SelfGuidance
+
+    terms = [parse_self_guidance(spec) for spec in options.terms]
+    check_self_guidance_words(prompt, terms)
+    words, spans = prompt.split(), word_spans(prior.tokenizer, prompt)
+    limit = prior.max_prompt_tokens()
+    term_spans = [spans[words.index(term.word)] for term in terms]
+    if any(end > limit for _, end in term_spans):
+        raise ConfigError(f"a --self-guidance word lies beyond the {limit} tokens the text encoder reads")
+    return SelfGuidance(terms, term_spans, options.weight, prior.alphas_cumprod, options.sharpness)
+
+
+CONDITIONERS: dict[str, tuple[type, Callable[[Any, Any, bool, str], Conditioner]]] = {
     "controlnet": (ControlNetOptions, _controlnet),
+    "uni_controlnet": (UniControlNetOptions, _uni_controlnet),
     "lora": (LoRAOptions, _lora),
     "regions": (RegionsOptions, _regions),
+    "self_guidance": (SelfGuidanceOptions, _self_guidance),
 }
 
 
@@ -119,10 +212,12 @@ def conditioner_options(spec: Any, path: str) -> tuple[str, Any]:
     return name, options
 
 
-def build_conditioners(specs: list[dict[str, Any]], prior: Any, allow_pickle: bool = False) -> list[Conditioner]:
-    """The conditioners of a guidance config's ``conditioners`` list, for ``prior``."""
+def build_conditioners(
+    specs: list[dict[str, Any]], prior: Any, allow_pickle: bool = False, prompt: str = ""
+) -> list[Conditioner]:
+    """The conditioners of a guidance config's ``conditioners`` list, for ``prior`` and the run's ``prompt``."""
     built = []
     for index, spec in enumerate(specs):
         name, options = conditioner_options(spec, f"guidance.conditioners.{index}")
-        built.append(CONDITIONERS[name][1](options, prior, allow_pickle))
+        built.append(CONDITIONERS[name][1](options, prior, allow_pickle, prompt))
     return built

@@ -10,6 +10,8 @@ it. Every hook is a no-op by default, so a conditioner overrides only the ones i
   shared-attention style, regional prompts), chained with other conditioners' hooks on each module
   (:mod:`dreamsmith.guidance.attention`);
 - ``time_embedding_delta``: a vector added to the UNet's time embedding (camera embeddings);
+- ``noise_correction``: a term added to ε̂ after the call, e.g. self-guidance's σ_t ∇_{z_t} g of an energy on
+  the call's attention maps (``wants_input_grad``: the call then runs with autograd on z_t);
 - ``applied(unet)``: anything else installed for the duration of the call and removed after (weight
   deltas: named LoRA adapters, :mod:`dreamsmith.guidance.lora`).
 
@@ -97,6 +99,16 @@ class Conditioner:
 
     def time_embedding_delta(self, context: ConditionContext, batch: int) -> Tensor | None:
         """``[batch, D]`` added to the UNet's time embedding (e.g. an MLP of the camera), or None."""
+        return None
+
+    def wants_input_grad(self, context: ConditionContext) -> bool:
+        """True when :meth:`noise_correction` needs gradients w.r.t. the call's input (the call then runs
+        with autograd)."""
+        return False
+
+    def noise_correction(self, z_t: Tensor, context: ConditionContext) -> Tensor | None:
+        """``[B, C, h, w]`` added to the call's ε̂ once the UNet has run, given the call's input ``z_t``
+        (requiring grad when :meth:`wants_input_grad`), or None."""
         return None
 
     def applied(self, unet: torch.nn.Module) -> contextlib.AbstractContextManager[None]:

@@ -103,9 +103,11 @@ def _block_prefixes(params: Mapping[str, Any]) -> dict[str, str]:
 _PARAMETER = re.compile(r"^(.*)\.(weight|bias)$")
 
 
-def rename_ldm_unet(state: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def rename_ldm_unet(
+    state: Mapping[str, Any], params: Mapping[str, Any], resblock_names: Mapping[str, str] = RESBLOCK_NAMES
+) -> tuple[dict[str, Any], list[str]]:
     """``(diffusers state dict, LDM keys with no place in it)`` for an LDM UNet's weights ``state``
-    (keys without the ``model.diffusion_model.`` prefix)."""
+    (keys without the ``model.diffusion_model.`` prefix); ``resblock_names``: the ResBlock's module names."""
     prefixes = sorted(_block_prefixes(params).items(), key=lambda item: -len(item[0]))
     renamed: dict[str, Any] = {}
     unplaced: list[str] = []
@@ -119,7 +121,7 @@ def rename_ldm_unet(state: Mapping[str, Any], params: Mapping[str, Any]) -> tupl
                 break
             if module.startswith(ldm + "."):
                 rest = module[len(ldm) + 1:]
-                rest = RESBLOCK_NAMES.get(rest) if ".resnets." in diffusers else rest
+                rest = resblock_names.get(rest) if ".resnets." in diffusers else rest
                 target = f"{diffusers}.{rest}" if rest else None
                 break
         if target is None or not kind:
@@ -127,3 +129,22 @@ def rename_ldm_unet(state: Mapping[str, Any], params: Mapping[str, Any]) -> tupl
             continue
         renamed[f"{target}.{kind}"] = value
     return renamed, unplaced
+
+
+def ldm_name(key: str, params: Mapping[str, Any], resblock_names: Mapping[str, str] = RESBLOCK_NAMES) -> str:
+    """The LDM key of a diffusers UNet key (the inverse of :func:`rename_ldm_unet`), or ``key`` itself when it
+    has none: to name a missing weight as the checkpoint would."""
+    match = _PARAMETER.match(key)
+    module, kind = (match.group(1), match.group(2)) if match else (key, "")
+    top = {diffusers: ldm for ldm, diffusers in TOP_LEVEL_NAMES.items()}
+    resnet = {diffusers: ldm for ldm, diffusers in resblock_names.items()}
+    if module in top:
+        return f"{top[module]}.{kind}"
+    for ldm, diffusers in sorted(_block_prefixes(params).items(), key=lambda item: -len(item[1])):
+        if module == diffusers:
+            return f"{ldm}.{kind}"
+        if module.startswith(diffusers + "."):
+            rest = module[len(diffusers) + 1:]
+            rest = resnet.get(rest, rest) if ".resnets." in diffusers else rest
+            return f"{ldm}.{rest}.{kind}"
+    return key

@@ -194,3 +194,53 @@ def p2p_reweight(probs: Tensor, equalizer: Tensor) -> Tensor:
     """Prompt-to-Prompt's attention re-weighting (Hertz et al. 2022, Sec. 3.2): each token's column of the
     cross-attention maps ``[..., L_q, L]`` scaled by ``equalizer [L]`` (not renormalised, as in the paper)."""
     return probs * equalizer.to(probs)
+
+
+def attention_centroid(maps: Tensor) -> Tensor:
+    """Self-guidance's centroid of a word's attention maps (Epstein et al. 2023, "Diffusion Self-Guidance
+    for Controllable Image Generation", Sec. 3.2): the centre of mass Σ (x, y) A[y, x] / Σ A.
+
+    maps ``[..., H, W]`` ≥ 0 -> ``[..., 2]`` (x, y) as fractions of the image, pixel centres at (i + ½)/W.
+    """
+    height, width = maps.shape[-2:]
+    xs = (torch.arange(width, dtype=maps.dtype, device=maps.device) + 0.5) / width
+    ys = (torch.arange(height, dtype=maps.dtype, device=maps.device) + 0.5) / height
+    total = maps.sum(dim=(-2, -1)).clamp(min=1e-12)
+    x = (maps.sum(dim=-2) * xs).sum(-1) / total
+    y = (maps.sum(dim=-1) * ys).sum(-1) / total
+    return torch.stack([x, y], dim=-1)
+
+
+def soft_threshold(maps: Tensor, sharpness: float = 10.0) -> Tensor:
+    """Self-guidance's shape of an object: its attention map thresholded (Sec. 3.2), made differentiable as
+    sigmoid(k (A / max A − ½)) per map. maps ``[..., H, W]`` ≥ 0 -> the same shape, in (0, 1)."""
+    peak = maps.amax(dim=(-2, -1), keepdim=True).clamp(min=1e-12)
+    return torch.sigmoid(sharpness * (maps / peak - 0.5))
+
+
+def attention_size(maps: Tensor, sharpness: float = 10.0) -> Tensor:
+    """Self-guidance's size: the fraction of the image the thresholded map covers, (1/HW) Σ shape(A)
+    (Sec. 3.2). maps ``[..., H, W]`` -> ``[...]``."""
+    return soft_threshold(maps, sharpness).mean(dim=(-2, -1))
+
+
+def self_guidance_energy(kind: str, maps: Tensor, target: Tensor, sharpness: float = 10.0) -> Tensor:
+    """The energy g of one property against its target, an L1 distance (Epstein et al. 2023, eq. 4-6):
+
+    centroid: Σ |centroid(A) − target| (target ``[..., 2]``); size: |size(A) − s| (target ``[...]``);
+    shape: mean |shape(A) − M| (target a mask ``[..., H, W]``). maps ``[..., H, W]`` -> ``[...]``.
+    """
+    if kind == "centroid":
+        return (attention_centroid(maps) - target).abs().sum(-1)
+    if kind == "size":
+        return (attention_size(maps, sharpness) - target).abs()
+    if kind == "shape":
+        return (soft_threshold(maps, sharpness) - target).abs().mean(dim=(-2, -1))
+    raise ValueError(f"unknown self-guidance property {kind!r}; choose centroid, size or shape")
+
+
+def self_guidance_noise(energy_grad: Tensor, sigma: Tensor, weight: float) -> Tensor:
+    """The term self-guidance adds to the guided noise prediction, v σ_t ∇_{z_t} g (Epstein et al. 2023, eq. 3:
+    ε̃ = (1 + s) ε(z_t; y) − s ε(z_t; ∅) + v σ_t ∇_{z_t} g). Since x̂0 = (z_t − σ_t ε̃)/α_t, it moves x̂0 by
+    −(σ_t²/α_t) v ∇g: down the energy. energy_grad ``[B, C, h, w]``, sigma ``[B]``."""
+    return weight * per_sample(sigma, energy_grad) * energy_grad

@@ -259,9 +259,6 @@ class DiffusionPrior:
         embeds = tile_to_batch(text_embeds.to(device=self.device, dtype=self.dtype), batch)
         embeds, text_kwargs = self.text_condition(embeds)
         class_labels = self.camera_labels(cameras, batch)
-        rays = self.camera_rays(cameras, sample)
-        if rays is not None:
-            sample = torch.cat([sample, rays], dim=1)
         context = context or ConditionContext()
         context = dataclasses.replace(
             context,
@@ -270,7 +267,13 @@ class DiffusionPrior:
             class_labels=class_labels,
             timesteps=t,
         )
-        with torch.set_grad_enabled(enable_grad):
+        input_grad = any(c.wants_input_grad(context) for c in conditioners)
+        leaf = sample.detach().requires_grad_(True) if input_grad else sample  # z_t, for ∇_{z_t} of energies
+        sample = leaf
+        rays = self.camera_rays(cameras, sample)
+        if rays is not None:
+            sample = torch.cat([sample, rays], dim=1)
+        with torch.set_grad_enabled(enable_grad or input_grad):
             deltas = [d for d in (c.time_embedding_delta(context, batch) for c in conditioners) if d is not None]
             delta = torch.stack(deltas).sum(0) if deltas else None
             with all_applied(conditioners, self.unet, context, delta):
@@ -285,10 +288,14 @@ class DiffusionPrior:
                 output = self.unet(
                     sample, t, encoder_hidden_states=embeds, class_labels=class_labels, return_dict=False, **kwargs
                 )[0]
-        output = output[:, : z_t.shape[1]].float()  # learned-variance models also output a variance
-        if self.prediction_type == "v_prediction":
-            alpha, sigma = alpha_sigma(self.alphas_cumprod, t)
-            output = eps_from_v(output, z_t.to(device=self.device, dtype=torch.float32), alpha, sigma)
+            output = output[:, : z_t.shape[1]].float()  # learned-variance models also output a variance
+            if self.prediction_type == "v_prediction":
+                alpha, sigma = alpha_sigma(self.alphas_cumprod, t)
+                output = eps_from_v(output, z_t.to(device=self.device, dtype=torch.float32), alpha, sigma)
+            if input_grad:
+                corrections = [c.noise_correction(leaf, context) for c in conditioners]
+                output = sum((d.float() for d in corrections if d is not None), output)
+                output = output if enable_grad else output.detach()
         return output.to(z_t.dtype)
 
 

@@ -22,11 +22,14 @@ from dreamsmith.toyworld import world as tw
 @dataclass
 class ToyworldDataset:
     """images: ``[N, H, W, 3]`` uint8; caption_index: ``[N]`` int64 into ``TRAIN_CAPTIONS``;
-    c2w: ``[N, 4, 4]`` float32 camera-to-world of each render."""
+    c2w: ``[N, 4, 4]`` float32 camera-to-world of each render; depth_control: ``[N, H, W]`` uint8 each render's
+    depth control image as the ControlNet conditioner makes it from a render (near bright, background 0),
+    or None."""
 
     images: Tensor
     caption_index: Tensor
     c2w: Tensor
+    depth_control: Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -60,14 +63,21 @@ def sample_toyworld_cameras(
                                   torch.tensor(tw.FOVY_DEG), resolution)
 
 
-def render_caption(text: str, cameras: Cameras, chunk: int = 2048) -> Tensor:
-    """Ground-truth renders ``[B, H, W, 3]`` float32 of one caption from ``cameras``."""
+def render_caption(text: str, cameras: Cameras, chunk: int = 2048, depth_control: bool = False) -> Tensor:
+    """Ground-truth renders ``[B, H, W, 3]`` float32 of one caption from ``cameras``; ``depth_control``: with the
+    depth control image of each as a fourth channel (:func:`control_image_from_render`, depth)."""
+    from dreamsmith.guidance.conditioners import control_image_from_render
+
     sdf, albedo = tw.caption_sdf(text)
     images = []
     for start in range(0, len(cameras), chunk):
-        out = render_sdf(sdf, cameras[start:start + chunk], albedo, tw.AMBIENT, tw.DIFFUSE, tw.BACKGROUND,
-                         bound_radius=tw.BOUNDING_RADIUS)
-        images.append(out.rgb)
+        part = cameras[start:start + chunk]
+        out = render_sdf(sdf, part, albedo, tw.AMBIENT, tw.DIFFUSE, tw.BACKGROUND, bound_radius=tw.BOUNDING_RADIUS)
+        if depth_control:
+            control = control_image_from_render(out, "depth", part)[:, :1].permute(0, 2, 3, 1)
+            images.append(torch.cat([out.rgb, control], dim=-1))
+        else:
+            images.append(out.rgb)
     return torch.cat(images)
 
 
@@ -89,8 +99,10 @@ def sample_toyworld_groups(
 def generate_toyworld_dataset(
     n: int, resolution: int = 32, seed: int = 0,
     elevation_range: tuple[float, float] = tw.ELEVATION_RANGE_DEG, views_per_group: int = 1,
+    depth_control: bool = False,
 ) -> ToyworldDataset:
-    """``n`` renders, captions drawn uniformly from the 44 training captions, cameras at random.
+    """``n`` renders, captions drawn uniformly from the 44 training captions, cameras at random
+    (``depth_control``: with each render's depth control image).
 
     With ``views_per_group`` F > 1: ``n // F`` groups of F renders of one caption, group-major (rows
     ``k·F … k·F + F − 1``), cameras from :func:`sample_toyworld_groups`.
@@ -105,11 +117,12 @@ def generate_toyworld_dataset(
     else:
         caption_index = torch.randint(len(tw.TRAIN_CAPTIONS), (n,), generator=generator)
         cameras = sample_toyworld_cameras(n, resolution, generator, elevation_range)
-    images = torch.empty(n, resolution, resolution, 3, dtype=torch.uint8)
+    images = torch.empty(n, resolution, resolution, 4 if depth_control else 3, dtype=torch.uint8)
     for i, text in enumerate(tw.TRAIN_CAPTIONS):
         idx = (caption_index == i).nonzero().squeeze(-1)
         if idx.numel() == 0:
             continue
-        rgb = render_caption(text, cameras[idx])
+        rgb = render_caption(text, cameras[idx], depth_control=depth_control)
         images[idx] = (rgb * 255).round().clamp(0, 255).to(torch.uint8)
-    return ToyworldDataset(images, caption_index, cameras.c2w.float())
+    control = images[..., 3].contiguous() if depth_control else None
+    return ToyworldDataset(images[..., :3].contiguous(), caption_index, cameras.c2w.float(), control)
