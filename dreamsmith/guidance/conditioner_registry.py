@@ -60,6 +60,27 @@ class RegionsOptions:
                 raise ConfigError(f"'{path}.regions.{index}': {error}") from None
 
 
+@dataclass
+class IPAdapterOptions:
+    """An image prompt through an IP-Adapter's decoupled cross-attention (Ye et al. 2023)."""
+
+    path: str = ""
+    """The adapter: a published checkpoint (ip-adapter_sd15.safetensors, ...) or a folder holding one."""
+    image: str = ""
+    """The reference image (PNG/JPEG) the renders should look like."""
+    scale: Annotated[float, Range(0.0, None)] = 1.0
+    """λ, the weight of the image attention (0: the base model exactly)."""
+    image_encoder: str = ""
+    """The adapter's image encoder folder (default: image_encoder/ beside the checkpoint, as published)."""
+
+    def check(self, path: str) -> None:
+        from dreamsmith.image_files import check_image
+
+        if not self.image:
+            raise ConfigError(f"'{path}.image' is required for the ip_adapter conditioner")
+        check_image(self.image, f"'{path}.image'")
+
+
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
@@ -94,10 +115,19 @@ def _regions(options: RegionsOptions, prior: Any, allow_pickle: bool) -> Conditi
     return RegionalPrompts(regions, embeds, options.base_ratio)
 
 
+def _ip_adapter(options: IPAdapterOptions, prior: Any, allow_pickle: bool) -> Conditioner:
+    from dreamsmith.guidance.ip_adapter_loading import image_prompt
+    from dreamsmith.image_files import read_image
+
+    return image_prompt(options.path, read_image(options.image), prior, options.scale,
+                        options.image_encoder or None, allow_pickle)
+
+
 CONDITIONERS: dict[str, tuple[type, Callable[[Any, Any, bool], Conditioner]]] = {
     "controlnet": (ControlNetOptions, _controlnet),
     "lora": (LoRAOptions, _lora),
     "regions": (RegionsOptions, _regions),
+    "ip_adapter": (IPAdapterOptions, _ip_adapter),
 }
 
 
