@@ -34,7 +34,8 @@ SMALL_ENCODER = "SmallImageEncoder"
 class CLIPImageEncoder:
     """CLIP's vision tower with its preprocessing (see the module doc)."""
 
-    def __init__(self, model: nn.Module, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD) -> None:
+    def __init__(self, model: nn.Module, mean: tuple[float, ...] = CLIP_MEAN,
+                 std: tuple[float, ...] = CLIP_STD) -> None:
         self.model = model
         self.size = int(model.config.image_size)
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)

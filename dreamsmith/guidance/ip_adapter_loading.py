@@ -34,19 +34,20 @@ def adapter_file(path: str | Path) -> Path:
     candidates = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin"))
     if len(candidates) != 1:
         found = ", ".join(p.name for p in candidates) or "none"
-        raise ModelLoadError(f"{path} must hold exactly one IP-Adapter checkpoint (.safetensors or .bin); found {found}")
+        raise ModelLoadError(f"{path} must hold exactly one IP-Adapter checkpoint (.safetensors or .bin); "
+                             f"found {found}")
     return candidates[0]
 
 
 def read_adapter_state(path: Path, allow_pickle: bool = False) -> dict[str, dict[str, Tensor]]:
     """``{"image_proj": ..., "ip_adapter": ...}`` of a published checkpoint (pickles only if ``allow_pickle``)."""
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             flat = load_file(path)
-        except (OSError, SafetensorsError) as error:
+        except (OSError, SafetensorError) as error:
             raise ModelLoadError(f"cannot read the IP-Adapter {path}: {error}") from None
         state: dict[str, dict[str, Tensor]] = {part: {} for part in PARTS}
         for key, value in flat.items():
@@ -68,7 +69,8 @@ def read_adapter_state(path: Path, allow_pickle: bool = False) -> dict[str, dict
     return state
 
 
-def build_ip_adapter(state: dict[str, dict[str, Tensor]], unet: torch.nn.Module, name: str = "the IP-Adapter") -> IPAdapter:
+def build_ip_adapter(state: dict[str, dict[str, Tensor]], unet: torch.nn.Module,
+                     name: str = "the IP-Adapter") -> IPAdapter:
     """The :class:`IPAdapter` of ``state`` for ``unet``, its layers matched to the UNet's cross-attention layers
     by published number; a ``ConfigError`` when it was made for another base model."""
     try:
@@ -118,7 +120,8 @@ def default_encoder_folder(path: Path) -> Path:
 
 
 def _token_width(image_proj: Any) -> int:
-    return int(image_proj.norm.normalized_shape[0] if hasattr(image_proj, "norm") else image_proj.norm_out.normalized_shape[0])
+    norm = image_proj.norm if hasattr(image_proj, "norm") else image_proj.norm_out
+    return int(norm.normalized_shape[0])
 
 
 def _span(numbers: list[str]) -> str:
