@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -75,6 +76,10 @@ ThreadsOption = Annotated[int | None, typer.Option(help=THREADS_HELP)]
 MemoryBudgetOption = Annotated[str | None, typer.Option(help=MEMORY_HELP)]
 RegionOption = Annotated[list[str] | None, typer.Option("--region", help="\"EXPRESSION: PROMPT\" (repeatable): a prompt painted where the asset's surface lies in a 3D region: y>0, x<-0.1, box(x0,y0,z0,x1,y1,z1), joined by &; sets guidance.conditioners.")]
 RegionBaseRatioOption = Annotated[float, typer.Option(help="How much of the main prompt is kept inside the --region regions (0 to 1).")]
+ImageOption = Annotated[Path | None, typer.Option("--image", help="A reference image (PNG/JPEG) the asset should look like (IP-Adapter image prompt); PROMPT becomes optional.")]
+ImageScaleOption = Annotated[float, typer.Option(help="Weight of the --image prompt's attention (0: ignored).")]
+IPAdapterOption = Annotated[str | None, typer.Option("--ip-adapter", help="The IP-Adapter for --image: a published checkpoint (ip-adapter_sd15.safetensors, its image_encoder/ beside it) or a folder; default: the embedded model's own.")]
+StyleReferenceOption = Annotated[Path | None, typer.Option("--style-reference", help="An image, or a finished run directory, whose style every self-attention shares (StyleAligned).")]
 
 
 def _machine_settings(threads: int | None, memory_budget: str | None) -> None:
@@ -105,7 +110,7 @@ def _interrupted(error: KeyboardInterrupt, out: Path) -> None:
 
 @app.command()
 def generate(
-    prompt: Annotated[str, typer.Argument(help="What to make, e.g. \"a red cube\".")],
+    prompt: Annotated[str, typer.Argument(help="What to make, e.g. \"a red cube\" (optional with --image).")] = "",
     overrides: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE config overrides, e.g. guidance.guidance_scale=50.")] = None,
     preset: Annotated[str | None, typer.Option(help="Preset (see `dreamsmith presets`); default: toy without --model, else dreamfusion.")] = None,
     model: ModelOption = None,
@@ -121,10 +126,16 @@ def generate(
     memory_budget: MemoryBudgetOption = None,
     region: RegionOption = None,
     region_base_ratio: RegionBaseRatioOption = 0.3,
+    image: ImageOption = None,
+    image_scale: ImageScaleOption = 1.0,
+    ip_adapter: IPAdapterOption = None,
+    style_reference: StyleReferenceOption = None,
 ) -> None:
-    """Optimize a 3D asset for PROMPT and write it, with previews and a report, to the run directory."""
+    """Optimize a 3D asset for PROMPT (and/or --image) and write it, with previews and a report, to the run directory."""
+    images = ImagePrompts(image, image_scale, ip_adapter, style_reference)
     _run_command(prompt, overrides or [], preset, model, steps, seed, device, out, resume, overwrite, quiet,
-                 allow_pickle, threads, memory_budget, regions=region or [], base_ratio=region_base_ratio)
+                 allow_pickle, threads, memory_budget, regions=region or [], base_ratio=region_base_ratio,
+                 images=images)
 
 
 @app.command()
@@ -207,10 +218,30 @@ def edit(
         console.print(f"wrote {out / asset['path']} ({asset['faces']} triangles)", markup=False, highlight=False)
 
 
-def conditioners_override(controls: list[str], regions: list[str], base_ratio: float) -> list[str]:
-    """The ``guidance.conditioners=[...]`` override of ``--control`` and ``--region`` options (none without
-    them); checked here, without torch, so a typo is refused before any model loads."""
-    specs = control_specs(controls)
+@dataclass(frozen=True)
+class ImagePrompts:
+    """``--image``, ``--image-scale``, ``--ip-adapter`` and ``--style-reference`` of `generate`."""
+
+    image: Path | None = None
+    scale: float = 1.0
+    adapter: str | None = None
+    style_reference: Path | None = None
+
+    def specs(self, model: str | None) -> list[dict[str, Any]]:
+        """Their ``guidance.conditioners`` entries, checked without torch."""
+        from dreamsmith.engine.image_prompts import image_prompt_spec, style_spec
+
+        if self.image is None and self.adapter is not None:
+            raise DreamsmithError("--ip-adapter needs --image, the reference image it reads")
+        specs = [] if self.image is None else [image_prompt_spec(self.image, self.scale, self.adapter, model)]
+        return specs + ([] if self.style_reference is None else [style_spec(self.style_reference)])
+
+
+def conditioners_override(controls: list[str], regions: list[str], base_ratio: float,
+                          extra: list[dict[str, Any]] = ()) -> list[str]:
+    """The ``guidance.conditioners=[...]`` override of ``--control`` and ``--region`` options and ``extra``
+    entries (none without them); checked here, without torch, so a typo is refused before any model loads."""
+    specs = [*control_specs(controls), *extra]
     if regions:
         for text in regions:
             parse_region(text)
@@ -239,14 +270,17 @@ def control_specs(controls: list[str]) -> list[dict[str, Any]]:
 def _run_command(prompt: str, overrides: list[str], preset: str | None, model: str | None, steps: int | None,
                  seed: int | None, device: str | None, out: Path | None, resume: bool, overwrite: bool, quiet: bool,
                  allow_pickle: bool, threads: int | None, memory_budget: str | None, needs_mesh: bool = False,
-                 controls: list[str] = (), regions: list[str] = (), base_ratio: float = 0.3) -> None:
-    """What `generate` and `texture` share: the --control/--region conditioners, config, checks, the run with
-    its progress, one-line errors."""
+                 controls: list[str] = (), regions: list[str] = (), base_ratio: float = 0.3,
+                 images: ImagePrompts = ImagePrompts()) -> None:
+    """What `generate` and `texture` share: the --control/--region/--image conditioners, config, checks, the run
+    with its progress, one-line errors."""
     from dreamsmith.engine.overrides import make_config
     from dreamsmith.engine.threads import apply_thread_policy
 
     try:
-        conditioners = conditioners_override(list(controls), list(regions), base_ratio)
+        if not prompt.strip() and images.image is None:
+            raise DreamsmithError("say what to make: a PROMPT (e.g. dreamsmith generate \"a red cube\") or --image REF.png")
+        conditioners = conditioners_override(list(controls), list(regions), base_ratio, images.specs(model))
         _machine_settings(threads, memory_budget)
         extra = ["allow_pickle=true"] if allow_pickle else []
         config = make_config(prompt, preset, model, steps, seed, device, [*conditioners, *overrides, *extra])
@@ -256,13 +290,13 @@ def _run_command(prompt: str, overrides: list[str], preset: str | None, model: s
         from dreamsmith.engine.run import Progress as SilentProgress
         from dreamsmith.engine.run import generate as run_generate
 
-        out = out or Path("runs") / _slug(prompt)
+        out = out or Path("runs") / _slug(prompt or images.image.stem)
         progress = SilentProgress() if quiet else RichProgress()
         report = run_generate(config, out, resume=resume, progress=progress, overwrite=overwrite)
     except DreamsmithError as error:
         _fail(error)
     except KeyboardInterrupt as interrupt:
-        _interrupted(interrupt, out or Path("runs") / _slug(prompt))
+        _interrupted(interrupt, out or Path("runs") / _slug(prompt or images.image.stem))
     if not quiet:
         asset = report["asset"]
         console.print(f"wrote {out / asset['path']} ({asset['faces']} triangles)", markup=False, highlight=False)

@@ -60,6 +60,17 @@ class RegionsOptions:
                 raise ConfigError(f"'{path}.regions.{index}': {error}") from None
 
 
+def _check_image_option(image: str, path: str, conditioner: str) -> None:
+    from dreamsmith.image_files import check_image
+
+    if not image:
+        raise ConfigError(f"'{path}' is required for the {conditioner} conditioner")
+    try:
+        check_image(image, f"'{path}'")
+    except DreamsmithError as error:
+        raise ConfigError(str(error)) from None
+
+
 @dataclass
 class IPAdapterOptions:
     """An image prompt through an IP-Adapter's decoupled cross-attention (Ye et al. 2023)."""
@@ -74,11 +85,24 @@ class IPAdapterOptions:
     """The adapter's image encoder folder (default: image_encoder/ beside the checkpoint, as published)."""
 
     def check(self, path: str) -> None:
-        from dreamsmith.image_files import check_image
+        _check_image_option(self.image, f"{path}.image", "ip_adapter")
 
-        if not self.image:
-            raise ConfigError(f"'{path}.image' is required for the ip_adapter conditioner")
-        check_image(self.image, f"'{path}.image'")
+
+@dataclass
+class StyleAlignedOptions:
+    """A style shared from a reference image through every self-attention (StyleAligned, Hertz et al. 2023)."""
+
+    image: str = ""
+    """The style reference image (PNG/JPEG)."""
+    adain_queries: bool = True
+    """Normalise the asset's self-attention queries to the reference's mean and std (AdaIN)."""
+    adain_keys: bool = True
+    """Normalise the asset's self-attention keys to the reference's mean and std (AdaIN)."""
+    seed: int = 0
+    """Seed of the noise the reference is diffused with (one draw per step, shared by the step's samples)."""
+
+    def check(self, path: str) -> None:
+        _check_image_option(self.image, f"{path}.image", "style_aligned")
 
 
 def _plain(value: Any) -> Any:
@@ -123,11 +147,25 @@ def _ip_adapter(options: IPAdapterOptions, prior: Any, allow_pickle: bool) -> Co
                         options.image_encoder or None, allow_pickle)
 
 
+def _style_aligned(options: StyleAlignedOptions, prior: Any, allow_pickle: bool) -> Conditioner:
+    import torch
+
+    from dreamsmith.guidance.style_aligned import StyleAligned
+    from dreamsmith.image_files import read_image
+
+    rgb = torch.as_tensor(read_image(options.image, "the style reference"))[None]
+    with torch.no_grad():
+        latent = prior.encode_images(rgb, sample=False)
+    return StyleAligned(latent, prior.alphas_cumprod, prior.latent_channels, options.seed, options.adain_queries,
+                        options.adain_keys)
+
+
 CONDITIONERS: dict[str, tuple[type, Callable[[Any, Any, bool], Conditioner]]] = {
     "controlnet": (ControlNetOptions, _controlnet),
     "lora": (LoRAOptions, _lora),
     "regions": (RegionsOptions, _regions),
     "ip_adapter": (IPAdapterOptions, _ip_adapter),
+    "style_aligned": (StyleAlignedOptions, _style_aligned),
 }
 
 

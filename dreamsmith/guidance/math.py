@@ -194,3 +194,12 @@ def p2p_reweight(probs: Tensor, equalizer: Tensor) -> Tensor:
     """Prompt-to-Prompt's attention re-weighting (Hertz et al. 2022, Sec. 3.2): each token's column of the
     cross-attention maps ``[..., L_q, L]`` scaled by ``equalizer [L]`` (not renormalised, as in the paper)."""
     return probs * equalizer.to(probs)
+
+
+def adain(x: Tensor, reference: Tensor, eps: float = 1e-5) -> Tensor:
+    """Adaptive instance normalisation over the token dimension (Huang & Belongie 2017; StyleAligned, Hertz et al.
+    2023, eq. 3): (x − μ(x)) / σ(x) · σ(ref) + μ(ref), statistics per channel over dim −2 of ``[..., L, d]``
+    (σ = √(var + eps)); ``reference`` broadcasts against ``x``."""
+    mean, std = x.mean(dim=-2, keepdim=True), (x.var(dim=-2, keepdim=True) + eps).sqrt()
+    ref_mean, ref_std = reference.mean(dim=-2, keepdim=True), (reference.var(dim=-2, keepdim=True) + eps).sqrt()
+    return (x - mean) / std * ref_std + ref_mean
