@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import sys
 from dataclasses import dataclass
@@ -133,7 +134,10 @@ def generate(
 ) -> None:
     """Optimize a 3D asset for PROMPT (and/or --image) and write it, with previews and a report, to the run directory."""
     images = ImagePrompts(image, image_scale, ip_adapter, style_reference)
-    _run_command(prompt, overrides or [], preset, model, steps, seed, device, out, resume, overwrite, quiet,
+    overrides = overrides or []
+    if image is not None and OVERRIDE.match(prompt):  # no prompt: the first argument is already an override
+        prompt, overrides = "", [prompt, *overrides]
+    _run_command(prompt, overrides, preset, model, steps, seed, device, out, resume, overwrite, quiet,
                  allow_pickle, threads, memory_budget, regions=region or [], base_ratio=region_base_ratio,
                  images=images)
 
@@ -216,6 +220,10 @@ def edit(
     if not quiet:
         asset = report["asset"]
         console.print(f"wrote {out / asset['path']} ({asset['faces']} triangles)", markup=False, highlight=False)
+
+
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+"""A KEY=VALUE config override (what a positional argument after an optional PROMPT may be)."""
 
 
 @dataclass(frozen=True)
