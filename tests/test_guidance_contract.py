@@ -6,9 +6,12 @@ turned off (scale 0, base ratio 1)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from diffusers import ControlNetModel
+from ip_adapter_states import plain_state, save_safetensors, tiny_clip_vision
+from PIL import Image
 from safetensors.torch import save_file
 from test_generate import SMALL, assert_clean_failure, run_cli
 
@@ -105,7 +108,8 @@ class TestGuidanceContract:
         assert (out / "asset.glb").stat().st_size > 0
 
     def test_every_conditioner_kind_at_scale_zero_is_exact(self, guidance_name, model_dir, tmp_path):
-        assert set(CONDITIONERS) == {"controlnet", "lora", "regions"}, "add an off case for the new conditioner kind"
+        assert set(CONDITIONERS) == {"controlnet", "lora", "regions", "ip_adapter", "style_aligned"}, \
+            "add an off case for the new conditioner kind"
         prior = load_prior(model_dir)
         controlnet = ControlNetModel.from_unet(prior.unet)
         with torch.no_grad():  # non-zero everywhere, so only the scale keeps it out
@@ -118,6 +122,10 @@ class TestGuidanceContract:
                 parameter.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
         save_file({f"unet.{k}": v for k, v in lora_state_dict(donor.unet, "donor").items()},
                   tmp_path / "style.safetensors")
+        adapter = save_safetensors(plain_state(prior.unet), tmp_path / "ip-adapter.safetensors")
+        tiny_clip_vision(tmp_path / "image_encoder")
+        Image.fromarray(np.full((24, 24, 3), (240, 128, 25), np.uint8)).save(tmp_path / "orange.png")
+        image = str(tmp_path / "orange.png")
         # each kind: its spec, the options that turn it off exactly, and those that turn it on
         specs = {
             "controlnet": ({"name": "controlnet", "model": str(tmp_path / "controlnet"), "source": "depth"},
@@ -126,6 +134,9 @@ class TestGuidanceContract:
                      {"scale": 0.0}, {"scale": 1.0, "adapter_name": "style1"}),
             "regions": ({"name": "regions", "regions": ["box(-5,-5,-5,5,5,5): a red cat"]},
                         {"base_ratio": 1.0}, {"base_ratio": 0.0}),
+            "ip_adapter": ({"name": "ip_adapter", "path": str(adapter), "image": image},
+                           {"scale": 0.0}, {"scale": 1.0}),
+            "style_aligned": ({"name": "style_aligned", "image": image}, {"scale": 0.0}, {"scale": 1.0}),
         }
         bare = gradient(make(guidance_name, prior), seed=5)[0]
         for kind, (spec, off, on) in specs.items():

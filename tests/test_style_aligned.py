@@ -32,7 +32,7 @@ def test_an_asset_that_is_the_reference_gets_the_models_own_prediction(tiny_sd_p
     """AdaIN to its own statistics is the identity, and attending to every key twice leaves softmax attention
     as it was: the prediction of a sample equal to the noised reference is the base model's."""
     z_ref, t, text, _ = call
-    style = StyleAligned(z_ref, tiny_sd_prior.alphas_cumprod, 4, seed=7)
+    style = StyleAligned(z_ref, tiny_sd_prior.alphas_cumprod, 4, seed=7, scale=0.6)
     step = 12
     alpha, sigma = alpha_sigma(tiny_sd_prior.alphas_cumprod, t)
     z_t = add_noise(z_ref.expand(2, -1, -1, -1), style.reference_noise(step).expand(2, -1, -1, -1), alpha, sigma)
@@ -52,6 +52,12 @@ def test_another_reference_changes_the_prediction_and_leaves_the_model_untouched
     assert (shared - base).abs().max() > 1e-3
     assert "forward" not in tiny_sd_prior.unet.__dict__
     assert torch.equal(tiny_sd_prior.predict_noise(z_t, t, text), base)  # nothing left behind, bit for bit
+    off = StyleAligned(z_ref, tiny_sd_prior.alphas_cumprod, 4, scale=0.0)
+    assert torch.equal(tiny_sd_prior.predict_noise(z_t, t, text, conditioners=[off]), base)
+    half = StyleAligned(z_ref, tiny_sd_prior.alphas_cumprod, 4, scale=0.5)
+    halfway = tiny_sd_prior.predict_noise(z_t, t, text, conditioners=[half])
+    assert (halfway - base).abs().max() > 1e-4
+    assert (halfway - shared).abs().max() > 1e-4
     without_adain = StyleAligned(z_ref, tiny_sd_prior.alphas_cumprod, 4, adain_queries=False, adain_keys=False)
     assert not torch.equal(tiny_sd_prior.predict_noise(z_t, t, text, conditioners=[without_adain]), shared)
 

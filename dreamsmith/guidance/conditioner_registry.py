@@ -100,6 +100,8 @@ class StyleAlignedOptions:
     """Normalise the asset's self-attention keys to the reference's mean and std (AdaIN)."""
     seed: int = 0
     """Seed of the noise the reference is diffused with (one draw per step, shared by the step's samples)."""
+    scale: Annotated[float, Range(0.0, 1.0)] = 1.0
+    """λ in λ · shared attention + (1 − λ) · own attention (1: as published; 0: the base model exactly)."""
 
     def check(self, path: str) -> None:
         _check_image_option(self.image, f"{path}.image", "style_aligned")
@@ -157,7 +159,7 @@ def _style_aligned(options: StyleAlignedOptions, prior: Any, allow_pickle: bool)
     with torch.no_grad():
         latent = prior.encode_images(rgb, sample=False)
     return StyleAligned(latent, prior.alphas_cumprod, prior.latent_channels, options.seed, options.adain_queries,
-                        options.adain_keys)
+                        options.adain_keys, options.scale)
 
 
 CONDITIONERS: dict[str, tuple[type, Callable[[Any, Any, bool], Conditioner]]] = {
