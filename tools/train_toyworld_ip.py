@@ -11,7 +11,7 @@ to_k/to_v (the paper's initialisation). Seeded; checkpoints every ``--checkpoint
 published layout (``ip_adapter.safetensors``: ``image_proj.*``, ``ip_adapter.{n}.to_k_ip.weight``, ...) and
 ``image_encoder/`` beside it, as h94/IP-Adapter ships them, so it loads through the same code.
 
-    python tools/train_toyworld_ip.py --steps 2500 --batch-size 48 --n-images 40000 --threads 2
+    python tools/train_toyworld_ip.py --steps 1500 --batch-size 48 --n-images 40000 --threads 1
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=MODELS / "toyworld-ip", help="adapter folder to write")
     parser.add_argument("--state-dir", type=Path, default=Path("runs/toyworld_ip_train"),
                         help="training checkpoints (for --resume)")
-    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=48)
     parser.add_argument("--n-images", type=int, default=40000)
     parser.add_argument("--seed", type=int, default=0)
