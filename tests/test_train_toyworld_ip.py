@@ -3,25 +3,16 @@ IP-Adapter in the published layout."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from test_train_toyworld import _load_script
 
 from dreamsmith.guidance.ip_adapter_loading import image_prompt
 from dreamsmith.guidance.loading import load_prior
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("train_toyworld_ip", ROOT / "tools" / "train_toyworld_ip.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _argv(base: Path, out: Path, steps: int) -> list[str]:
@@ -33,7 +24,7 @@ def _argv(base: Path, out: Path, steps: int) -> list[str]:
 @pytest.fixture(scope="module")
 def runs(tiny_pixel_rays_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("toyworld-ip")
-    script = _script()
+    script = _load_script("train_toyworld_ip")
     straight = script.main(_argv(tiny_pixel_rays_dir, folder / "straight" / "toyworld-ip", 4))
     script.main(_argv(tiny_pixel_rays_dir, folder / "resumed" / "toyworld-ip", 2))
     resumed = script.main([*_argv(tiny_pixel_rays_dir, folder / "resumed" / "toyworld-ip", 4), "--resume"])

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import shutil
 import sys
 import time
@@ -31,12 +30,16 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_toyworld import (  # noqa: E402
-    atomic_torch_save,
+    add_run_arguments,
     camera_condition,
     camera_rays,
     ema_update,
+    load_training_state,
     loss_weights,
     lr_factor,
+    record_step,
+    save_training_state,
+    swap_in,
 )
 
 from dreamsmith.guidance.attention import hooks_active  # noqa: E402
@@ -58,15 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=Path, default=MODELS / "toyworld", help="the frozen model the adapter is for")
     parser.add_argument("--out", type=Path, default=MODELS / "toyworld-ip", help="adapter folder to write")
-    parser.add_argument("--state-dir", type=Path, default=Path("runs/toyworld_ip_train"),
-                        help="training checkpoints (for --resume)")
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch-size", type=int, default=48)
-    parser.add_argument("--n-images", type=int, default=40000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup", type=int, default=100)
+    add_run_arguments(parser, "runs/toyworld_ip_train", 1500)
     parser.add_argument("--tokens", type=int, default=4, help="image tokens (the published adapters use 4)")
     parser.add_argument("--embed-dim", type=int, default=128, help="the image encoder's embedding width")
     parser.add_argument("--encoder-channels", type=str, default="32,64,128")
@@ -74,11 +69,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-dropout", type=float, default=0.05, help="image -> zero image probability")
     parser.add_argument("--camera-dropout", type=float, default=0.1, help="camera -> zeros probability")
     parser.add_argument("--max-weight", type=float, default=10.0, help="cap of the 1/SNR loss weight")
-    parser.add_argument("--ema-decay", type=float, default=0.999)
-    parser.add_argument("--checkpoint-every", type=int, default=250)
-    parser.add_argument("--log-every", type=int, default=10)
-    parser.add_argument("--resume", action="store_true", help="continue from --state-dir")
-    parser.add_argument("--time-only", action="store_true", help="print seconds per step and exit unsaved")
     return parser.parse_args(argv)
 
 
@@ -122,15 +112,7 @@ def export_adapter(out: Path, adapter: IPAdapter, encoder: SmallImageEncoder, lo
               tmp / "image_encoder" / "model.safetensors")
     (tmp / "image_encoder" / "config.json").write_text(json.dumps(encoder.config, indent=2) + "\n")
     (tmp / "train_log.json").write_text(json.dumps(log) + "\n")
-    for keep in ("README.md", "loss.png", "samples.png"):
-        if (out / keep).exists():
-            shutil.copy2(out / keep, tmp / keep)
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in(tmp, out)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -161,16 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
            "trained_params": sum(p.numel() for p in trained.parameters())}
     step = 0
     state_path = args.state_dir / "state.pt"
+    modules = {"trained": trained, "ema": ema}
     if args.resume and state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        trained.load_state_dict(state["trained"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        step, log = state["step"], state["log"]
-        log["resumes"].append({"step": step, "command": command})
-        print(f"resumed at step {step}", flush=True)
+        step, log = load_training_state(state_path, modules, optimizer, generator, command)
     captions = [""] + list(dict.fromkeys(data.captions(torch.arange(len(data)))))
     with torch.no_grad():
         caption_embeds = prior.encode_prompts(captions)  # the frozen text encoder, once per caption
@@ -210,19 +185,12 @@ def main(argv: list[str] | None = None) -> dict:
         optimizer.step()
         ema_update(ema, trained, min(args.ema_decay, (1 + step) / (10 + step)))
         step += 1
-        log["losses"].append(round(loss.item(), 6))
-        log["train_seconds"] = time.time() - t_loop
-        if step % args.log_every == 0 or step == 1:
-            recent = log["losses"][-args.log_every:]
-            print(f"step {step}/{args.steps} loss {sum(recent) / len(recent):.4f} "
-                  f"{log['train_seconds'] / step:.2f}s/step elapsed {log['train_seconds'] / 60:.1f}min", flush=True)
+        record_step(log, step, loss.item(), t_loop, args)
         if args.time_only and step >= args.steps:
             return log
         if step % args.checkpoint_every == 0 or step == args.steps:
             log["steps_done"] = step
-            atomic_torch_save({"trained": trained.state_dict(), "ema": ema.state_dict(),
-                               "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                               "torch_rng": torch.get_rng_state(), "step": step, "log": log}, state_path)
+            save_training_state(state_path, modules, optimizer, generator, step, log)
             export_adapter(args.out, ema["adapter"], ema["encoder"], log)
             print(f"checkpoint at step {step} -> {args.out}", flush=True)
     return log

@@ -20,6 +20,7 @@ from dreamsmith.errors import ConfigError, ModelLoadError
 from dreamsmith.guidance.image_encoders import ImageEncoder
 from dreamsmith.guidance.image_projection import projection_from_state_dict
 from dreamsmith.guidance.ip_adapter import IPAdapter, IPAdapterLayer, cross_attention_layers
+from dreamsmith.guidance.loading import PICKLE_SUFFIXES, read_checkpoint
 
 PARTS = ("image_proj", "ip_adapter")
 
@@ -41,29 +42,15 @@ def adapter_file(path: str | Path) -> Path:
 
 def read_adapter_state(path: Path, allow_pickle: bool = False) -> dict[str, dict[str, Tensor]]:
     """``{"image_proj": ..., "ip_adapter": ...}`` of a published checkpoint (pickles only if ``allow_pickle``)."""
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            flat = load_file(path)
-        except (OSError, SafetensorError) as error:
-            raise ModelLoadError(f"cannot read the IP-Adapter {path}: {error}") from None
-        state: dict[str, dict[str, Tensor]] = {part: {} for part in PARTS}
+    if path.suffix != ".safetensors" and path.suffix not in PICKLE_SUFFIXES:
+        raise ModelLoadError(f"{path} is not an IP-Adapter checkpoint (.safetensors or .bin)")
+    state = read_checkpoint(path, allow_pickle)
+    if path.suffix == ".safetensors":  # flattened: image_proj.<key>, ip_adapter.<key>
+        flat, state = state, {part: {} for part in PARTS}
         for key, value in flat.items():
             part, _, rest = key.partition(".")
             if part in state:
                 state[part][rest] = value
-    elif path.suffix in (".bin", ".pt", ".pth", ".ckpt"):
-        if not allow_pickle:
-            raise ModelLoadError(f"{path} is pickled, which can run code when loaded; use the .safetensors release "
-                                 "of the adapter, or pass --allow-pickle if you trust its source")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises several unrelated types for an unreadable pickle
-            raise ModelLoadError(f"cannot read the IP-Adapter {path}: {error}") from None
-    else:
-        raise ModelLoadError(f"{path} is not an IP-Adapter checkpoint (.safetensors or .bin)")
     if not isinstance(state, dict) or not all(isinstance(state.get(part), dict) and state[part] for part in PARTS):
         raise ModelLoadError(f"{path} is not an IP-Adapter checkpoint: it needs image_proj and ip_adapter weights")
     return state
