@@ -165,3 +165,24 @@ def test_bad_reference_images_are_refused_in_one_line(tmp_path):
             check_image(tmp_path / name)
         assert "\n" not in str(error.value)
     assert np.allclose(read_image(tmp_path / "clear.png"), 1.0)  # transparent -> the white background
+
+
+def test_clip_preprocessing_matches_the_clip_image_processor():
+    """Resize of the shorter side, centre crop and CLIP's normalisation as transformers does them (PIL's bicubic
+    on uint8 against ours on floats: rounding apart; a wrong crop or normalisation would be far off)."""
+    from PIL import Image
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from dreamsmith.guidance.image_encoders import CLIPImageEncoder
+
+    noise = (np.random.default_rng(0).random((75, 100, 3)) * 255).astype(np.uint8)
+    image = np.asarray(Image.fromarray(noise).resize((400, 300), Image.BILINEAR))
+    processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    expected = processor(images=Image.fromarray(image), return_tensors="pt").pixel_values
+    model = CLIPVisionModelWithProjection(CLIPVisionConfig(image_size=224, patch_size=32, hidden_size=16,
+                                                           intermediate_size=32, num_hidden_layers=1,
+                                                           num_attention_heads=2, projection_dim=8))
+    ours = CLIPImageEncoder(model).pixels(torch.tensor(image / 255.0, dtype=torch.float32)[None])
+    assert ours.shape == expected.shape == (1, 3, 224, 224)
+    assert (ours - expected).abs().mean() < 0.05
+    assert (ours - expected.flip(-1)).abs().mean() > 0.2  # the comparison can tell a wrong layout

@@ -54,7 +54,7 @@ class CLIPImageEncoder:
         x = rgb.permute(0, 3, 1, 2).float()
         height, width = x.shape[-2:]
         ratio = self.size / min(height, width)
-        size = (max(self.size, round(height * ratio)), max(self.size, round(width * ratio)))
+        size = (max(self.size, int(height * ratio)), max(self.size, int(width * ratio)))  # truncated, as CLIP's
         x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
         top, left = (size[0] - self.size) // 2, (size[1] - self.size) // 2
         x = x[..., top:top + self.size, left:left + self.size]
