@@ -133,3 +133,9 @@ def test_a_style_reference_in_the_defaults_gives_every_job_the_same_style(tmp_pa
     first, second = sorted(parsed.problems, key=lambda p: p.line)
     assert "refs/none.png does not exist" in first.message
     assert "sets guidance.conditioners" in second.message
+
+
+def test_a_job_without_a_style_reference_keeps_the_fingerprint_older_ledgers_hold(tmp_path):
+    (tmp_path / "m.yaml").write_text("- {prompt: a red cube, seed: 1}\n")
+    job = load_manifest(tmp_path / "m.yaml").jobs[0]
+    assert "style_reference" not in json.loads(job.fingerprint())

@@ -34,6 +34,10 @@ UNSUPPORTED = {
 """Row fields a manifest may name but the engine cannot run yet: each is refused by row."""
 
 
+LATER_FIELDS = ("style_reference",)
+"""Job fields added after the ledger's first version."""
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """One job of a batch: what to make and how to export it (a manifest row merged with the defaults)."""
@@ -91,8 +95,10 @@ class JobSpec:
         return cls(**data)
 
     def fingerprint(self) -> str:
-        """What the job makes: its spec without the line number (a moved row is the same job)."""
-        return json.dumps({k: v for k, v in self.to_dict().items() if k != "line"}, sort_keys=True)
+        """What the job makes: its spec without the line number (a moved row is the same job), and without
+        the fields added since ledgers were first written while they are unset (an older ledger's jobs match)."""
+        return json.dumps({k: v for k, v in self.to_dict().items()
+                           if k != "line" and not (k in LATER_FIELDS and v is None)}, sort_keys=True)
 
 
 @dataclass
