@@ -287,7 +287,8 @@ def _run_command(prompt: str, overrides: list[str], preset: str | None, model: s
 
     try:
         if not prompt.strip() and images.image is None:
-            raise DreamsmithError("say what to make: a PROMPT (e.g. dreamsmith generate \"a red cube\") or --image REF.png")
+            raise DreamsmithError("the prompt is empty; say what to make: a PROMPT (e.g. dreamsmith generate "
+                                  "\"a red cube\") or --image REF.png")
         conditioners = conditioners_override(list(controls), list(regions), base_ratio, images.specs(model))
         _machine_settings(threads, memory_budget)
         extra = ["allow_pickle=true"] if allow_pickle else []
