@@ -96,10 +96,6 @@ class SmallImageEncoder(nn.Module):
         self.embed_dim = embed_dim
         self.hidden_dim = 0
 
-    @property
-    def model(self) -> nn.Module:
-        return self
-
     def forward(self, pixels: Tensor) -> Tensor:
         return self.proj(self.features(pixels).mean(dim=(2, 3)))
 
