@@ -6,8 +6,10 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -79,6 +81,10 @@ RegionOption = Annotated[list[str] | None, typer.Option("--region", help="\"EXPR
 RegionBaseRatioOption = Annotated[float, typer.Option(help="How much of the main prompt is kept inside the --region regions (0 to 1).")]
 SelfGuidanceOption = Annotated[list[str] | None, typer.Option("--self-guidance", help="\"WORD:KIND=VALUE\" or \"WORD:KIND=VALUE@WEIGHT\" (repeatable): steer a prompt word's cross-attention map in every view: centroid=X,Y, size=S, shape=box(X0,Y0,X1,Y1) or shape=disk(X,Y,R), fractions of the view from its top left; sets guidance.conditioners.")]
 SelfGuidanceWeightOption = Annotated[float, typer.Option(help="Strength v of all --self-guidance terms (eps += v sigma_t grad g).")]
+ImageOption = Annotated[Path | None, typer.Option("--image", help="A reference image (PNG/JPEG) the asset should look like (IP-Adapter image prompt); PROMPT becomes optional.")]
+ImageScaleOption = Annotated[float, typer.Option(help="Weight of the --image prompt's attention (0: ignored).")]
+IPAdapterOption = Annotated[str | None, typer.Option("--ip-adapter", help="The IP-Adapter for --image: a published checkpoint (ip-adapter_sd15.safetensors, its image_encoder/ beside it) or a folder; default: the embedded model's own.")]
+StyleReferenceOption = Annotated[Path | None, typer.Option("--style-reference", help="An image, or a finished run directory, whose style every self-attention shares (StyleAligned).")]
 
 
 def _machine_settings(threads: int | None, memory_budget: str | None) -> None:
@@ -109,7 +115,7 @@ def _interrupted(error: KeyboardInterrupt, out: Path) -> None:
 
 @app.command()
 def generate(
-    prompt: Annotated[str, typer.Argument(help="What to make, e.g. \"a red cube\".")],
+    prompt: Annotated[str, typer.Argument(help="What to make, e.g. \"a red cube\" (optional with --image).")] = "",
     overrides: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE config overrides, e.g. guidance.guidance_scale=50.")] = None,
     preset: Annotated[str | None, typer.Option(help="Preset (see `dreamsmith presets`); default: toy without --model, else dreamfusion.")] = None,
     model: ModelOption = None,
@@ -127,11 +133,19 @@ def generate(
     region_base_ratio: RegionBaseRatioOption = 0.3,
     self_guidance: SelfGuidanceOption = None,
     self_guidance_weight: SelfGuidanceWeightOption = 1.0,
+    image: ImageOption = None,
+    image_scale: ImageScaleOption = 1.0,
+    ip_adapter: IPAdapterOption = None,
+    style_reference: StyleReferenceOption = None,
 ) -> None:
-    """Optimize a 3D asset for PROMPT and write it, with previews and a report, to the run directory."""
-    _run_command(prompt, overrides or [], preset, model, steps, seed, device, out, resume, overwrite, quiet,
+    """Optimize a 3D asset for PROMPT (and/or --image) and write it, with previews and a report, to the run directory."""
+    images = ImagePrompts(image, image_scale, ip_adapter, style_reference)
+    overrides = overrides or []
+    if image is not None and OVERRIDE.match(prompt):  # no prompt: the first argument is already an override
+        prompt, overrides = "", [prompt, *overrides]
+    _run_command(prompt, overrides, preset, model, steps, seed, device, out, resume, overwrite, quiet,
                  allow_pickle, threads, memory_budget, regions=region or [], base_ratio=region_base_ratio,
-                 self_guidance=self_guidance or [], self_guidance_weight=self_guidance_weight)
+                 self_guidance=self_guidance or [], self_guidance_weight=self_guidance_weight, images=images)
 
 
 @app.command()
@@ -217,16 +231,45 @@ def edit(
         console.print(f"wrote {out / asset['path']} ({asset['faces']} triangles)", markup=False, highlight=False)
 
 
-def conditioners_override(controls: list[str], regions: list[str], base_ratio: float, prompt: str = "",
-                          self_guidance: list[str] = (), self_guidance_weight: float = 1.0) -> list[str]:
-    """The ``guidance.conditioners=[...]`` override of ``--control``, ``--region`` and ``--self-guidance``
-    options (none without them); checked here, without torch, so a typo is refused before any model loads."""
-    specs = control_specs(controls)
-    if self_guidance:
-        check_self_guidance_words(prompt, [parse_self_guidance(text) for text in self_guidance])
-        if not (math.isfinite(self_guidance_weight) and self_guidance_weight >= 0):
-            raise DreamsmithError(f"--self-guidance-weight must be a number >= 0, got {self_guidance_weight}")
-        specs.append({"name": "self_guidance", "terms": list(self_guidance), "weight": self_guidance_weight})
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+"""A KEY=VALUE config override (what a positional argument after an optional PROMPT may be)."""
+
+
+@dataclass(frozen=True)
+class ImagePrompts:
+    """``--image``, ``--image-scale``, ``--ip-adapter`` and ``--style-reference`` of `generate`."""
+
+    image: Path | None = None
+    scale: float = 1.0
+    adapter: str | None = None
+    style_reference: Path | None = None
+
+    def specs(self, model: str | None) -> list[dict[str, Any]]:
+        """Their ``guidance.conditioners`` entries, checked without torch."""
+        from dreamsmith.engine.image_prompts import image_prompt_spec, style_spec
+
+        if self.image is None and self.adapter is not None:
+            raise DreamsmithError("--ip-adapter needs --image, the reference image it reads")
+        specs = [] if self.image is None else [image_prompt_spec(self.image, self.scale, self.adapter, model)]
+        return specs + ([] if self.style_reference is None else [style_spec(self.style_reference)])
+
+
+def self_guidance_specs(prompt: str, self_guidance: list[str], weight: float) -> list[dict[str, Any]]:
+    """The ``self_guidance`` conditioner entry of ``--self-guidance`` terms (none without them), checked
+    without torch: every term parses and names a word of the prompt."""
+    if not self_guidance:
+        return []
+    check_self_guidance_words(prompt, [parse_self_guidance(text) for text in self_guidance])
+    if not (math.isfinite(weight) and weight >= 0):
+        raise DreamsmithError(f"--self-guidance-weight must be a number >= 0, got {weight}")
+    return [{"name": "self_guidance", "terms": list(self_guidance), "weight": weight}]
+
+
+def conditioners_override(controls: list[str], regions: list[str], base_ratio: float,
+                          extra: list[dict[str, Any]] = ()) -> list[str]:
+    """The ``guidance.conditioners=[...]`` override of ``--control`` and ``--region`` options and ``extra``
+    entries (none without them); checked here, without torch, so a typo is refused before any model loads."""
+    specs = [*control_specs(controls), *extra]
     if regions:
         for text in regions:
             parse_region(text)
@@ -267,15 +310,19 @@ def _run_command(prompt: str, overrides: list[str], preset: str | None, model: s
                  seed: int | None, device: str | None, out: Path | None, resume: bool, overwrite: bool, quiet: bool,
                  allow_pickle: bool, threads: int | None, memory_budget: str | None, needs_mesh: bool = False,
                  controls: list[str] = (), regions: list[str] = (), base_ratio: float = 0.3,
-                 self_guidance: list[str] = (), self_guidance_weight: float = 1.0) -> None:
-    """What `generate` and `texture` share: the --control/--region conditioners, config, checks, the run with
-    its progress, one-line errors."""
+                 self_guidance: list[str] = (), self_guidance_weight: float = 1.0,
+                 images: ImagePrompts = ImagePrompts()) -> None:
+    """What `generate` and `texture` share: the --control/--region/--self-guidance/--image conditioners,
+    config, checks, the run with its progress, one-line errors."""
     from dreamsmith.engine.overrides import make_config
     from dreamsmith.engine.threads import apply_thread_policy
 
     try:
-        conditioners = conditioners_override(list(controls), list(regions), base_ratio, prompt,
-                                             list(self_guidance), self_guidance_weight)
+        if not prompt.strip() and images.image is None:
+            raise DreamsmithError("the prompt is empty; say what to make: a PROMPT (e.g. dreamsmith generate "
+                                  "\"a red cube\") or --image REF.png")
+        extra = [*self_guidance_specs(prompt, list(self_guidance), self_guidance_weight), *images.specs(model)]
+        conditioners = conditioners_override(list(controls), list(regions), base_ratio, extra)
         _machine_settings(threads, memory_budget)
         extra = ["allow_pickle=true"] if allow_pickle else []
         config = make_config(prompt, preset, model, steps, seed, device, [*conditioners, *overrides, *extra])
@@ -285,13 +332,13 @@ def _run_command(prompt: str, overrides: list[str], preset: str | None, model: s
         from dreamsmith.engine.run import Progress as SilentProgress
         from dreamsmith.engine.run import generate as run_generate
 
-        out = out or Path("runs") / _slug(prompt)
+        out = out or Path("runs") / _slug(prompt or images.image.stem)
         progress = SilentProgress() if quiet else RichProgress()
         report = run_generate(config, out, resume=resume, progress=progress, overwrite=overwrite)
     except DreamsmithError as error:
         _fail(error)
     except KeyboardInterrupt as interrupt:
-        _interrupted(interrupt, out or Path("runs") / _slug(prompt))
+        _interrupted(interrupt, out or Path("runs") / _slug(prompt or images.image.stem))
     if not quiet:
         asset = report["asset"]
         console.print(f"wrote {out / asset['path']} ({asset['faces']} triangles)", markup=False, highlight=False)

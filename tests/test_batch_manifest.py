@@ -64,7 +64,7 @@ def test_every_bad_row_is_reported_with_its_line_and_the_good_rows_remain(tmp_pa
         {"prompt": "a gray torus", "sed": 3},                                  # 7 misspelt field
         {"prompt": "a white cube", "steps": "many"},                           # 8 not a number
         {"prompt": "a white cone", "adapters": ["my-lora"]},                   # 9 unsupported adapters
-        {"prompt": "a gray sphere", "style_reference": "ref.png"},             # 10 unsupported style reference
+        {"prompt": "a gray sphere", "style_reference": "ref.png"},             # 10 missing style reference
         {"prompt": "a gray cone", "mesh": "base.obj"},                         # 11 unsupported mesh input
         {"seed": 3},                                                           # 12 no prompt
         {"prompt": "a purple cube", "preset": "nope"},                         # 13 unknown preset
@@ -84,7 +84,7 @@ def test_every_bad_row_is_reported_with_its_line_and_the_good_rows_remain(tmp_pa
     assert "unknown field 'sed'; did you mean 'seed'?" in problems[7]
     assert "'steps' must be a whole number" in problems[8]
     assert "'adapters' is not supported yet" in problems[9]
-    assert "'style_reference' is not supported yet" in problems[10]
+    assert f"'style_reference' {tmp_path / 'ref.png'} does not exist" in problems[10]
     assert "'mesh' is not supported yet" in problems[11]
     assert "no prompt" in problems[12]
     assert "nope" in problems[13]
@@ -114,3 +114,28 @@ def test_a_csv_row_with_the_wrong_number_of_cells_is_a_row_problem(tmp_path):
     manifest = load_manifest(tmp_path / "m.csv")
     assert [j.line for j in manifest.jobs] == [2]
     assert manifest.problems[0].line == 3 and "3 cells" in manifest.problems[0].message
+
+
+def test_a_style_reference_in_the_defaults_gives_every_job_the_same_style(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "refs").mkdir()
+    Image.new("RGB", (24, 24), (240, 128, 25)).save(tmp_path / "refs" / "orange.png")
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("defaults:\n  style_reference: refs/orange.png\njobs:\n  - prompt: a red cube\n"
+                        "  - prompt: a blue cone\n  - prompt: a gray torus\n    style_reference: refs/none.png\n"
+                        "  - prompt: a green cone\n    overrides: ['guidance.conditioners=[]']\n")
+    parsed = validate(load_manifest(manifest))
+    assert [job.prompt for job in parsed.jobs] == ["a red cube", "a blue cone"]
+    for job in parsed.jobs:
+        spec, = job_config(job).stages[0].guidance["conditioners"]
+        assert spec == {"name": "style_aligned", "image": str((tmp_path / "refs" / "orange.png").resolve())}
+    first, second = sorted(parsed.problems, key=lambda p: p.line)
+    assert "refs/none.png does not exist" in first.message
+    assert "sets guidance.conditioners" in second.message
+
+
+def test_a_job_without_a_style_reference_keeps_the_fingerprint_older_ledgers_hold(tmp_path):
+    (tmp_path / "m.yaml").write_text("- {prompt: a red cube, seed: 1}\n")
+    job = load_manifest(tmp_path / "m.yaml").jobs[0]
+    assert "style_reference" not in json.loads(job.fingerprint())

@@ -6,9 +6,12 @@ turned off (scale 0, base ratio 1, weight 0)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from diffusers import ControlNetModel
+from ip_adapter_states import plain_state, save_safetensors, tiny_clip_vision
+from PIL import Image
 from safetensors.torch import save_file
 from test_generate import SMALL, assert_clean_failure, run_cli
 from uni_checkpoint import write_uni_checkpoint
@@ -106,7 +109,7 @@ class TestGuidanceContract:
         assert (out / "asset.glb").stat().st_size > 0
 
     def test_every_conditioner_kind_at_scale_zero_is_exact(self, guidance_name, model_dir, tmp_path):
-        kinds = {"controlnet", "lora", "regions", "self_guidance", "uni_controlnet"}
+        kinds = {"controlnet", "lora", "regions", "self_guidance", "uni_controlnet", "ip_adapter", "style_aligned"}
         assert set(CONDITIONERS) == kinds, "add an off case for the new conditioner kind"
         prior = load_prior(model_dir)
         controlnet = ControlNetModel.from_unet(prior.unet)
@@ -121,6 +124,10 @@ class TestGuidanceContract:
         save_file({f"unet.{k}": v for k, v in lora_state_dict(donor.unet, "donor").items()},
                   tmp_path / "style.safetensors")
         write_uni_checkpoint(tmp_path / "uni.safetensors", dict(prior.unet.config))
+        adapter = save_safetensors(plain_state(prior.unet), tmp_path / "ip-adapter.safetensors")
+        tiny_clip_vision(tmp_path / "image_encoder")
+        Image.fromarray(np.full((24, 24, 3), (240, 128, 25), np.uint8)).save(tmp_path / "orange.png")
+        image = str(tmp_path / "orange.png")
         # each kind: its spec, the options that turn it off exactly, and those that turn it on
         specs = {
             "controlnet": ({"name": "controlnet", "model": str(tmp_path / "controlnet"), "source": "depth"},
@@ -133,6 +140,9 @@ class TestGuidanceContract:
                                {"scale": 0.0}, {"scale": 1.0}),
             "self_guidance": ({"name": "self_guidance", "terms": ["hamburger:centroid=0.2,0.5", "hamburger:size=0.3"]},
                               {"weight": 0.0}, {"weight": 50.0}),
+            "ip_adapter": ({"name": "ip_adapter", "path": str(adapter), "image": image},
+                           {"scale": 0.0}, {"scale": 1.0}),
+            "style_aligned": ({"name": "style_aligned", "image": image}, {"scale": 0.0}, {"scale": 1.0}),
         }
         bare = gradient(make(guidance_name, prior), seed=5)[0]
         for kind, (spec, off, on) in specs.items():

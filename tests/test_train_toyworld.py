@@ -17,8 +17,8 @@ from dreamsmith.toyworld.data import generate_toyworld_dataset
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("train_toyworld", ROOT / "tools" / "train_toyworld.py")
+def _load_script(name: str = "train_toyworld"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -57,25 +57,29 @@ TEXT_LENGTH = 6  # [BOS] an orange cube [EOS] + one pad; "" pads to the same len
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="model folder to write")
-    parser.add_argument("--state-dir", type=Path, default=Path("runs/toyworld_train"),
-                        help="training checkpoints (for --resume)")
-    parser.add_argument("--resolution", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=3000)
+def add_run_arguments(parser: argparse.ArgumentParser, state_dir: str, steps: int) -> None:
+    """The options every toyworld training tool shares: length, data, seed, optimiser, checkpoints."""
+    parser.add_argument("--state-dir", type=Path, default=Path(state_dir), help="training checkpoints (for --resume)")
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--batch-size", type=int, default=48)
     parser.add_argument("--n-images", type=int, default=40000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100, help="linear warmup steps before cosine decay")
-    parser.add_argument("--channels", type=str, default="32,64,96,128", help="UNet block_out_channels")
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--checkpoint-every", type=int, default=250)
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--resume", action="store_true", help="continue from --state-dir")
     parser.add_argument("--time-only", action="store_true", help="print seconds per step and exit unsaved")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="model folder to write")
+    add_run_arguments(parser, "runs/toyworld_train", 3000)
+    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--channels", type=str, default="32,64,96,128", help="UNet block_out_channels")
     parser.add_argument("--camera-rays", action="store_true",
                         help="also feed the camera as Plücker ray channels (camera_conditioning c2w16+rays)")
     parser.add_argument("--init-from", type=Path, default=None,
@@ -232,6 +236,36 @@ def atomic_torch_save(obj: object, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def record_step(log: dict, step: int, loss: float, t_loop: float, args: argparse.Namespace) -> None:
+    """Log the step's loss and the time so far; print the recent mean every ``--log-every`` steps."""
+    log["losses"].append(round(loss, 6))
+    log["train_seconds"] = time.time() - t_loop
+    print_progress(log, step, args.steps, args.log_every)
+
+
+def save_training_state(path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+                        generator: torch.Generator, step: int, log: dict) -> None:
+    """Everything a resumed run needs (each module's state under its name), written atomically."""
+    atomic_torch_save({**{name: module.state_dict() for name, module in modules.items()},
+                       "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                       "torch_rng": torch.get_rng_state(), "step": step, "log": log}, path)
+
+
+def load_training_state(path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+                        generator: torch.Generator, command: str) -> tuple[int, dict]:
+    """Restore what :func:`save_training_state` wrote; ``(step, log)`` with the resume recorded in the log."""
+    state = torch.load(path, weights_only=False)
+    for name, module in modules.items():
+        module.load_state_dict(state[name])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    step, log = state["step"], state["log"]
+    log.setdefault("resumes", []).append({"step": step, "command": command})
+    print(f"resumed at step {step}", flush=True)
+    return step, log
+
+
 def export_model(out: Path, unet: UNet2DConditionModel, text_encoder: CLIPTextModel,
                  tokenizer: PreTrainedTokenizerFast, scheduler: DDPMScheduler, resolution: int,
                  train_log: dict, elevation_range: tuple[float, float] = tw.ELEVATION_RANGE_DEG,
@@ -269,10 +303,13 @@ def export_model(out: Path, unet: UNet2DConditionModel, text_encoder: CLIPTextMo
         metadata["base"] = os.path.relpath(base.resolve(), out.resolve())
     (tmp / "dreamsmith.json").write_text(json.dumps(metadata, indent=2) + "\n")
     (tmp / "train_log.json").write_text(json.dumps(train_log) + "\n")
-    swap_in(tmp, out, ("README.md", "loss.png", "samples.png", "consistency.png", "consistency.json"))
+    swap_in(tmp, out)
 
 
-def swap_in(tmp: Path, out: Path, card_files: tuple[str, ...]) -> None:
+CARD_FILES = ("README.md", "loss.png", "samples.png", "consistency.png", "consistency.json")
+
+
+def swap_in(tmp: Path, out: Path, card_files: tuple[str, ...] = CARD_FILES) -> None:
     """Replace the folder ``out`` by the freshly written ``tmp`` (never half written), keeping ``out``'s model-card
     files ``card_files``."""
     for keep in card_files:
@@ -389,19 +426,10 @@ def main(argv: list[str] | None = None) -> dict:
            "text_encoder_params": sum(p.numel() for p in text_encoder.parameters())}
     step = 0
     state_path = args.state_dir / "state.pt"
+    modules = {"unet": unet, "ema_unet": ema_unet, "text_encoder": text_encoder, "ema_text_encoder": ema_text_encoder}
     if args.resume and state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        unet.load_state_dict(state["unet"])
-        ema_unet.load_state_dict(state["ema_unet"])
-        text_encoder.load_state_dict(state["text_encoder"])
-        ema_text_encoder.load_state_dict(state["ema_text_encoder"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        step, log = state["step"], state["log"]
-        log.setdefault("resumes", []).append({"step": step, "command": command})
+        step, log = load_training_state(state_path, modules, optimizer, generator, command)
         log["data_seconds"] += data_seconds  # the resumed run rendered its data again
-        print(f"resumed at step {step}", flush=True)
 
     draw_weights = sampling_weights(data, args.oversample)
     base = args.init_from if args.freeze_text_encoder else None
@@ -436,18 +464,12 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.freeze_text_encoder:
             ema_update(ema_text_encoder, text_encoder, decay)
         step += 1
-        log["losses"].append(round(loss.item(), 6))
-        log["train_seconds"] = time.time() - t_loop
-        print_progress(log, step, args.steps, args.log_every)
+        record_step(log, step, loss.item(), t_loop, args)
         if args.time_only and step >= args.steps:
             return log
         if step % args.checkpoint_every == 0 or step == args.steps:
             log["steps_done"] = step
-            atomic_torch_save({"unet": unet.state_dict(), "ema_unet": ema_unet.state_dict(),
-                               "text_encoder": text_encoder.state_dict(),
-                               "ema_text_encoder": ema_text_encoder.state_dict(), "optimizer": optimizer.state_dict(),
-                               "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                               "step": step, "log": log}, state_path)
+            save_training_state(state_path, modules, optimizer, generator, step, log)
             export_model(args.out, ema_unet, ema_text_encoder, tokenizer, scheduler, args.resolution, log,
                          elevation_range, views, base)
             print(f"checkpoint at step {step} -> {args.out}", flush=True)

@@ -29,7 +29,7 @@ from dreamsmith.engine.stage import Stage
 from dreamsmith.errors import ConfigError, RunDirError
 from dreamsmith.guidance import GUIDANCES
 from dreamsmith.guidance.loading import run_models
-from dreamsmith.guidance.prompt_check import check_prompt
+from dreamsmith.guidance.prompt_check import check_prompt, image_prompted
 
 
 class Progress:
@@ -84,7 +84,8 @@ def generate(
     (a resumed edit must name the same source). Returns the report.
     """
     progress = progress or Progress()
-    check_prompt(config.prompt, None)
+    image_prompt = all(image_prompted(stage.guidance.get("conditioners", [])) for stage in config.stages)
+    check_prompt(config.prompt, None, image_prompt)
     for stage_config in config.stages:
         name = stage_config.guidance.get("name", "sds")
         if GUIDANCES[name].needs_source and source is None:
@@ -100,7 +101,7 @@ def generate(
     priors = RunPriors(config, device, given=prior)
     stage_priors = [priors.for_stage(stage_config) for stage_config in config.stages]
     for stage_prior in stage_priors:
-        check_prompt(config.prompt, stage_prior)
+        check_prompt(config.prompt, stage_prior, image_prompt)
     for warning in {w for p in stage_priors if (w := long_prompt_warning(config.prompt, p))}:
         progress.message(warning)
     with run_dir.lock():

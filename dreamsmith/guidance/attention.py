@@ -7,6 +7,8 @@ the duration of one model call, and the processor runs every active hook at its 
 
 - ``hidden_states(attn, hidden_states, context)``: the module's input ``[B, L, C]`` (multi-view
   attention folds views into one sequence here and unfolds in ``output``);
+- ``query(attn, query, context)``: the projected queries ``[B, heads, L, d]`` (shared-attention style
+  normalises them to a reference's statistics);
 - ``key_value(attn, query, key, value, context)``: projected ``[B, heads, L, d]`` tensors (shared-attention
   style appends a reference's keys and values);
 - ``probabilities(attn, probs, context)``: the softmax map ``[B, heads, L_q, L_k]`` (Prompt-to-Prompt
@@ -44,6 +46,9 @@ class AttentionHook:
 
     def hidden_states(self, attn: Any, hidden_states: Tensor, context: dict[str, Any]) -> Tensor:
         return hidden_states
+
+    def query(self, attn: Any, query: Tensor, context: dict[str, Any]) -> Tensor:
+        return query
 
     def key_value(
         self, attn: Any, query: Tensor, key: Tensor, value: Tensor, context: dict[str, Any]
@@ -117,6 +122,8 @@ def attend(
     query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
     if attn.norm_q is not None:
         query = attn.norm_q(query)
+    for hook in hooks:
+        query = hook.query(attn, query, context)
     for hook in hooks:
         key, value = hook.key_value(attn, query, key, value, context)
     if any(hook.needs_probabilities for hook in hooks):

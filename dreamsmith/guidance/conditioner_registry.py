@@ -117,6 +117,53 @@ class SelfGuidanceOptions:
                 raise ConfigError(f"'{path}.terms.{index}': {error}") from None
 
 
+def _check_image_option(image: str, path: str, conditioner: str) -> None:
+    from dreamsmith.image_files import check_image
+
+    if not image:
+        raise ConfigError(f"'{path}' is required for the {conditioner} conditioner")
+    try:
+        check_image(image, f"'{path}'")
+    except DreamsmithError as error:
+        raise ConfigError(str(error)) from None
+
+
+@dataclass
+class IPAdapterOptions:
+    """An image prompt through an IP-Adapter's decoupled cross-attention (Ye et al. 2023)."""
+
+    path: str = ""
+    """The adapter: a published checkpoint (ip-adapter_sd15.safetensors, ...) or a folder holding one."""
+    image: str = ""
+    """The reference image (PNG/JPEG) the renders should look like."""
+    scale: Annotated[float, Range(0.0, None)] = 1.0
+    """λ, the weight of the image attention (0: the base model exactly)."""
+    image_encoder: str = ""
+    """The adapter's image encoder folder (default: image_encoder/ beside the checkpoint, as published)."""
+
+    def check(self, path: str) -> None:
+        _check_image_option(self.image, f"{path}.image", "ip_adapter")
+
+
+@dataclass
+class StyleAlignedOptions:
+    """A style shared from a reference image through every self-attention (StyleAligned, Hertz et al. 2023)."""
+
+    image: str = ""
+    """The style reference image (PNG/JPEG)."""
+    adain_queries: bool = True
+    """Normalise the asset's self-attention queries to the reference's mean and std (AdaIN)."""
+    adain_keys: bool = True
+    """Normalise the asset's self-attention keys to the reference's mean and std (AdaIN)."""
+    seed: int = 0
+    """Seed of the noise the reference is diffused with (one draw per step, shared by the step's samples)."""
+    scale: Annotated[float, Range(0.0, 1.0)] = 1.0
+    """λ in λ · shared attention + (1 − λ) · own attention (1: as published; 0: the base model exactly)."""
+
+    def check(self, path: str) -> None:
+        _check_image_option(self.image, f"{path}.image", "style_aligned")
+
+
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
@@ -185,12 +232,35 @@ def _self_guidance(options: SelfGuidanceOptions, prior: Any, allow_pickle: bool,
     return SelfGuidance(terms, term_spans, options.weight, prior.alphas_cumprod, options.sharpness)
 
 
+def _ip_adapter(options: IPAdapterOptions, prior: Any, allow_pickle: bool, prompt: str) -> Conditioner:
+    from dreamsmith.guidance.ip_adapter_loading import image_prompt
+    from dreamsmith.image_files import read_image
+
+    return image_prompt(options.path, read_image(options.image), prior, options.scale,
+                        options.image_encoder or None, allow_pickle)
+
+
+def _style_aligned(options: StyleAlignedOptions, prior: Any, allow_pickle: bool, prompt: str) -> Conditioner:
+    import torch
+
+    from dreamsmith.guidance.style_aligned import StyleAligned
+    from dreamsmith.image_files import read_image
+
+    rgb = torch.as_tensor(read_image(options.image, "the style reference"))[None]
+    with torch.no_grad():
+        latent = prior.encode_images(rgb, sample=False)
+    return StyleAligned(latent, prior.alphas_cumprod, prior.latent_channels, options.seed, options.adain_queries,
+                        options.adain_keys, options.scale)
+
+
 CONDITIONERS: dict[str, tuple[type, Callable[[Any, Any, bool, str], Conditioner]]] = {
     "controlnet": (ControlNetOptions, _controlnet),
     "uni_controlnet": (UniControlNetOptions, _uni_controlnet),
     "lora": (LoRAOptions, _lora),
     "regions": (RegionsOptions, _regions),
     "self_guidance": (SelfGuidanceOptions, _self_guidance),
+    "ip_adapter": (IPAdapterOptions, _ip_adapter),
+    "style_aligned": (StyleAlignedOptions, _style_aligned),
 }
 
 

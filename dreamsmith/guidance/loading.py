@@ -10,7 +10,7 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -331,3 +331,29 @@ def load_controlnet(
     except (OSError, ValueError, RuntimeError) as error:
         raise ModelLoadError(f"cannot load the ControlNet {path}: {error}") from None
     return controlnet.requires_grad_(False).eval().to(device)
+
+
+def read_checkpoint(path: Path, allow_pickle: bool) -> dict[str, Any]:
+    """The checkpoint's tensors by key (a ``state_dict`` entry unwrapped; a pickle may nest them in dicts);
+    pickles only if allowed, and then restricted to tensors (``weights_only``)."""
+    if path.suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise ModelLoadError(f"{path} is a pickled checkpoint, which can run code when loaded; pass "
+                                 "--allow-pickle if you trust its source, or give a .safetensors conversion")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises many unrelated types for an unreadable pickle
+            raise ModelLoadError(f"cannot read {path}: {error}") from None
+    else:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(path)
+        except (OSError, SafetensorError) as error:
+            raise ModelLoadError(f"cannot read {path} as safetensors: {error}") from None
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise ModelLoadError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
+    return dict(state)

@@ -244,3 +244,12 @@ def self_guidance_noise(energy_grad: Tensor, sigma: Tensor, weight: float) -> Te
     ε̃ = (1 + s) ε(z_t; y) − s ε(z_t; ∅) + v σ_t ∇_{z_t} g). Since x̂0 = (z_t − σ_t ε̃)/α_t, it moves x̂0 by
     −(σ_t²/α_t) v ∇g: down the energy. energy_grad ``[B, C, h, w]``, sigma ``[B]``."""
     return weight * per_sample(sigma, energy_grad) * energy_grad
+
+
+def adain(x: Tensor, reference: Tensor, eps: float = 1e-5) -> Tensor:
+    """Adaptive instance normalisation over the token dimension (Huang & Belongie 2017; StyleAligned, Hertz et al.
+    2023, eq. 3): (x − μ(x)) / σ(x) · σ(ref) + μ(ref), statistics per channel over dim −2 of ``[..., L, d]``
+    (σ = √(var + eps)); ``reference`` broadcasts against ``x``."""
+    mean, std = x.mean(dim=-2, keepdim=True), (x.var(dim=-2, keepdim=True) + eps).sqrt()
+    ref_mean, ref_std = reference.mean(dim=-2, keepdim=True), (reference.var(dim=-2, keepdim=True) + eps).sqrt()
+    return (x - mean) / std * ref_std + ref_mean

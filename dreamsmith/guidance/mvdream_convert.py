@@ -22,7 +22,7 @@ import torch
 
 from dreamsmith.errors import ModelLoadError
 from dreamsmith.guidance.ldm_unet import rename_ldm_unet, unet_config_from_ldm
-from dreamsmith.guidance.loading import PICKLE_SUFFIXES, resolve_model_folder
+from dreamsmith.guidance.loading import read_checkpoint, resolve_model_folder
 from dreamsmith.guidance.priors import METADATA_FILE
 
 UNET_PREFIX = "model.diffusion_model."
@@ -31,32 +31,6 @@ FROZEN_PREFIXES = ("first_stage_model.", "cond_stage_model.")
 BASE_COMPONENTS = ("vae", "text_encoder", "tokenizer", "scheduler")
 MVDREAM_METADATA = {"attention": "multiview", "views_per_group": 4, "camera_conditioning": "mvdream"}
 SHOWN_KEYS = 6
-
-
-def read_checkpoint(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors by key (a ``state_dict`` entry unwrapped); pickles only if allowed, and
-    then restricted to tensors (``weights_only``)."""
-    if path.suffix in PICKLE_SUFFIXES:
-        if not allow_pickle:
-            raise ModelLoadError(f"{path} is a pickled checkpoint, which can run code when loaded; pass "
-                                 "--allow-pickle if you trust its source, or give a .safetensors conversion")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises many unrelated types for an unreadable pickle
-            raise ModelLoadError(f"cannot read {path}: {error}") from None
-    else:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(path)
-        except (OSError, SafetensorError) as error:
-            raise ModelLoadError(f"cannot read {path} as safetensors: {error}") from None
-    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping):
-        raise ModelLoadError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
-    return dict(state)
 
 
 def _named(keys: list[str]) -> str:

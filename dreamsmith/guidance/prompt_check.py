@@ -14,8 +14,20 @@ def normalize_prompt(prompt: str) -> str:
     return re.sub(r"\ban\b", "a", text)
 
 
-def check_prompt(prompt: str, prior: Any) -> None:
-    """Refuse an empty prompt, and prompts outside a closed-vocabulary model's known captions."""
+IMAGE_PROMPTS = ("ip_adapter",)
+"""Conditioners that prompt with an image: with one, the text prompt may be empty."""
+
+
+def image_prompted(conditioners: list[dict[str, Any]]) -> bool:
+    """Whether a guidance's ``conditioners`` entries include an image prompt."""
+    return any(isinstance(spec, dict) and spec.get("name") in IMAGE_PROMPTS for spec in conditioners)
+
+
+def check_prompt(prompt: str, prior: Any, image_prompt: bool = False) -> None:
+    """Refuse an empty prompt (unless an image prompts), and prompts outside a closed-vocabulary model's known
+    captions."""
+    if image_prompt and not prompt.strip():
+        return  # the image alone says what to make; the text branch is the empty prompt
     if not prompt or not prompt.strip():
         raise DreamsmithError("the prompt is empty; say what to make, e.g. dreamsmith generate \"a red cube\"")
     known = getattr(prior, "known_prompts", None)

@@ -22,16 +22,20 @@ from typing import Any
 import yaml
 
 from dreamsmith.configs import nearest
-from dreamsmith.errors import BatchError, ConfigError
+from dreamsmith.engine.image_prompts import style_reference_image
+from dreamsmith.errors import BatchError, ConfigError, DreamsmithError
 from dreamsmith.paths import safe_name
 
 UNSUPPORTED = {
     "image": "image prompts",
     "mesh": "mesh inputs",
     "adapters": "adapters (LoRA, DreamBooth, textual inversion)",
-    "style_reference": "style references",
 }
 """Row fields a manifest may name but the engine cannot run yet: each is refused by row."""
+
+
+LATER_FIELDS = ("style_reference",)
+"""Job fields added after the ledger's first version."""
 
 
 @dataclass(frozen=True)
@@ -65,13 +69,18 @@ class JobSpec:
     """QA profile: mobile, pc or hero."""
     lods: int | None = None
     """Further levels of detail."""
+    style_reference: str | None = None
+    """An image or a finished run directory whose style the asset shares (StyleAligned); relative paths are read
+    from the manifest's folder. Give a whole manifest one style through its defaults."""
 
     def config_overrides(self) -> list[str]:
         """The row's overrides followed by its export settings as ``export.*`` overrides."""
         export = {"formats": list(self.formats) if self.formats else None, "max_triangles": self.max_triangles,
                   "texture_size": self.texture_size, "profile": self.profile, "lods": self.lods}
-        return [*self.overrides, *(f"export.{key}={json.dumps(value)}" for key, value in export.items()
-                                   if value is not None)]
+        style = [] if self.style_reference is None else [
+            "guidance.conditioners=" + json.dumps([{"name": "style_aligned", "image": self.style_reference}])]
+        return [*self.overrides, *style, *(f"export.{key}={json.dumps(value)}" for key, value in export.items()
+                                           if value is not None)]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types (what the ledger stores and workers receive)."""
@@ -86,8 +95,10 @@ class JobSpec:
         return cls(**data)
 
     def fingerprint(self) -> str:
-        """What the job makes: its spec without the line number (a moved row is the same job)."""
-        return json.dumps({k: v for k, v in self.to_dict().items() if k != "line"}, sort_keys=True)
+        """What the job makes: its spec without the line number (a moved row is the same job), and without
+        the fields added since ledgers were first written while they are unset (an older ledger's jobs match)."""
+        return json.dumps({k: v for k, v in self.to_dict().items()
+                           if k != "line" and not (k in LATER_FIELDS and v is None)}, sort_keys=True)
 
 
 @dataclass
@@ -139,7 +150,7 @@ def load_manifest(path: Path | str) -> Manifest:
     seen: dict[str, int] = {}
     for line, row in rows:
         try:
-            spec = _job(line, defaults, row)
+            spec = _job(line, defaults, row, path.parent)
         except BatchError as error:
             manifest.problems.append(RowProblem(line, str(error)))
             continue
@@ -258,7 +269,7 @@ def _field_problem(row: dict[str, Any], allow_id: bool = True) -> str | None:
     return None
 
 
-def _job(line: int, defaults: dict[str, Any], row: Any) -> JobSpec:
+def _job(line: int, defaults: dict[str, Any], row: Any, folder: Path = Path()) -> JobSpec:
     """A row merged with the defaults, its values checked and converted (CSV cells are strings)."""
     if isinstance(row, str):
         raise BatchError(row)
@@ -279,6 +290,8 @@ def _job(line: int, defaults: dict[str, Any], row: Any) -> JobSpec:
     for name in ("preset", "model", "profile"):
         if merged.get(name) is not None:
             values[name] = str(merged[name])
+    if merged.get("style_reference") is not None:
+        values["style_reference"] = _style_reference(merged["style_reference"], folder, values["overrides"])
     if merged.get("formats") is not None:
         formats = merged["formats"]
         items = re.split(r"[\s,;|]+", formats) if isinstance(formats, str) else formats
@@ -291,6 +304,17 @@ def _job(line: int, defaults: dict[str, Any], row: Any) -> JobSpec:
     except ConfigError as error:
         raise BatchError(str(error)) from None
     return JobSpec(id=job_id, **values)
+
+
+def _style_reference(value: Any, folder: Path, overrides: tuple[str, ...]) -> str:
+    """The style reference's image, checked (an image, or a run directory's exported poster), as an absolute path."""
+    if any(text.startswith("guidance.conditioners=") for text in overrides):
+        raise BatchError("'style_reference' sets guidance.conditioners; remove the row's guidance.conditioners "
+                         "override or the style reference")
+    try:
+        return str(style_reference_image(folder / str(value), "'style_reference'"))
+    except DreamsmithError as error:
+        raise BatchError(str(error)) from None
 
 
 def _integer(name: str, value: Any) -> int:
