@@ -170,9 +170,15 @@ def test_an_in2n_edit_fits_the_run_or_the_mesh_to_its_edited_views_through_the_c
             "--set", "guidance.views=3", "--set", "guidance.edit_every=2", "--set", "guidance.ddim_steps=2"]
     before = tree_digest(source_run)
     out = tmp_path / "blue"
-    result = run_cli("edit", str(source_run), "make it blue", "--out", str(out), "--image-guidance", "2.0", *in2n)
+    result = run_cli("edit", str(source_run), "make it blue", "--out", str(out), "--image-guidance", "2.0",
+                     "--keep", "geometry", *in2n)
     assert result.returncode == 0, result.stderr
     assert tree_digest(source_run) == before
+    source = load_checkpoint(source_run / "checkpoints" / "last.pt")["stage_state"]["field"]
+    edited = load_checkpoint(out / "checkpoints" / "last.pt")["stage_state"]["field"]
+    geometry = [k for k in source if not k.startswith("albedo_head")]  # --keep geometry: the albedo head alone
+    assert geometry and all(torch.equal(source[k], edited[k]) for k in geometry)
+    assert any(not torch.equal(source[k], edited[k]) for k in source if k.startswith("albedo_head"))
     guidance = yaml.safe_load((out / "config.yaml").read_text())["stages"][0]["guidance"]
     assert guidance == {"name": "in2n", "image_guidance_scale": 2.0, "views": 3, "edit_every": 2, "ddim_steps": 2}
     report = json.loads((out / "report.json").read_text())
@@ -190,9 +196,9 @@ def test_an_in2n_edit_fits_the_run_or_the_mesh_to_its_edited_views_through_the_c
     assert result.returncode == 0, result.stderr
     state = load_checkpoint(out / "checkpoints" / "last.pt")["stage_state"]
     assert state["guidance"]["dataset"]["edits"] == 2 and "texture" in state
-    source = trimesh.load(mesh_file, force="mesh", process=False)
+    mesh = trimesh.load(mesh_file, force="mesh", process=False)
     asset = trimesh.load(out / "asset.glb", force="mesh", process=False)
-    assert asset.vertices.tobytes() == source.vertices.tobytes()
+    assert asset.vertices.tobytes() == mesh.vertices.tobytes()
 
 
 def fake_finished_run(folder: Path, model: Path, finished: bool = True) -> Path:
