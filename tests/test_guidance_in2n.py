@@ -149,6 +149,13 @@ def test_a_non_finite_edit_leaves_the_view_as_it_was(tiny_ip2p_dir):
     assert out.logs["edit_skipped"] == 1.0
 
 
+def test_a_normal_map_stage_is_refused_before_anything_runs():
+    from dreamsmith.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="in2n fits colour renders .*; set stages.0.shading.guide_normals=false"):
+        make_config("make it blue", overrides=["guidance.name=in2n", "shading.guide_normals=true"])
+
+
 @pytest.fixture(scope="module")
 def source_run(tiny_sd_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 2-step run of "a red cube" on the tiny text-only model."""
