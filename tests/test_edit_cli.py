@@ -164,6 +164,43 @@ def test_a_mesh_source_starts_from_its_texture_or_its_vertex_colours(tmp_path):
                                np.array([200, 30, 30]) / 255, atol=1e-3)
 
 
+def test_an_in2n_edit_fits_the_run_or_the_mesh_to_its_edited_views_through_the_cli(source_run, tiny_ip2p_dir,
+                                                                                   tmp_path):
+    in2n = ["--method", "in2n", "--model", str(tiny_ip2p_dir), "--quiet", "--steps", "3",
+            "--set", "guidance.views=3", "--set", "guidance.edit_every=2", "--set", "guidance.ddim_steps=2"]
+    before = tree_digest(source_run)
+    out = tmp_path / "blue"
+    result = run_cli("edit", str(source_run), "make it blue", "--out", str(out), "--image-guidance", "2.0",
+                     "--keep", "geometry", *in2n)
+    assert result.returncode == 0, result.stderr
+    assert tree_digest(source_run) == before
+    source = load_checkpoint(source_run / "checkpoints" / "last.pt")["stage_state"]["field"]
+    edited = load_checkpoint(out / "checkpoints" / "last.pt")["stage_state"]["field"]
+    geometry = [k for k in source if not k.startswith("albedo_head")]  # --keep geometry: the albedo head alone
+    assert geometry and all(torch.equal(source[k], edited[k]) for k in geometry)
+    assert any(not torch.equal(source[k], edited[k]) for k in source if k.startswith("albedo_head"))
+    guidance = yaml.safe_load((out / "config.yaml").read_text())["stages"][0]["guidance"]
+    assert guidance == {"name": "in2n", "image_guidance_scale": 2.0, "views": 3, "edit_every": 2, "ddim_steps": 2}
+    report = json.loads((out / "report.json").read_text())
+    assert report["final_losses"]["edits"] == 2 and report["final_losses"]["image_guidance_scale"] == 2.0
+    dataset = load_checkpoint(out / "checkpoints" / "last.pt")["stage_state"]["guidance"]["dataset"]
+    assert dataset["edited_at"].tolist() == [0, 2, -1] and dataset["images"].shape == (3, 32, 32, 3)
+    assert not torch.equal(dataset["images"][0], dataset["originals"][0])
+    assert torch.equal(dataset["images"][2], dataset["originals"][2])
+    assert (out / "asset.glb").stat().st_size > 0
+
+    mesh_file = tmp_path / "cube.glb"  # a mesh source: the texture stage fits its texels to the edited views
+    split_texture_cube(mesh_file)
+    out = tmp_path / "mesh-edit"
+    result = run_cli("edit", str(mesh_file), "make it green", "--out", str(out), *in2n, *MESH_SMALL)
+    assert result.returncode == 0, result.stderr
+    state = load_checkpoint(out / "checkpoints" / "last.pt")["stage_state"]
+    assert state["guidance"]["dataset"]["edits"] == 2 and "texture" in state
+    mesh = trimesh.load(mesh_file, force="mesh", process=False)
+    asset = trimesh.load(out / "asset.glb", force="mesh", process=False)
+    assert asset.vertices.tobytes() == mesh.vertices.tobytes()
+
+
 def fake_finished_run(folder: Path, model: Path, finished: bool = True) -> Path:
     """A run directory's config.yaml (and report.json when ``finished``), without running anything."""
     folder.mkdir(parents=True)
@@ -192,7 +229,9 @@ def test_usage_errors_are_one_line_before_torch_loads_and_write_nothing(tiny_sd_
         ([str(run), "make it blue", "--model", str(tiny_sd_dir), "--out", str(out)],
          "guidance ip2p needs an InstructPix2Pix-style model"),
         ([str(run), "make it blue", "--out", str(out)], "'toyworld-ip2p' is not shipped"),
-        ([str(run), "make it blue", "--method", "in2n", *model], "unknown --method 'in2n'"),
+        ([str(run), "make it blue", "--method", "sdedit", *model], "unknown --method 'sdedit'"),
+        ([str(run), "make it blue", "--method", "in2n", "--model", str(tiny_sd_dir), "--out", str(out)],
+         "guidance in2n needs an InstructPix2Pix-style model"),
         ([str(run), "a blue cube", "--method", "p2p", "--reweight", "fluffy=2", "--out", str(out)],
          "--reweight 'fluffy' is not a word of the prompt 'a blue cube'"),
         ([str(run), "a blue cube", "--method", "p2p", "--reweight", "blue", "--out", str(out)], "is not WORD=WEIGHT"),

@@ -199,6 +199,8 @@ def validate_guidance(stage: StageConfig, path: str) -> None:
     if stage.camera.batch_size % views:
         raise ConfigError(f"{path}camera.batch_size is {stage.camera.batch_size}, but guidance {name} judges groups "
                           f"of {views} views of one object: set it to a multiple of {views}")
+    if guidance_class.fits_views and stage.shading.guide_normals:
+        raise ConfigError(f"guidance {name} fits colour renders to edited views; set {path}shading.guide_normals=false")
     options = guidance_options(stage, guidance_class)
     guidance_class.check_config(build(guidance_class.config_class, options, f"{path}guidance."), f"{path}guidance.")
 

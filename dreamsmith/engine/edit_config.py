@@ -20,9 +20,11 @@ from dreamsmith.engine.run_dir import RunDir
 from dreamsmith.errors import ConfigError, DreamsmithError, RunDirError
 from dreamsmith.prompt_words import check_reweight, parse_reweight
 
-EDIT_METHODS = ("ip2p", "p2p")
-"""Edit methods, each a guidance (``guidance.name``): ip2p's model reads the source's render; p2p's is a
+EDIT_METHODS = ("ip2p", "in2n", "p2p")
+"""Edit methods, each a guidance (``guidance.name``): ip2p's and in2n's model reads the source's render; p2p's is a
 text-to-image model (by default the one the source's stage used) whose source prompt lends its cross-attention."""
+IMAGE_METHODS = ("ip2p", "in2n")
+"""The edit methods whose model reads the source's render (InstructPix2Pix-style)."""
 KEEP = ("geometry", "none")
 DEFAULT_EDIT_MODEL = "embedded:toyworld-ip2p"
 SourceKind = Literal["run", "mesh"]
@@ -112,7 +114,7 @@ def edit_config(request: EditRequest) -> tuple[RunConfig, SourceKind]:
     raw = {
         "prompt": request.instruction,
         "preset": base.get("preset", request.preset),
-        "model": request.model or (DEFAULT_EDIT_MODEL if request.method == "ip2p" else own_model),
+        "model": request.model or (DEFAULT_EDIT_MODEL if request.method in IMAGE_METHODS else own_model),
         "seed": base.get("seed", 0) if request.seed is None else request.seed,
         "device": request.device or "auto",
         "allow_pickle": request.allow_pickle,
@@ -126,19 +128,21 @@ def edit_config(request: EditRequest) -> tuple[RunConfig, SourceKind]:
 
 
 def _guidance(request: EditRequest, source_prompt: str | None) -> dict[str, Any]:
-    """The edit stage's guidance section: ip2p's two scales, or p2p's source prompt, re-weighted words and scale."""
+    """The edit stage's guidance section: ip2p's (and in2n's) two scales, or p2p's source prompt, re-weighted words
+    and scale."""
     guidance: dict[str, Any] = {"name": request.method}
     if request.text_guidance is not None:
         guidance["guidance_scale"] = request.text_guidance
-    if request.method == "ip2p":
+    if request.method in IMAGE_METHODS:
         for option, given in (("--source-prompt", request.source_prompt), ("--reweight", request.reweight)):
             if given:
-                raise ConfigError(f"{option} is for --method p2p; ip2p edits by an instruction and the source's look")
+                raise ConfigError(f"{option} is for --method p2p; {request.method} edits by an instruction and the "
+                                  "source's look")
         if request.image_guidance is not None:
             guidance["image_guidance_scale"] = request.image_guidance
         return guidance
     if request.image_guidance is not None:
-        raise ConfigError("--image-guidance is for --method ip2p; p2p has no image condition")
+        raise ConfigError("--image-guidance is for --method ip2p or in2n; p2p has no image condition")
     guidance["source_prompt"] = request.source_prompt or source_prompt or ""
     if not guidance["source_prompt"].strip():
         raise ConfigError("--method p2p on a mesh needs --source-prompt: the prompt that describes it as it is")

@@ -130,9 +130,9 @@ def model_views(model: str) -> int | None:
     return views if isinstance(views, int) else None
 
 
-IMAGE_GUIDANCES = ("ip2p",)
-"""Guidance methods whose model also reads a source image (InstructPix2Pix): known here without torch, so a
-text-only model is refused before anything loads."""
+IMAGE_GUIDANCES = ("ip2p", "in2n")
+"""Guidance methods whose model also reads a source image (InstructPix2Pix, Instruct-NeRF2NeRF): known here without
+torch, so a text-only model is refused before anything loads."""
 RAY_CHANNELS = 6
 
 

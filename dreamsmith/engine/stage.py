@@ -17,6 +17,7 @@ from dreamsmith.engine.shading_sampling import choose_light, choose_shading
 from dreamsmith.engine.stages import REPRESENTATIONS, Representation
 from dreamsmith.guidance import GUIDANCES, Guidance, detached
 from dreamsmith.guidance.conditioner_registry import build_conditioners
+from dreamsmith.renderers.cameras import Cameras
 from dreamsmith.renderers.outputs import RenderOutput, normal_image
 
 
@@ -78,15 +79,18 @@ class Stage:
         config = self.config
         self.representation.set_step(step)
         update_learning_rates(self.optimizer, config.optim, step)
-        cameras = sample_cameras(config.camera, generator, self.guidance.views_per_group).to(self.device)
-        shading = choose_shading(config.shading, step, generator)
-        light = choose_light(config.shading, cameras, generator)
-        background_color = self._random_background(generator)
+        if self.guidance.fits_views:
+            cameras, shading, light, background_color = self._dataset_views(step, generator)
+        else:
+            cameras = sample_cameras(config.camera, generator, self.guidance.views_per_group).to(self.device)
+            shading = choose_shading(config.shading, step, generator)
+            light = choose_light(config.shading, cameras, generator)
+            background_color = self._random_background(generator)
         render = self.representation.render(cameras, shading, light, background_color, generator,
                                             need_normals=needs_normals(config.loss, step))
         judged = replace(render, rgb=normal_image(render)) if config.shading.guide_normals else render
         source = None
-        if self.source is not None:
+        if self.source is not None and not self.guidance.fits_views:
             with torch.no_grad():  # no generator: the source's render draws nothing from the run's stream
                 seen = self.source.render(cameras, shading, light, background_color, None,
                                           need_normals=config.shading.guide_normals)
@@ -101,6 +105,22 @@ class Stage:
         logs |= {f"loss_{name}": float(value.detach()) for name, value in regularizers.items()}
         logs |= self.guidance.update(detached(judged), cameras, step, generator, out)
         return StepResult(loss=float(total.detach()), logs=logs)
+
+    def _dataset_views(self, step: int, generator: torch.Generator) -> tuple[Cameras, str, None, None]:
+        """A ``fits_views`` guidance's cameras of this step (its dataset started from the frozen source at the first
+        step, unless a checkpoint restored it), with the fixed shading its images were rendered with."""
+        config, guidance = self.config, self.guidance
+        shading = config.shading.preview_shading
+        if guidance.dataset is None:
+            if self.source is None:
+                raise ValueError(f"guidance {config.guidance.get('name')} fits views of a source asset; it has none")
+            views = sample_cameras(replace(config.camera, batch_size=guidance.config.views), generator)
+            with torch.no_grad():
+                images = [self.source.render(views[i:i + config.camera.batch_size].to(self.device), shading, None,
+                                             None, None, need_normals=False).rgb
+                          for i in range(0, len(views), config.camera.batch_size)]
+            guidance.start_dataset(views.to(self.device), torch.cat(images))
+        return guidance.views(step, generator, config.camera.batch_size).to(self.device), shading, None, None
 
     def _random_background(self, generator: torch.Generator) -> Tensor | None:
         """threestudio's random solid background for a learned background, some steps."""

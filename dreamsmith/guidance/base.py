@@ -58,6 +58,10 @@ class Guidance(torch.nn.Module):
     - ``needs_source``: the method edits an existing asset (InstructPix2Pix): each call gets ``source``, the
       render of a frozen copy of that asset from the same cameras with the same shading
       (``dreamsmith edit``); a run without a source is refused.
+    - ``fits_views``: the method fits the asset to a dataset of fixed views it keeps (Instruct-NeRF2NeRF): the
+      engine draws ``config.views`` cameras once, renders the frozen source there for ``start_dataset(cameras,
+      rgb)``, takes each step's cameras from ``views(step, generator, batch)`` and renders them with the preview
+      shading under a headlight (the images it fits were made so); its calls get no ``source``.
 
     The frozen diffusion prior is held as a plain attribute, not a submodule, so ``state_dict()``
     holds only the guidance's own trainable state (e.g. a camera MLP) and checkpoints stay small.
@@ -67,6 +71,7 @@ class Guidance(torch.nn.Module):
     views_per_group: ClassVar[int] = 1
     timestep_mode: ClassVar[str] = "random"
     needs_source: ClassVar[bool] = False
+    fits_views: ClassVar[bool] = False
 
     def __init__(self, prior: Any, config: Any, conditioners: Sequence[Conditioner] = ()) -> None:
         super().__init__()

@@ -253,3 +253,29 @@ def adain(x: Tensor, reference: Tensor, eps: float = 1e-5) -> Tensor:
     mean, std = x.mean(dim=-2, keepdim=True), (x.var(dim=-2, keepdim=True) + eps).sqrt()
     ref_mean, ref_std = reference.mean(dim=-2, keepdim=True), (reference.var(dim=-2, keepdim=True) + eps).sqrt()
     return (x - mean) / std * ref_std + ref_mean
+
+
+def ddim_step(
+    z_t: Tensor, eps: Tensor, alpha_bar_t: Tensor, alpha_bar_prev: Tensor, clip: float | None = None
+) -> Tensor:
+    """One deterministic DDIM step (Song et al. 2021, "Denoising Diffusion Implicit Models", eq. 12, η = 0):
+
+        z_prev = √ᾱ_prev x̂0 + √(1 − ᾱ_prev) ε̂,   x̂0 = (z_t − √(1 − ᾱ_t) ε̂)/√ᾱ_t
+
+    ``alpha_bar_t``, ``alpha_bar_prev``: ``[B]`` (ᾱ_prev = 1 gives x̂0 itself); ``clip``: x̂0 clamped to ±clip
+    first (a scheduler's ``clip_sample``), ε̂ left as predicted, as diffusers' DDIMScheduler does.
+    """
+    x0 = x0_from_eps(z_t, eps, alpha_bar_t.sqrt(), (1 - alpha_bar_t).sqrt())
+    if clip is not None:
+        x0 = x0.clamp(-clip, clip)
+    return per_sample(alpha_bar_prev.sqrt(), x0) * x0 + per_sample((1 - alpha_bar_prev).sqrt(), eps) * eps
+
+
+def photometric_loss(rgb: Tensor, target: Tensor, kind: str) -> Tensor:
+    """The mean per-pixel colour error of renders against target images (Instruct-NeRF2NeRF fits its NeRF to the
+    edited dataset with L1, Haque et al. 2023, Sec. 4): ``"l1"`` mean |x − y|, ``"l2"`` mean (x − y)²."""
+    if kind == "l1":
+        return (rgb - target).abs().mean()
+    if kind == "l2":
+        return ((rgb - target) ** 2).mean()
+    raise ValueError(f"unknown photometric loss {kind!r}; choose l1 or l2")

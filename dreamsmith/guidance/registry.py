@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dreamsmith.guidance.base import Guidance
 from dreamsmith.guidance.dreamflow import DreamFlowGuidance
+from dreamsmith.guidance.in2n import IN2NGuidance
 from dreamsmith.guidance.ip2p import IP2PGuidance
 from dreamsmith.guidance.mvdream import MVDreamGuidance
 from dreamsmith.guidance.p2p import P2PGuidance
@@ -16,5 +17,6 @@ GUIDANCES: dict[str, type[Guidance]] = {
     "dreamflow": DreamFlowGuidance,
     "mvdream": MVDreamGuidance,
     "ip2p": IP2PGuidance,
+    "in2n": IN2NGuidance,
     "p2p": P2PGuidance,
 }

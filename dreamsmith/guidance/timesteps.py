@@ -80,3 +80,15 @@ def scheduled_timestep(config: TimestepScheduleConfig, step: int, num_train_time
         return min(top, max(0, round(fraction * num_train_timesteps)))
 
     return ScheduledTimestep(time_of(level), time_of(level + 1))
+
+
+def ddim_timesteps(t_start: int, steps: int) -> list[int]:
+    """The DDIM times of a denoising from about ``t_start`` (Instruct-NeRF2NeRF's edit, Haque et al. 2023): DDIM's
+    "leading" spacing over the first ``t_start`` training times, what diffusers' DDIMScheduler gives with
+    ``num_train_timesteps = t_start``: step r = ⌊t_start/steps⌋ (at least 1), times (n − 1)r, …, r, 0 with
+    n = min(steps, t_start + 1); after the last comes the clean image."""
+    if t_start < 0 or steps < 1:
+        raise ValueError(f"a DDIM denoising needs t_start >= 0 and steps >= 1, got {t_start} and {steps}")
+    ratio = max(1, t_start // steps)
+    count = min(steps, t_start // ratio + 1)
+    return [k * ratio for k in reversed(range(count))]
