@@ -28,8 +28,9 @@ SHARPNESS = 12.0
 """How quickly a view's weight falls as it turns away from head-on (per unit of cosine)."""
 GRAZING = (0.05, 0.2)
 """Cosines below the first weigh nothing; the weight reaches full strength at the second."""
-DEPTH_TOLERANCE = 0.01
-"""A texel is visible where the rasterized depth is within this fraction of its distance to the camera."""
+DEPTH_TOLERANCE = 0.005
+"""A texel is visible where the rasterized depth at its pixel is within this fraction of its distance to the
+camera, plus the pixel's footprint times the surface's slope there."""
 
 
 @dataclass
@@ -89,8 +90,13 @@ def view_weights(points: Tensor, normals: Tensor, views: ViewBatch) -> tuple[Ten
     batch = torch.arange(len(cameras), device=points.device).view(-1, 1)
     depth = views.depth[..., 0].to(points)[batch, pixel_row, pixel_col]
     occupied = views.opacity[..., 0].to(points)[batch, pixel_row, pixel_col] > 0.5
-    visible = inside & occupied & ((depth - distance).abs() <= DEPTH_TOLERANCE * distance)
     cosine = -(offset / distance.unsqueeze(-1).clamp(min=1e-9) * normals.unsqueeze(0)).sum(-1)
+    # the nearest pixel's ray misses the texel's point by up to half a pixel, along a surface that recedes
+    # faster the more oblique it is: the tolerance grows with the pixel's footprint times the slope
+    footprint = distance / focal
+    slope = (1 - cosine.square()).clamp(min=0).sqrt() / cosine.clamp(min=0.25)
+    tolerance = DEPTH_TOLERANCE * distance + footprint * (1 + slope)
+    visible = inside & occupied & ((depth - distance).abs() <= tolerance)
     fade = ((cosine - GRAZING[0]) / (GRAZING[1] - GRAZING[0])).clamp(0, 1)
     weight = torch.exp(SHARPNESS * (cosine - 1)) * fade * visible
     return weight, grid
