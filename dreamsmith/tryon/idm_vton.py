@@ -1,0 +1,225 @@
+"""IDM-VTON (Choi et al. 2024) as a texture source: an SDXL inpainting try-on UNet dressing each view.
+
+The published model folder (``yisol/IDM-VTON``, CC BY-NC-SA 4.0: research only, never shipped here) holds
+``unet`` (the TryonNet: 13 input channels, the noisy latents, the inpainting mask, the masked image's
+latents and a DensePose image's latents; an IP-Adapter-plus resampler as ``encoder_hid_proj.*`` and image
+keys/values as ``<attn2>.processor.to_k_ip/to_v_ip``), ``unet_encoder`` (the GarmentNet, an SDXL UNet run
+on the garment's latents whose self-attention tokens join the TryonNet's), ``image_encoder`` (CLIP ViT-H)
+and SDXL's ``vae``, ``text_encoder(_2)``, ``tokenizer(_2)`` and ``scheduler``. Loaded into diffusers'
+``UNet2DConditionModel`` with this project's attention hooks (:mod:`dreamsmith.tryon.image_prompt`,
+:mod:`dreamsmith.tryon.reference_attention`); no code of the original is used.
+
+As a texture source the person photo is a render of the mesh, the mask its region, and the pose image is
+rendered exactly from the mesh (its normals, as a mesh carries no DensePose labelling), not estimated.
+Several garments: their image tokens and GarmentNet tokens are concatenated.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dreamsmith.errors import ModelLoadError
+from dreamsmith.guidance.attention import hooks_active
+from dreamsmith.tryon.garments import Garment
+from dreamsmith.tryon.image_prompt import ImagePromptAttention, ImagePromptWeights, Resampler
+from dreamsmith.tryon.reference_attention import JoinReferenceAttention, RecordSelfAttention
+from dreamsmith.tryon.source import SourceResult, ViewBatch
+
+LICENCE = "CC BY-NC-SA 4.0 (non-commercial; weights not shipped)"
+CONFIG_KEYS_OF_THE_ORIGINAL = ("encoder_hid_dim_type", "encoder_hid_dim", "_class_name", "_diffusers_version")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _unet_weights(folder: Path, allow_pickle: bool) -> dict[str, Tensor]:
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        from safetensors.torch import load_file
+
+        return {key: value for file in files for key, value in load_file(file).items()}
+    pickles = sorted(folder.glob("*.bin"))
+    if pickles and allow_pickle:
+        return {key: value for file in pickles for key, value in torch.load(file, weights_only=True).items()}
+    raise ModelLoadError(f"{folder} has no .safetensors weights" + (" (only pickled .bin: pass --allow-pickle if "
+                                                                     "you trust them)" if pickles else ""))
+
+
+def load_unet(folder: Path, allow_pickle: bool = False) -> tuple[Any, ImagePromptWeights | None, Resampler | None]:
+    """A UNet folder in IDM-VTON's layout: the diffusers UNet, its image-prompt weights and its resampler
+    (None for what the folder lacks)."""
+    from diffusers import UNet2DConditionModel
+
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(f"{folder} is not a UNet folder (no config.json)")
+    config = {k: v for k, v in json.loads(config_file.read_text()).items() if k not in CONFIG_KEYS_OF_THE_ORIGINAL}
+    unet = UNet2DConditionModel.from_config(config)
+    state = _unet_weights(folder, allow_pickle)
+    projection = {key.removeprefix("encoder_hid_proj."): value for key, value in state.items()
+                  if key.startswith("encoder_hid_proj.")}
+    image_prompt, rest = ImagePromptWeights.split_from({k: v for k, v in state.items()
+                                                        if not k.startswith("encoder_hid_proj.")})
+    missing, unexpected = unet.load_state_dict(rest, strict=False)
+    if missing or unexpected:
+        raise ModelLoadError(f"{folder}'s weights do not fit its config ({len(missing)} missing, e.g. "
+                             f"{missing[:1]}; {len(unexpected)} unexpected, e.g. {unexpected[:1]})")
+    return unet, image_prompt, Resampler.from_state_dict(projection) if projection else None
+
+
+@dataclass
+class IDMVTON:
+    """The loaded model: ``prior`` (an :class:`~dreamsmith.guidance.sdxl.SDXLPrior` over the TryonNet, for its
+    text encoders, VAE and scheduler), ``garment_unet``, ``image_encoder``, ``image_prompt`` and ``resampler``."""
+
+    prior: Any
+    garment_unet: Any
+    image_encoder: Any
+    image_prompt: ImagePromptWeights
+    resampler: Resampler
+
+    @property
+    def unet(self) -> Any:
+        return self.prior.unet
+
+    @classmethod
+    def load(cls, folder: Path, device: torch.device, allow_pickle: bool = False) -> IDMVTON:
+        from diffusers import AutoencoderKL, DDIMScheduler
+        from transformers import (
+            AutoTokenizer,
+            CLIPTextModel,
+            CLIPTextModelWithProjection,
+            CLIPVisionModelWithProjection,
+        )
+
+        from dreamsmith.guidance.sdxl import SDXLPrior
+
+        for name in ("unet", "unet_encoder", "image_encoder", "vae", "text_encoder", "text_encoder_2", "tokenizer",
+                     "tokenizer_2", "scheduler"):
+            if not (folder / name).is_dir():
+                raise ModelLoadError(f"{folder} is not an IDM-VTON model folder: it has no {name}/ (expected "
+                                     "yisol/IDM-VTON's layout)")
+        unet, image_prompt, resampler = load_unet(folder / "unet", allow_pickle)
+        if image_prompt is None or resampler is None:
+            raise ModelLoadError(f"{folder}/unet has no image-prompt weights (to_k_ip/to_v_ip, encoder_hid_proj)")
+        garment_unet, _, _ = load_unet(folder / "unet_encoder", allow_pickle)
+        encoders = [(AutoTokenizer.from_pretrained(folder / "tokenizer"),
+                     CLIPTextModel.from_pretrained(folder / "text_encoder")),
+                    (AutoTokenizer.from_pretrained(folder / "tokenizer_2"),
+                     CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2"))]
+        scheduler = DDIMScheduler.from_pretrained(folder / "scheduler")
+        vae = AutoencoderKL.from_pretrained(folder / "vae")
+        modules = [unet, garment_unet, vae, image_prompt, resampler] + [encoder for _, encoder in encoders]
+        for module in modules:
+            module.to(device).eval().requires_grad_(False)
+        prior = SDXLPrior(unet, scheduler, encoders, vae)
+        image_encoder = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder").to(device).eval()
+        return cls(prior, garment_unet, image_encoder, image_prompt, resampler)
+
+    @torch.no_grad()
+    def image_tokens(self, garments: Tensor) -> Tensor:
+        """The resampled image tokens ``[G, T, D]`` of garment images ``[G, H, W, 3]`` in [0, 1]."""
+        size = int(self.image_encoder.config.image_size)
+        pixels = F.interpolate(garments.permute(0, 3, 1, 2), size=(size, size), mode="bicubic", align_corners=False)
+        mean = torch.tensor(CLIP_MEAN, device=pixels.device).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=pixels.device).view(1, 3, 1, 1)
+        hidden = self.image_encoder((pixels - mean) / std, output_hidden_states=True).hidden_states[-2]
+        return self.resampler(hidden)
+
+    def tryon_unet(self, sample: Tensor, timestep: Tensor, text: Tensor, added: dict[str, Any], image_tokens: Tensor,
+                   references: list[dict[str, Tensor]]) -> Tensor:
+        """The TryonNet's prediction for ``sample [B, 13, h, w]`` with the garment's image tokens ``[B, T, D]``
+        and GarmentNet tokens (one ``{module: tokens}`` per garment)."""
+        hooks = [ImagePromptAttention(self.image_prompt, image_tokens), JoinReferenceAttention(references)]
+        with hooks_active(self.unet, hooks):
+            return self.unet(sample, timestep, encoder_hidden_states=text, **added).sample
+
+    def garment_tokens(self, garment_latents: Tensor, timestep: Tensor, text: Tensor) -> dict[str, Tensor]:
+        """The GarmentNet's self-attention input tokens per module for garment latents ``[1, 4, h, w]``."""
+        recorder = RecordSelfAttention()
+        config = self.garment_unet.config
+        added = {}
+        if config.addition_embed_type == "text_time":
+            _, added = self.prior.text_condition(text)
+        with hooks_active(self.garment_unet, [recorder]):
+            self.garment_unet(garment_latents, timestep, encoder_hidden_states=text[:, :-1], **added)
+        return recorder.features
+
+
+class IDMVTONSource:
+    """Dresses views with IDM-VTON (see the module doc): ``steps`` DDIM steps at ``guidance_scale``, a batch of
+    ``chunk`` views at a time, at the model's image size."""
+
+    name = "idm-vton"
+
+    def __init__(self, model: IDMVTON, garments: list[Garment], description: str = "a garment", steps: int = 30,
+                 guidance_scale: float = 2.0, chunk: int = 4, seed: int = 0) -> None:
+        self.model = model
+        self.garments = garments
+        self.description = description
+        self.steps = steps
+        self.guidance_scale = guidance_scale
+        self.chunk = chunk
+        self.seed = seed
+
+    @torch.no_grad()
+    def edit(self, views: ViewBatch) -> SourceResult:
+        prior = self.model.prior
+        generator = torch.Generator(device=prior.device).manual_seed(self.seed)
+        mask = (views.region.amax(dim=1, keepdim=True) if views.region.shape[1]
+                else views.opacity.new_zeros(len(views.rgb), 1, *views.rgb.shape[1:3]))
+        mask = mask * views.opacity.permute(0, 3, 1, 2)
+        pose = views.pose if views.pose is not None else ((views.normal + 1) / 2 * views.opacity).permute(0, 3, 1, 2)
+        dressed = [self._dress(views.rgb[i:i + self.chunk], mask[i:i + self.chunk], pose[i:i + self.chunk], generator)
+                   for i in range(0, len(views.rgb), self.chunk)]
+        images = torch.cat(dressed)
+        images = F.interpolate(images.permute(0, 3, 1, 2), size=views.rgb.shape[1:3], mode="bilinear",
+                               align_corners=False).permute(0, 2, 3, 1).to(views.rgb)
+        return SourceResult(images, mask[:, 0].to(views.rgb))
+
+    def _dress(self, rgb: Tensor, mask: Tensor, pose: Tensor, generator: torch.Generator) -> Tensor:
+        model, prior = self.model, self.model.prior
+        batch, size = len(rgb), prior.image_size
+        dtype, device = prior.dtype, prior.device
+        to_model = lambda image: image.to(device, dtype)  # noqa: E731
+        latents_of = lambda image: prior.encode_images(to_model(image), sample=False)  # noqa: E731
+        small_mask = F.interpolate(to_model(mask), size=(size, size), mode="nearest")
+        person = F.interpolate(to_model(rgb).permute(0, 3, 1, 2), size=(size, size), mode="bilinear",
+                               align_corners=False)
+        masked = latents_of((person * (small_mask < 0.5)).permute(0, 2, 3, 1))
+        pose_latents = latents_of(to_model(pose).permute(0, 2, 3, 1))
+        latent_mask = F.interpolate(small_mask, size=masked.shape[-2:], mode="nearest")
+        garment_rgb = [torch.from_numpy(g.rgba[..., :3] * g.rgba[..., 3:] + (1 - g.rgba[..., 3:]))
+                       for g in self.garments]  # on white
+        garment_images = torch.stack([F.interpolate(g.permute(2, 0, 1)[None], size=(size, size), mode="bilinear",
+                                                    align_corners=False)[0].permute(1, 2, 0) for g in garment_rgb])
+        garment_latents = latents_of(to_model(garment_images))
+        tokens = model.image_tokens(to_model(garment_images)).flatten(0, 1)[None]  # garments side by side
+        empty_tokens = model.image_tokens(torch.zeros_like(to_model(garment_images))).flatten(0, 1)[None]
+        text = prior.encode_prompts(["", f"model is wearing {self.description}"])
+        garment_text = prior.encode_prompts([f"a photo of {self.description}"])
+        embeds, added = prior.text_condition(text.repeat_interleave(batch, dim=0))
+        image_tokens = torch.cat([empty_tokens.expand(batch, -1, -1), tokens.expand(batch, -1, -1)])
+        scheduler = prior.scheduler
+        scheduler.set_timesteps(self.steps, device=device)
+        latents = torch.randn(masked.shape, generator=generator, device=device, dtype=dtype)
+        latents = latents * scheduler.init_noise_sigma
+        for timestep in scheduler.timesteps:
+            references = []
+            for garment in garment_latents:
+                own = model.garment_tokens(garment[None], timestep, garment_text)
+                references.append({name: torch.cat([torch.zeros_like(t), t]).repeat_interleave(batch, dim=0)
+                                   for name, t in own.items()})  # no garment in the unconditional half
+            current = scheduler.scale_model_input(latents, timestep)
+            sample = torch.cat([current, latent_mask, masked, pose_latents], dim=1).repeat(2, 1, 1, 1)
+            prediction = model.tryon_unet(sample, timestep, embeds, added, image_tokens, references)
+            unconditional, conditional = prediction.chunk(2)
+            guided = unconditional + self.guidance_scale * (conditional - unconditional)
+            latents = scheduler.step(guided, timestep, latents).prev_sample
+        return prior.decode_latents(latents)

@@ -1,0 +1,59 @@
+"""Tiny random try-on models written in their published folder layouts (for the try-on tests)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from conftest import TEXT_DIM, build_tiny_sdxl, tiny_unet
+
+VISION_DIM = 32
+
+
+def tiny_tryon_unet(in_channels: int = 13) -> torch.nn.Module:
+    """A tiny SDXL-shaped inpainting UNet (text_time added embedding, both encoders' text) reading
+    ``in_channels``: latents, mask, masked-image latents and, with 13, the pose image's latents."""
+    return tiny_unet(4, in_channels, out_channels=4, cross_attention_dim=2 * TEXT_DIM, addition_embed_type="text_time",
+                     addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + TEXT_DIM)
+
+
+def build_tiny_idm_vton(folder: Path, seed: int = 0) -> Path:
+    """yisol/IDM-VTON's layout, every weight random: SDXL's vae/text encoders/tokenizers/scheduler, ``unet``
+    (13 channels, ``encoder_hid_proj.*`` resampler, ``<attn2>.processor.to_k_ip/to_v_ip``), ``unet_encoder``
+    (the GarmentNet, same blocks) and ``image_encoder`` (CLIP vision with projection)."""
+    from safetensors.torch import load_file, save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from dreamsmith.tryon.image_prompt import Resampler
+
+    build_tiny_sdxl(folder, seed=seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 5)
+        unet = tiny_tryon_unet()
+        garment_unet = tiny_unet(4, 4, cross_attention_dim=2 * TEXT_DIM)
+        resampler = Resampler(dim=64, depth=1, inner=64, num_queries=4, embedding_dim=VISION_DIM,
+                              output_dim=2 * TEXT_DIM)
+        vision = CLIPVisionModelWithProjection(CLIPVisionConfig(
+            hidden_size=VISION_DIM, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+            patch_size=8, projection_dim=VISION_DIM))
+        unet.save_pretrained(folder / "unet", safe_serialization=True)
+        weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+        state = load_file(weights)
+        for name, processor in unet.attn_processors.items():
+            module = unet.get_submodule(name.removesuffix(".processor"))
+            if module.is_cross_attention:
+                for key in ("to_k_ip", "to_v_ip"):
+                    state[f"{name}.{key}.weight"] = torch.randn(module.to_q.out_features, 2 * TEXT_DIM) * 0.2
+        state.update({f"encoder_hid_proj.{key}": value for key, value in resampler.state_dict().items()})
+        save_file(state, weights)
+        config_file = folder / "unet" / "config.json"
+        config = json.loads(config_file.read_text())
+        config.update(encoder_hid_dim_type="ip_image_proj", encoder_hid_dim=VISION_DIM)
+        config_file.write_text(json.dumps(config))
+        garment_unet.save_pretrained(folder / "unet_encoder", safe_serialization=True)
+        vision.save_pretrained(folder / "image_encoder", safe_serialization=True)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "TryonPipeline"}))
+    return folder
