@@ -216,7 +216,8 @@ def tryon(
     mesh: Annotated[Path, typer.Argument(help="The character mesh (.glb or .obj, +Y up, metres); it is only read.")],
     garments: Annotated[list[Path], typer.Argument(help="Garment images: RGBA PNGs whose alpha is the garment, one per --region.")],
     region: Annotated[list[str] | None, typer.Option("--region", help="Where each garment goes, in order (repeatable): upper or lower (halves of the mesh's height), full, or a region expression such as 'y>0.1 & z>0' (default: upper for one garment).")] = None,
-    model: Annotated[str, typer.Option(help="The texture source that dresses each view: decal (embedded: the garment laid on its region).")] = "decal",
+    model: Annotated[str, typer.Option(help="The texture source that dresses each view: decal (embedded: the garment laid on its region) or idm-vton:DIR (an IDM-VTON model folder; non-commercial licence).")] = "decal",
+    source_steps: Annotated[int, typer.Option(help="Denoising steps of a try-on model per batch of views.")] = 30,
     prompt: Annotated[str | None, typer.Option(help="What the fill pass paints where no view saw (default: a person wearing clothes; with the embedded prior, its capsule).")] = None,
     fill_model: Annotated[str | None, typer.Option(help="Diffusion model of the fill pass: a local diffusers folder or a Hugging Face id (default: the preset's).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE config override of the fill pass (repeatable).")] = None,
@@ -242,6 +243,8 @@ def tryon(
     out = out or Path("runs") / _slug(f"tryon {mesh.stem}")
     try:
         check_model(model)
+        if source_steps < 1:
+            raise DreamsmithError(f"--source-steps must be >= 1, got {source_steps}")
         choices = check_regions(list(region or []), len(garments))
         images = [read_garment(path) for path in garments]
         _machine_settings(threads, memory_budget)
@@ -257,7 +260,7 @@ def tryon(
         from dreamsmith.tryon.run import run_tryon
 
         report = run_tryon(config, mesh, images, choices, model, out, resume=resume, overwrite=overwrite,
-                           progress=SilentProgress() if quiet else RichProgress())
+                           progress=SilentProgress() if quiet else RichProgress(), source_steps=source_steps)
     except DreamsmithError as error:
         _fail(error)
     except KeyboardInterrupt as interrupt:

@@ -10,7 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+from test_generate import assert_clean_failure, run_cli  # noqa: E402
 from tryon_models import build_tiny_idm_vton, tiny_tryon_unet  # noqa: E402
+from tryon_score import capsule, score, striped_garment  # noqa: E402
 
 from dreamsmith.guidance.attention import hooks_active  # noqa: E402
 from dreamsmith.tryon.idm_vton import IDMVTON  # noqa: E402
@@ -104,3 +107,28 @@ def test_garment_net_tokens_are_recorded_for_every_self_attention_module(model):
     self_attention = [name for name, p in model.unet.attn_processors.items()
                       if not model.unet.get_submodule(name.removesuffix(".processor")).is_cross_attention]
     assert sorted(tokens) == sorted(self_attention)
+
+
+@pytest.mark.slow
+def test_dreamsmith_tryon_runs_idm_vton_end_to_end_on_tiny_weights(idm_dir, tmp_path):
+    source = capsule(tmp_path / "capsule.glb", 24)
+    garment = striped_garment(tmp_path / "stripes.png")
+    out = tmp_path / "run"
+    result = run_cli("tryon", str(tmp_path / "capsule.glb"), str(tmp_path / "stripes.png"), "--model",
+                     f"idm-vton:{idm_dir}", "--source-steps", "2", "--steps", "1", "--texture-size", "64",
+                     "--set", "camera.batch_size=1", "--set", "camera.eval_views=4", "--set",
+                     "camera.eval_resolution=32", "--set", "export.preview_resolution=48", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    scores = score(out / "asset.glb", source, garment)
+    assert scores["body_error"] <= 0.03, scores  # outside the region the capsule keeps its colour
+    assert scores["garment_error"] > 0.05, scores  # inside, the random model painted something else
+    assert (out / "previews" / "tryon_views.png").is_file()
+
+
+def test_an_idm_vton_folder_missing_a_part_is_refused_in_one_line(tmp_path):
+    capsule(tmp_path / "capsule.glb", 16)
+    striped_garment(tmp_path / "stripes.png")
+    (tmp_path / "not-a-model").mkdir()
+    result = run_cli("tryon", str(tmp_path / "capsule.glb"), str(tmp_path / "stripes.png"), "--model",
+                     f"idm-vton:{tmp_path / 'not-a-model'}", "--out", str(tmp_path / "run"))
+    assert_clean_failure(result, "not an IDM-VTON model folder")

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import torch
-
 from conftest import TEXT_DIM, build_tiny_sdxl, tiny_unet
 
 VISION_DIM = 32
@@ -41,7 +40,7 @@ def build_tiny_idm_vton(folder: Path, seed: int = 0) -> Path:
         unet.save_pretrained(folder / "unet", safe_serialization=True)
         weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
         state = load_file(weights)
-        for name, processor in unet.attn_processors.items():
+        for name in unet.attn_processors:
             module = unet.get_submodule(name.removesuffix(".processor"))
             if module.is_cross_attention:
                 for key in ("to_k_ip", "to_v_ip"):

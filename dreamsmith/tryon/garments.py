@@ -17,8 +17,10 @@ from dreamsmith.errors import DreamsmithError
 from dreamsmith.regions import HalfSpace, Region, parse_expression
 
 NAMED_REGIONS = ("upper", "lower", "full")
-TRYON_MODELS = ("decal",)
-"""Texture sources ``--model`` names."""
+TRYON_MODELS = ("decal", "idm-vton:DIR")
+"""Texture sources ``--model`` names: the embedded decal, or a model kind and its folder."""
+MODEL_LICENCES = {"idm-vton": "CC BY-NC-SA 4.0"}
+"""The published try-on models' licences: all non-commercial, so none is shipped or downloaded."""
 MIN_GARMENT_FRACTION = 0.001
 """A garment whose alpha covers less of its image than this is blank."""
 
@@ -105,8 +107,14 @@ def mesh_regions(choices: list[str], garments: list[Garment], vertices: np.ndarr
     return regions
 
 
-def check_model(model: str) -> str:
-    """``model`` when it names a texture source."""
-    if model not in TRYON_MODELS:
-        raise DreamsmithError(f"unknown try-on model {model!r}; expected one of {', '.join(TRYON_MODELS)}")
-    return model
+def check_model(model: str) -> tuple[str, Path | None]:
+    """``(kind, folder)`` of ``--model``: ``decal`` (no folder) or ``KIND:DIR`` with an existing folder."""
+    if model == "decal":
+        return "decal", None
+    kind, colon, folder = model.partition(":")
+    if kind in MODEL_LICENCES and colon and folder:
+        if not Path(folder).is_dir():
+            raise DreamsmithError(f"--model {model}: {folder} is not a folder; pass the {kind} model folder "
+                                  f"(its weights are {MODEL_LICENCES[kind]}, non-commercial: fetch them yourself)")
+        return kind, Path(folder)
+    raise DreamsmithError(f"unknown try-on model {model!r}; expected one of {', '.join(TRYON_MODELS)}")

@@ -27,9 +27,8 @@ from dreamsmith.engine.previews import image_grid, write_png
 from dreamsmith.engine.run import Progress, generate
 from dreamsmith.engine.run_dir import RunDir, write_json
 from dreamsmith.engine.stages import TextureRepresentation
-from dreamsmith.errors import DreamsmithError
 from dreamsmith.exporters.bake import fill_gutters
-from dreamsmith.tryon.garments import TRYON_MODELS, Garment, mesh_regions
+from dreamsmith.tryon.garments import Garment, check_model, mesh_regions
 from dreamsmith.tryon.projection import Projection, project
 from dreamsmith.tryon.source import SourceResult, TextureSource, ViewBatch, render_views, view_cameras
 
@@ -46,13 +45,17 @@ class TryonSource(EditSource):
     counts: dict[str, Any] = field(default_factory=dict)
 
 
-def make_source(name: str, garments: list[Garment], regions: list[Any], vertices: np.ndarray) -> TextureSource:
-    """The texture source ``--model NAME`` names, for these garments on these regions."""
-    if name == "decal":
-        from dreamsmith.tryon.decal import DecalSource, decal_layers
+def make_source(model: str, garments: list[Garment], regions: list[Any], vertices: np.ndarray,
+                device: torch.device, seed: int, steps: int, allow_pickle: bool) -> TextureSource:
+    """The texture source ``--model`` names, for these garments on these regions."""
+    kind, folder = check_model(model)
+    if kind == "idm-vton":
+        from dreamsmith.tryon.idm_vton import IDMVTON, IDMVTONSource
 
-        return DecalSource(decal_layers(garments, regions, vertices))
-    raise DreamsmithError(f"unknown try-on model {name!r}; expected one of {', '.join(TRYON_MODELS)}")
+        return IDMVTONSource(IDMVTON.load(folder, device, allow_pickle), garments, steps=steps, seed=seed)
+    from dreamsmith.tryon.decal import DecalSource, decal_layers
+
+    return DecalSource(decal_layers(garments, regions, vertices))
 
 
 def _sha256(path: Path) -> str:
@@ -61,7 +64,7 @@ def _sha256(path: Path) -> str:
 
 @torch.no_grad()
 def dress(mesh_path: Path, garments: list[Garment], choices: list[str], model: str, config: RunConfig,
-          device: torch.device, notes: list[str]) -> TryonSource:
+          device: torch.device, notes: list[str], source_steps: int = 30) -> TryonSource:
     """The mesh with the garments projected into its texture and the fill-pass mask frozen (see the module)."""
     stage = config.stages[0]
     user = read_user_mesh(mesh_path, stage.uv_texture.max_faces)
@@ -76,7 +79,8 @@ def dress(mesh_path: Path, garments: list[Garment], choices: list[str], model: s
         notes.append(f"{mesh_path} has no colours: the body starts from uv_texture.init_color")
     laid_out = representation.mesh
     regions = mesh_regions(choices, garments, laid_out.vertices, laid_out.faces)
-    source = make_source(model, garments, regions, laid_out.vertices)
+    source = make_source(model, garments, regions, laid_out.vertices, device, config.seed, source_steps,
+                         config.allow_pickle)
     cameras = view_cameras(laid_out, VIEW_RESOLUTION).to(device)
     views = render_views(representation.vertices, representation.faces, representation.uvs, representation.texture,
                          cameras, regions)
@@ -98,6 +102,7 @@ def dress(mesh_path: Path, garments: list[Garment], choices: list[str], model: s
         "kind": "tryon",
         "sha256": _sha256(mesh_path),
         "model": model,
+        "source_steps": source_steps if model != "decal" else None,
         "garments": [{"path": str(g.path.resolve()), "sha256": _sha256(g.path), "region": choice}
                      for g, choice in zip(garments, choices, strict=True)],
     }
@@ -116,12 +121,12 @@ def fill_mask(projection: Projection, regions: list[Any]) -> torch.Tensor:
 
 
 def run_tryon(config: RunConfig, mesh_path: Path, garments: list[Garment], choices: list[str], model: str,
-              out: Path, resume: bool = False, overwrite: bool = False,
-              progress: Progress | None = None) -> dict[str, Any]:
+              out: Path, resume: bool = False, overwrite: bool = False, progress: Progress | None = None,
+              source_steps: int = 30) -> dict[str, Any]:
     """Dress ``mesh_path`` into the run directory ``out``; returns generate's report (and writes the extras)."""
     progress = progress or Progress()
     notes: list[str] = []
-    source = dress(mesh_path, garments, choices, model, config, resolve_device(config.device), notes)
+    source = dress(mesh_path, garments, choices, model, config, resolve_device(config.device), notes, source_steps)
     for note in notes:
         progress.message(note)
     report = generate(config, out, resume=resume, progress=progress, overwrite=overwrite, source=source)
