@@ -84,3 +84,10 @@ def test_tryon_refuses_bad_input_in_one_line_and_leaves_the_mesh_untouched(tmp_p
         assert_clean_failure(result, needle)
         assert not out.exists(), args
     assert sha(tmp_path / "capsule.glb") == before
+
+
+def test_doctor_names_the_try_on_models_non_commercial_licences():
+    from dreamsmith.engine.backends import backend_report
+
+    row = next(row for row in backend_report() if row[0].startswith("try-on"))
+    assert "idm-vton" in row[1] and "non-commercial" in row[2] and "CC BY-NC-SA 4.0" in row[2]
