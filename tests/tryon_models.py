@@ -56,3 +56,36 @@ def build_tiny_idm_vton(folder: Path, seed: int = 0) -> Path:
     index = json.loads((folder / "model_index.json").read_text())
     (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "TryonPipeline"}))
     return folder
+
+
+def tiny_stableviton_state(zero_warps: bool = True, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
+    """A StableVITON checkpoint in the published LDM layout on a tiny UNet (``ldm_reference``'s, 13 input
+    channels): ``model.diffusion_model.*`` with ``warp_flow_blks``/``warp_zero_convs`` for the decoder blocks
+    above the lowest level, ``control_model.*`` (the encoder copy and ``cond_first_block``). Returns the
+    tensors and the ``unet_config.params``."""
+    from ldm_reference import TINY_PARAMS, _transformer, random_state
+
+    params = {**TINY_PARAMS, "in_channels": 13}
+    base = {k: v for k, v in random_state(params, seed).items() if not k.startswith("camera_embed")}
+    control = {k: v for k, v in random_state(params, seed + 1).items()
+               if k.startswith(("input_blocks", "middle_block", "time_embed"))}
+    generator = torch.Generator().manual_seed(seed + 2)
+    state = {f"model.diffusion_model.{k}": v for k, v in base.items()}
+    state.update({f"control_model.{k}": v for k, v in control.items()})
+    width = params["model_channels"]
+    state["control_model.cond_first_block.0.weight"] = torch.randn(width, 4, 3, 3, generator=generator) * 0.1
+    state["control_model.cond_first_block.0.bias"] = torch.zeros(width)
+    # decoder blocks above the lowest level (tiny: 2 levels, 1 res block): h of 64 then 32 channels, reading
+    # the encoder's level-0 outputs (32 channels)
+    for index, (channels, context) in enumerate([(2 * width, width), (width, width)]):
+        shapes: dict[str, tuple[int, ...]] = {}
+        _transformer(shapes, f"warp_flow_blks.{index}", channels, context, 1)
+        for key, shape in shapes.items():
+            is_norm = key.endswith(".weight") and len(shape) == 1
+            value = torch.randn(shape, generator=generator)
+            state[f"model.diffusion_model.{key}"] = 1 + 0.1 * value if is_norm else value * 0.2
+        conv = torch.zeros(channels, channels, 1, 1) if zero_warps else torch.randn(channels, channels, 1, 1,
+                                                                                   generator=generator) * 0.2
+        state[f"model.diffusion_model.warp_zero_convs.{index}.weight"] = conv
+        state[f"model.diffusion_model.warp_zero_convs.{index}.bias"] = torch.zeros(channels)
+    return state, {k: v for k, v in params.items() if k != "camera_dim"}
