@@ -203,8 +203,7 @@ def edit(
     except KeyboardInterrupt as interrupt:
         _interrupted(interrupt, out)
     if not quiet:
-        asset = report["asset"]
-        console.print(f"wrote {out / asset['path']} ({asset['faces']} triangles)", markup=False, highlight=False)
+        _wrote(out, report)
 
 
 TRYON_FILL_PROMPT = "a white capsule"
@@ -266,8 +265,7 @@ def tryon(
     except KeyboardInterrupt as interrupt:
         _interrupted(interrupt, out)
     if not quiet:
-        asset = report["asset"]
-        console.print(f"wrote {out / asset['path']} ({asset['faces']} triangles)", markup=False, highlight=False)
+        _wrote(out, report)
 
 
 def conditioners_override(controls: list[str], regions: list[str], base_ratio: float) -> list[str]:
@@ -327,8 +325,13 @@ def _run_command(prompt: str, overrides: list[str], preset: str | None, model: s
     except KeyboardInterrupt as interrupt:
         _interrupted(interrupt, out or Path("runs") / _slug(prompt))
     if not quiet:
-        asset = report["asset"]
-        console.print(f"wrote {out / asset['path']} ({asset['faces']} triangles)", markup=False, highlight=False)
+        _wrote(out, report)
+
+
+def _wrote(out: Path, report: dict[str, Any]) -> None:
+    """The line a finished run ends with: where its asset is."""
+    asset = report["asset"]
+    console.print(f"wrote {out / asset['path']} ({asset['faces']} triangles)", markup=False, highlight=False)
 
 
 def _check_texture_input(config: Any) -> None:

@@ -22,25 +22,26 @@ def inputs(seed=0):
             torch.randn(2, 5, 32, generator=generator), torch.randn(2, 4, 8, 8, generator=generator))
 
 
-def test_zero_initialised_garment_blocks_equal_the_base_inpainting_unet_bit_for_bit():
-    state, params = tiny_stableviton_state(zero_warps=True)
-    model = StableVITON.from_ldm_state(state, params).eval()
-    sample, timestep, context, garment = inputs()
-    with torch.no_grad():
-        dressed = model(sample, timestep, context, garment)
-        base = model.unet(sample, timestep, encoder_hidden_states=context).sample
-    assert torch.equal(dressed, base)
-    assert len(model.warps) == 2
-
-
-def test_trained_garment_blocks_read_the_garment():
-    state, params = tiny_stableviton_state(zero_warps=False)
+def predictions(zero_warps: bool):
+    """(the model, its state, its prediction with a garment, with the garment mirrored, and the base UNet's)."""
+    state, params = tiny_stableviton_state(zero_warps=zero_warps)
     model = StableVITON.from_ldm_state(state, params).eval()
     sample, timestep, context, garment = inputs()
     with torch.no_grad():
         dressed = model(sample, timestep, context, garment)
         other = model(sample, timestep, context, garment.flip(-1))
         base = model.unet(sample, timestep, encoder_hidden_states=context).sample
+    return model, state, dressed, other, base
+
+
+def test_zero_initialised_garment_blocks_equal_the_base_inpainting_unet_bit_for_bit():
+    model, _, dressed, other, base = predictions(zero_warps=True)
+    assert torch.equal(dressed, base) and torch.equal(other, base)
+    assert len(model.warps) == 2
+
+
+def test_trained_garment_blocks_read_the_garment():
+    model, state, dressed, other, base = predictions(zero_warps=False)
     assert (dressed - base).abs().max() > 1e-4 and (dressed - other).abs().max() > 1e-5
     name = "model.diffusion_model.warp_zero_convs.1.weight"
     assert torch.equal(model.warps[1].zero_conv.weight, state[name])
