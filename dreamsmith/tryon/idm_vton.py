@@ -29,8 +29,8 @@ from dreamsmith.errors import ModelLoadError
 from dreamsmith.guidance.attention import hooks_active
 from dreamsmith.tryon.garments import Garment
 from dreamsmith.tryon.image_prompt import ImagePromptAttention, ImagePromptWeights, Resampler
+from dreamsmith.tryon.inpaint import InpaintingSource, InpaintInputs, garment_images
 from dreamsmith.tryon.reference_attention import JoinReferenceAttention, RecordSelfAttention
-from dreamsmith.tryon.source import SourceResult, ViewBatch
 
 LICENCE = "CC BY-NC-SA 4.0 (non-commercial; weights not shipped)"
 CONFIG_KEYS_OF_THE_ORIGINAL = ("encoder_hid_dim_type", "encoder_hid_dim", "_class_name", "_diffusers_version")
@@ -152,74 +152,38 @@ class IDMVTON:
         return recorder.features
 
 
-class IDMVTONSource:
-    """Dresses views with IDM-VTON (see the module doc): ``steps`` DDIM steps at ``guidance_scale``, a batch of
-    ``chunk`` views at a time, at the model's image size."""
+class IDMVTONSource(InpaintingSource):
+    """Dresses views with IDM-VTON (see the module doc): ``steps`` DDIM steps at ``guidance_scale`` (2, as the
+    original's demo), no garment in the unconditional half (zero GarmentNet tokens, a blank image's tokens)."""
 
     name = "idm-vton"
 
     def __init__(self, model: IDMVTON, garments: list[Garment], description: str = "a garment", steps: int = 30,
                  guidance_scale: float = 2.0, chunk: int = 4, seed: int = 0) -> None:
+        super().__init__(model.prior, garments, steps, guidance_scale, chunk, seed)
         self.model = model
-        self.garments = garments
         self.description = description
-        self.steps = steps
-        self.guidance_scale = guidance_scale
-        self.chunk = chunk
-        self.seed = seed
 
-    @torch.no_grad()
-    def edit(self, views: ViewBatch) -> SourceResult:
-        prior = self.model.prior
-        generator = torch.Generator(device=prior.device).manual_seed(self.seed)
-        mask = (views.region.amax(dim=1, keepdim=True) if views.region.shape[1]
-                else views.opacity.new_zeros(len(views.rgb), 1, *views.rgb.shape[1:3]))
-        mask = mask * views.opacity.permute(0, 3, 1, 2)
-        pose = views.pose if views.pose is not None else ((views.normal + 1) / 2 * views.opacity).permute(0, 3, 1, 2)
-        dressed = [self._dress(views.rgb[i:i + self.chunk], mask[i:i + self.chunk], pose[i:i + self.chunk], generator)
-                   for i in range(0, len(views.rgb), self.chunk)]
-        images = torch.cat(dressed)
-        images = F.interpolate(images.permute(0, 3, 1, 2), size=views.rgb.shape[1:3], mode="bilinear",
-                               align_corners=False).permute(0, 2, 3, 1).to(views.rgb)
-        return SourceResult(images, mask[:, 0].to(views.rgb))
-
-    def _dress(self, rgb: Tensor, mask: Tensor, pose: Tensor, generator: torch.Generator) -> Tensor:
-        model, prior = self.model, self.model.prior
-        batch, size = len(rgb), prior.image_size
-        dtype, device = prior.dtype, prior.device
-        to_model = lambda image: image.to(device, dtype)  # noqa: E731
-        latents_of = lambda image: prior.encode_images(to_model(image), sample=False)  # noqa: E731
-        small_mask = F.interpolate(to_model(mask), size=(size, size), mode="nearest")
-        person = F.interpolate(to_model(rgb).permute(0, 3, 1, 2), size=(size, size), mode="bilinear",
-                               align_corners=False)
-        masked = latents_of((person * (small_mask < 0.5)).permute(0, 2, 3, 1))
-        pose_latents = latents_of(to_model(pose).permute(0, 2, 3, 1))
-        latent_mask = F.interpolate(small_mask, size=masked.shape[-2:], mode="nearest")
-        garment_rgb = [torch.from_numpy(g.rgba[..., :3] * g.rgba[..., 3:] + (1 - g.rgba[..., 3:]))
-                       for g in self.garments]  # on white
-        garment_images = torch.stack([F.interpolate(g.permute(2, 0, 1)[None], size=(size, size), mode="bilinear",
-                                                    align_corners=False)[0].permute(1, 2, 0) for g in garment_rgb])
-        garment_latents = latents_of(to_model(garment_images))
-        tokens = model.image_tokens(to_model(garment_images)).flatten(0, 1)[None]  # garments side by side
-        empty_tokens = model.image_tokens(torch.zeros_like(to_model(garment_images))).flatten(0, 1)[None]
+    def conditions(self, inputs: InpaintInputs) -> dict[str, Any]:
+        model, prior = self.model, self.prior
+        batch = len(inputs.person)
+        images = garment_images(self.garments, prior.image_size).to(prior.device, prior.dtype)
+        tokens = model.image_tokens(images).flatten(0, 1)[None]  # several garments side by side
+        empty = model.image_tokens(torch.zeros_like(images)).flatten(0, 1)[None]
         text = prior.encode_prompts(["", f"model is wearing {self.description}"])
-        garment_text = prior.encode_prompts([f"a photo of {self.description}"])
         embeds, added = prior.text_condition(text.repeat_interleave(batch, dim=0))
-        image_tokens = torch.cat([empty_tokens.expand(batch, -1, -1), tokens.expand(batch, -1, -1)])
-        scheduler = prior.scheduler
-        scheduler.set_timesteps(self.steps, device=device)
-        latents = torch.randn(masked.shape, generator=generator, device=device, dtype=dtype)
-        latents = latents * scheduler.init_noise_sigma
-        for timestep in scheduler.timesteps:
-            references = []
-            for garment in garment_latents:
-                own = model.garment_tokens(garment[None], timestep, garment_text)
-                references.append({name: torch.cat([torch.zeros_like(t), t]).repeat_interleave(batch, dim=0)
-                                   for name, t in own.items()})  # no garment in the unconditional half
-            current = scheduler.scale_model_input(latents, timestep)
-            sample = torch.cat([current, latent_mask, masked, pose_latents], dim=1).repeat(2, 1, 1, 1)
-            prediction = model.tryon_unet(sample, timestep, embeds, added, image_tokens, references)
-            unconditional, conditional = prediction.chunk(2)
-            guided = unconditional + self.guidance_scale * (conditional - unconditional)
-            latents = scheduler.step(guided, timestep, latents).prev_sample
-        return prior.decode_latents(latents)
+        return {"garments": self.latents_of(images.permute(0, 3, 1, 2)),
+                "garment_text": prior.encode_prompts([f"a photo of {self.description}"]),
+                "pose": self.latents_of(inputs.pose), "embeds": embeds, "added": added,
+                "tokens": torch.cat([empty.expand(batch, -1, -1), tokens.expand(batch, -1, -1)])}
+
+    def predict(self, latents: Tensor, timestep: Tensor, inputs: InpaintInputs, conditions: dict[str, Any]) -> Tensor:
+        batch = len(latents)
+        references = []
+        for garment in conditions["garments"]:
+            own = self.model.garment_tokens(garment[None], timestep, conditions["garment_text"])
+            references.append({name: torch.cat([torch.zeros_like(t), t]).repeat_interleave(batch, dim=0)
+                               for name, t in own.items()})  # no garment in the unconditional half
+        sample = torch.cat([latents, inputs.mask, inputs.masked, conditions["pose"]], dim=1).repeat(2, 1, 1, 1)
+        return self.model.tryon_unet(sample, timestep, conditions["embeds"], conditions["added"],
+                                     conditions["tokens"], references)
