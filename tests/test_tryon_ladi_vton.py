@@ -6,10 +6,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 from conftest import tiny_text_components, tiny_unet  # noqa: E402
+from test_generate import run_cli  # noqa: E402
+from tryon_models import build_tiny_ladi_vton  # noqa: E402
+from tryon_score import capsule, score, striped_garment  # noqa: E402
 
 from dreamsmith.tryon.ladi_vton import (  # noqa: E402
     UNET_CHANNELS,
@@ -96,3 +101,31 @@ def test_zero_pose_and_garment_channels_equal_the_nine_channel_inpainting_unet()
         expected = nine(sample[:, :9], 300, encoder_hidden_states=text).sample
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
     assert unet.config.in_channels == UNET_CHANNELS
+
+
+@pytest.mark.slow
+def test_dreamsmith_tryon_runs_ladi_vton_end_to_end_on_tiny_weights(tmp_path):
+    folder = build_tiny_ladi_vton(tmp_path / "tiny-ladi-vton")
+    source = capsule(tmp_path / "capsule.glb", 24)
+    garment = striped_garment(tmp_path / "stripes.png")
+    out = tmp_path / "run"
+    result = run_cli("tryon", str(tmp_path / "capsule.glb"), str(tmp_path / "stripes.png"), "--model",
+                     f"ladi-vton:{folder}", "--source-steps", "2", "--steps", "1", "--texture-size", "64",
+                     "--set", "camera.batch_size=1", "--set", "camera.eval_views=4", "--set",
+                     "camera.eval_resolution=32", "--set", "export.preview_resolution=48", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    scores = score(out / "asset.glb", source, garment)
+    assert scores["body_error"] <= 0.03 and scores["garment_error"] > 0.05, scores
+
+
+def test_the_loaded_model_puts_sixteen_garment_words_in_its_prompt(tmp_path):
+    from dreamsmith.tryon.ladi_vton import LaDIVTON
+
+    model = LaDIVTON.load(build_tiny_ladi_vton(tmp_path / "tiny"), torch.device("cpu"))
+    words = model.pseudo_words(torch.rand(1, 16, 16, 3))
+    assert words.shape == (1, 16, 32)
+    prompt = garment_prompt("a shirt", 16)
+    plain, steered = model.encode([prompt], None), model.encode([prompt], words)
+    marker = model.prior.tokenizer.convert_tokens_to_ids("$</w>")
+    own = model.prior.text_encoder.get_input_embeddings().weight[marker].expand(1, 16, -1)
+    assert torch.equal(model.encode([prompt], own), plain) and (steered - plain).abs().max() > 1e-4

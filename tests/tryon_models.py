@@ -89,3 +89,45 @@ def tiny_stableviton_state(zero_warps: bool = True, seed: int = 0) -> tuple[dict
         state[f"model.diffusion_model.warp_zero_convs.{index}.weight"] = conv
         state[f"model.diffusion_model.warp_zero_convs.{index}.bias"] = torch.zeros(channels)
     return state, {k: v for k, v in params.items() if k != "camera_dim"}
+
+
+def build_tiny_ladi_vton(folder: Path, seed: int = 0) -> Path:
+    """LaDI-VTON's layout, every weight random: an SD-2-inpainting-shaped pipeline (``build_tiny_sd``'s VAE and
+    scheduler; a text encoder reading 80 tokens of a character vocabulary with the ``$`` marker),
+    ``image_encoder`` and the release files ``unet_tiny.safetensors`` (31 channels) and
+    ``inversion_adapter_tiny.safetensors`` (16 words)."""
+    import string
+
+    from conftest import build_tiny_sd
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig
+
+    from dreamsmith.tryon.ladi_vton import PSEUDO_WORDS, UNET_CHANNELS, InversionAdapter
+
+    build_tiny_sd(folder, seed=seed)
+    vocab = folder.parent / f"{folder.name}-vocab"
+    vocab.mkdir(parents=True, exist_ok=True)
+    symbols = list(string.ascii_lowercase + string.digits + ",.!?'-$")
+    tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    (vocab / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
+    (vocab / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer.from_pretrained(vocab, model_max_length=80)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 7)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=TEXT_DIM, intermediate_size=37, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=80, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+        vision_config = CLIPVisionConfig(hidden_size=VISION_DIM, intermediate_size=37, num_hidden_layers=2,
+                                         num_attention_heads=4, image_size=32, patch_size=8, projection_dim=VISION_DIM)
+        from transformers import CLIPVisionModelWithProjection
+
+        vision = CLIPVisionModelWithProjection(vision_config)
+        adapter = InversionAdapter(vision_config, PSEUDO_WORDS * TEXT_DIM)
+        unet = tiny_unet(4, UNET_CHANNELS, out_channels=4)
+    text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    tokenizer.save_pretrained(folder / "tokenizer")
+    vision.save_pretrained(folder / "image_encoder", safe_serialization=True)
+    for name, module in (("inversion_adapter", adapter), ("unet", unet)):
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, folder / f"{name}_tiny.safetensors")
+    return folder

@@ -17,9 +17,12 @@ from dreamsmith.errors import DreamsmithError
 from dreamsmith.regions import HalfSpace, Region, parse_expression
 
 NAMED_REGIONS = ("upper", "lower", "full")
-TRYON_MODELS = ("decal", "idm-vton:DIR")
+MODEL_KINDS = ("idm-vton", "ladi-vton")
+"""Try-on models ``--model KIND:DIR`` runs (StableVITON's blocks load, but its LDM VAE and image encoder
+do not yet)."""
+TRYON_MODELS = ("decal", *(f"{kind}:DIR" for kind in MODEL_KINDS))
 """Texture sources ``--model`` names: the embedded decal, or a model kind and its folder."""
-MODEL_LICENCES = {"idm-vton": "CC BY-NC-SA 4.0"}
+MODEL_LICENCES = {"idm-vton": "CC BY-NC-SA 4.0", "stableviton": "CC BY-NC-SA 4.0", "ladi-vton": "CC BY-NC 4.0"}
 """The published try-on models' licences: all non-commercial, so none is shipped or downloaded."""
 MIN_GARMENT_FRACTION = 0.001
 """A garment whose alpha covers less of its image than this is blank."""
@@ -112,7 +115,7 @@ def check_model(model: str) -> tuple[str, Path | None]:
     if model == "decal":
         return "decal", None
     kind, colon, folder = model.partition(":")
-    if kind in MODEL_LICENCES and colon and folder:
+    if kind in MODEL_KINDS and colon and folder:
         if not Path(folder).is_dir():
             raise DreamsmithError(f"--model {model}: {folder} is not a folder; pass the {kind} model folder "
                                   f"(its weights are {MODEL_LICENCES[kind]}, non-commercial: fetch them yourself)")

@@ -73,6 +73,16 @@ def load_unet(folder: Path, allow_pickle: bool = False) -> tuple[Any, ImagePromp
     return unet, image_prompt, Resampler.from_state_dict(projection) if projection else None
 
 
+def clip_pixels(images: Tensor, image_encoder: Any) -> Tensor:
+    """Images ``[B, H, W, 3]`` in [0, 1] as a CLIP vision model reads them: resized (bicubic) to its size and
+    normalised by CLIP's mean and deviation, ``[B, 3, S, S]``."""
+    size = int(image_encoder.config.image_size)
+    pixels = F.interpolate(images.permute(0, 3, 1, 2), size=(size, size), mode="bicubic", align_corners=False)
+    mean = torch.tensor(CLIP_MEAN, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
 @dataclass
 class IDMVTON:
     """The loaded model: ``prior`` (an :class:`~dreamsmith.guidance.sdxl.SDXLPrior` over the TryonNet, for its
@@ -125,12 +135,8 @@ class IDMVTON:
     @torch.no_grad()
     def image_tokens(self, garments: Tensor) -> Tensor:
         """The resampled image tokens ``[G, T, D]`` of garment images ``[G, H, W, 3]`` in [0, 1]."""
-        size = int(self.image_encoder.config.image_size)
-        pixels = F.interpolate(garments.permute(0, 3, 1, 2), size=(size, size), mode="bicubic", align_corners=False)
-        mean = torch.tensor(CLIP_MEAN, device=pixels.device).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD, device=pixels.device).view(1, 3, 1, 1)
-        hidden = self.image_encoder((pixels - mean) / std, output_hidden_states=True).hidden_states[-2]
-        return self.resampler(hidden)
+        hidden = self.image_encoder(clip_pixels(garments, self.image_encoder), output_hidden_states=True)
+        return self.resampler(hidden.hidden_states[-2])
 
     def tryon_unet(self, sample: Tensor, timestep: Tensor, text: Tensor, added: dict[str, Any], image_tokens: Tensor,
                    references: list[dict[str, Tensor]]) -> Tensor:

@@ -48,14 +48,19 @@ class TryonSource(EditSource):
 def make_source(model: str, garments: list[Garment], regions: list[Any], vertices: np.ndarray,
                 device: torch.device, seed: int, steps: int, allow_pickle: bool) -> TextureSource:
     """The texture source ``--model`` names, for these garments on these regions."""
+    from dreamsmith.tryon.decal import DecalSource, decal_layers
+
     kind, folder = check_model(model)
+    decal = DecalSource(decal_layers(garments, regions, vertices))
     if kind == "idm-vton":
         from dreamsmith.tryon.idm_vton import IDMVTON, IDMVTONSource
 
         return IDMVTONSource(IDMVTON.load(folder, device, allow_pickle), garments, steps=steps, seed=seed)
-    from dreamsmith.tryon.decal import DecalSource, decal_layers
+    if kind == "ladi-vton":
+        from dreamsmith.tryon.ladi_vton import LaDIVTON, LaDIVTONSource
 
-    return DecalSource(decal_layers(garments, regions, vertices))
+        return LaDIVTONSource(LaDIVTON.load(folder, device, allow_pickle), garments, decal, steps=steps, seed=seed)
+    return decal
 
 
 def _sha256(path: Path) -> str:
