@@ -132,3 +132,19 @@ def test_frozen_texels_never_move_and_survive_a_checkpoint(tmp_path, sphere):
     copy = TextureRepresentation(config.stages[0], torch.device("cpu"))
     copy.load_state_dict(representation.state_dict())
     assert torch.equal(copy.frozen, frozen)
+
+
+def test_two_garments_each_paint_their_own_region(sphere):
+    mesh, texture, lookup = sphere
+    upper = Region((HalfSpace(1, True, 0.0),), "shirt", "upper")
+    lower = Region((HalfSpace(1, False, 0.0),), "skirt", "lower")
+    colours = [np.array([1.0, 0.0, 0.0], np.float32), np.array([0.0, 0.0, 1.0], np.float32)]
+    garments = [Garment(None, np.concatenate([np.broadcast_to(c, (4, 4, 3)), np.ones((4, 4, 1), np.float32)], -1))
+                for c in colours]
+    source = DecalSource(decal_layers(garments, [upper, lower], mesh.vertices))
+    views = views_of(mesh, lookup, view_cameras(mesh, 96), [upper, lower])
+    projection = project(mesh, texture, views, source.edit(views))
+    covered, points, _ = texel_surface(mesh, SIZE, torch.device("cpu"))
+    for inside, colour in ((covered & (points[..., 1] > 0.05), colours[0]), (covered & (points[..., 1] < -0.05),
+                                                                              colours[1])):
+        assert (projection.texture[inside] - torch.from_numpy(colour)).abs().mean() < 0.02
