@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 from test_generate import assert_clean_failure, run_cli  # noqa: E402
-from tryon_models import build_tiny_idm_vton, tiny_tryon_unet  # noqa: E402
-from tryon_score import capsule, score, striped_garment  # noqa: E402
+from tryon_models import build_tiny_idm_vton, tiny_tryon_unet, tryon_with_model  # noqa: E402
+from tryon_score import capsule, striped_garment  # noqa: E402
 
 from dreamsmith.guidance.attention import hooks_active  # noqa: E402
 from dreamsmith.tryon.idm_vton import IDMVTON  # noqa: E402
@@ -111,15 +111,7 @@ def test_garment_net_tokens_are_recorded_for_every_self_attention_module(model):
 
 @pytest.mark.slow
 def test_dreamsmith_tryon_runs_idm_vton_end_to_end_on_tiny_weights(idm_dir, tmp_path):
-    source = capsule(tmp_path / "capsule.glb", 24)
-    garment = striped_garment(tmp_path / "stripes.png")
-    out = tmp_path / "run"
-    result = run_cli("tryon", str(tmp_path / "capsule.glb"), str(tmp_path / "stripes.png"), "--model",
-                     f"idm-vton:{idm_dir}", "--source-steps", "2", "--steps", "1", "--texture-size", "64",
-                     "--set", "camera.batch_size=1", "--set", "camera.eval_views=4", "--set",
-                     "camera.eval_resolution=32", "--set", "export.preview_resolution=48", "--out", str(out), "--quiet")
-    assert result.returncode == 0, result.stderr
-    scores = score(out / "asset.glb", source, garment)
+    scores, out = tryon_with_model(tmp_path, f"idm-vton:{idm_dir}")
     assert scores["body_error"] <= 0.03, scores  # outside the region the capsule keeps its colour
     assert scores["garment_error"] > 0.05, scores  # inside, the random model painted something else
     assert (out / "previews" / "tryon_views.png").is_file()

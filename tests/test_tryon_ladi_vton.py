@@ -12,9 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 from conftest import tiny_text_components, tiny_unet  # noqa: E402
-from test_generate import run_cli  # noqa: E402
-from tryon_models import build_tiny_ladi_vton  # noqa: E402
-from tryon_score import capsule, score, striped_garment  # noqa: E402
+from tryon_models import build_tiny_ladi_vton, tryon_with_model  # noqa: E402
 
 from dreamsmith.tryon.ladi_vton import (  # noqa: E402
     UNET_CHANNELS,
@@ -105,16 +103,7 @@ def test_zero_pose_and_garment_channels_equal_the_nine_channel_inpainting_unet()
 
 @pytest.mark.slow
 def test_dreamsmith_tryon_runs_ladi_vton_end_to_end_on_tiny_weights(tmp_path):
-    folder = build_tiny_ladi_vton(tmp_path / "tiny-ladi-vton")
-    source = capsule(tmp_path / "capsule.glb", 24)
-    garment = striped_garment(tmp_path / "stripes.png")
-    out = tmp_path / "run"
-    result = run_cli("tryon", str(tmp_path / "capsule.glb"), str(tmp_path / "stripes.png"), "--model",
-                     f"ladi-vton:{folder}", "--source-steps", "2", "--steps", "1", "--texture-size", "64",
-                     "--set", "camera.batch_size=1", "--set", "camera.eval_views=4", "--set",
-                     "camera.eval_resolution=32", "--set", "export.preview_resolution=48", "--out", str(out), "--quiet")
-    assert result.returncode == 0, result.stderr
-    scores = score(out / "asset.glb", source, garment)
+    scores, _ = tryon_with_model(tmp_path, f"ladi-vton:{build_tiny_ladi_vton(tmp_path / 'tiny-ladi-vton')}")
     assert scores["body_error"] <= 0.03 and scores["garment_error"] > 0.05, scores
 
 

@@ -131,3 +131,20 @@ def build_tiny_ladi_vton(folder: Path, seed: int = 0) -> Path:
     for name, module in (("inversion_adapter", adapter), ("unet", unet)):
         save_file({k: v.contiguous() for k, v in module.state_dict().items()}, folder / f"{name}_tiny.safetensors")
     return folder
+
+
+def tryon_with_model(folder: Path, model: str) -> tuple[dict, Path]:
+    """``dreamsmith tryon`` of the toy capsule's upper half in a striped garment with ``--model MODEL`` (2 source
+    steps, 1 fill step, small everything) in ``folder``: the benchmark's scores and the run directory."""
+    from test_generate import run_cli
+    from tryon_score import capsule, score, striped_garment
+
+    source = capsule(folder / "capsule.glb", 24)
+    garment = striped_garment(folder / "stripes.png")
+    out = folder / "run"
+    result = run_cli("tryon", str(folder / "capsule.glb"), str(folder / "stripes.png"), "--model", model,
+                     "--source-steps", "2", "--steps", "1", "--texture-size", "64", "--set", "camera.batch_size=1",
+                     "--set", "camera.eval_views=4", "--set", "camera.eval_resolution=32", "--set",
+                     "export.preview_resolution=48", "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    return score(out / "asset.glb", source, garment), out
