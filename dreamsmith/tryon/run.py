@@ -77,12 +77,11 @@ def dress(mesh_path: Path, garments: list[Garment], choices: list[str], model: s
     mesh = user.mesh
     if mesh.uvs is None:
         notes.append(f"{mesh_path} has no UVs: unwrapped (its texture is laid out anew)")
-    representation._set_mesh(mesh)
+    laid_out = representation.geometry()
     if mesh.vertex_colors is not None or mesh.base_color_texture is not None:
         representation.paint_from(mesh)
     else:
         notes.append(f"{mesh_path} has no colours: the body starts from uv_texture.init_color")
-    laid_out = representation.mesh
     regions = mesh_regions(choices, garments, laid_out.vertices, laid_out.faces)
     source = make_source(model, garments, regions, laid_out.vertices, device, config.seed, source_steps,
                          config.allow_pickle)

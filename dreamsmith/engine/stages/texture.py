@@ -63,6 +63,10 @@ class TextureRepresentation:
         self.faces = torch.from_numpy(mesh.faces).to(self.device)
         self.uvs = torch.from_numpy(np.asarray(mesh.uvs, dtype=np.float32)).to(self.device)
 
+    def geometry(self) -> Mesh:
+        """The fixed mesh as painted: read on first use, unwrapped when it has no UVs."""
+        return self._geometry()
+
     def _geometry(self) -> Mesh:
         if self.mesh is None and self.config.uv_texture.mesh is not None:
             self._set_mesh(load_fixed_mesh(self.config.uv_texture.mesh, self.config.uv_texture.max_faces))
