@@ -227,8 +227,69 @@ def edit(
     except KeyboardInterrupt as interrupt:
         _interrupted(interrupt, out)
     if not quiet:
-        asset = report["asset"]
-        console.print(f"wrote {out / asset['path']} ({asset['faces']} triangles)", markup=False, highlight=False)
+        _wrote(out, report)
+
+
+TRYON_FILL_PROMPT = "a white capsule"
+"""The fill pass's prompt with the embedded prior (it knows only its captions; the capsule is its character)."""
+
+
+@app.command()
+def tryon(
+    mesh: Annotated[Path, typer.Argument(help="The character mesh (.glb or .obj, +Y up, metres); it is only read.")],
+    garments: Annotated[list[Path], typer.Argument(help="Garment images: RGBA PNGs whose alpha is the garment, one per --region.")],
+    region: Annotated[list[str] | None, typer.Option("--region", help="Where each garment goes, in order (repeatable): upper or lower (halves of the mesh's height), full, or a region expression such as 'y>0.1 & z>0' (default: upper for one garment).")] = None,
+    model: Annotated[str, typer.Option(help="The texture source that dresses each view: decal (embedded: the garment laid on its region), idm-vton:DIR or ladi-vton:DIR (a model folder; non-commercial licences, see the README).")] = "decal",
+    source_steps: Annotated[int, typer.Option(help="Denoising steps of a try-on model per batch of views.")] = 30,
+    prompt: Annotated[str | None, typer.Option(help="What the fill pass paints where no view saw (default: a person wearing clothes; with the embedded prior, its capsule).")] = None,
+    fill_model: Annotated[str | None, typer.Option(help="Diffusion model of the fill pass: a local diffusers folder or a Hugging Face id (default: the preset's).")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE config override of the fill pass (repeatable).")] = None,
+    preset: Annotated[str, typer.Option(help="Preset whose texture stage runs the fill pass.")] = "toy-texture",
+    steps: Annotated[int, typer.Option(help="Steps of the fill pass.")] = 50,
+    texture_size: Annotated[int, typer.Option(help="Texels along each side of the dressed texture.")] = 512,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    device: DeviceOption = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/tryon-<mesh name>).")] = None,
+    resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
+    allow_pickle: AllowPickleOption = False,
+    threads: ThreadsOption = None,
+    memory_budget: MemoryBudgetOption = None,
+) -> None:
+    """Dress MESH in GARMENT images: views dressed by a texture source, projected into its texture, the rest
+    filled by guidance; the same run directory as `generate`."""
+    from dreamsmith.engine.overrides import make_config
+    from dreamsmith.engine.threads import apply_thread_policy
+    from dreamsmith.tryon.garments import check_model, check_regions, read_garment
+
+    out = out or Path("runs") / _slug(f"tryon {mesh.stem}")
+    try:
+        check_model(model)
+        if source_steps < 1:
+            raise DreamsmithError(f"--source-steps must be >= 1, got {source_steps}")
+        choices = check_regions(list(region or []), len(garments))
+        images = [read_garment(path) for path in garments]
+        _machine_settings(threads, memory_budget)
+        extra = ["allow_pickle=true"] if allow_pickle else []
+        text = prompt or (TRYON_FILL_PROMPT if fill_model is None and preset == "toy-texture"
+                          else "a person wearing clothes")
+        config = make_config(text, preset, fill_model, steps, seed, device,
+                             [f"uv_texture.mesh={mesh.resolve()}", f"uv_texture.texture_size={texture_size}",
+                              *(overrides or []), *extra])
+        _check_texture_input(config)
+        apply_thread_policy(threads)
+        from dreamsmith.engine.run import Progress as SilentProgress
+        from dreamsmith.tryon.run import run_tryon
+
+        report = run_tryon(config, mesh, images, choices, model, out, resume=resume, overwrite=overwrite,
+                           progress=SilentProgress() if quiet else RichProgress(), source_steps=source_steps)
+    except DreamsmithError as error:
+        _fail(error)
+    except KeyboardInterrupt as interrupt:
+        _interrupted(interrupt, out)
+    if not quiet:
+        _wrote(out, report)
 
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
@@ -340,8 +401,13 @@ def _run_command(prompt: str, overrides: list[str], preset: str | None, model: s
     except KeyboardInterrupt as interrupt:
         _interrupted(interrupt, out or Path("runs") / _slug(prompt or images.image.stem))
     if not quiet:
-        asset = report["asset"]
-        console.print(f"wrote {out / asset['path']} ({asset['faces']} triangles)", markup=False, highlight=False)
+        _wrote(out, report)
+
+
+def _wrote(out: Path, report: dict[str, Any]) -> None:
+    """The line a finished run ends with: where its asset is."""
+    asset = report["asset"]
+    console.print(f"wrote {out / asset['path']} ({asset['faces']} triangles)", markup=False, highlight=False)
 
 
 def _check_texture_input(config: Any) -> None:

@@ -62,10 +62,15 @@ def parse_region(spec: str) -> Region:
     expression, prompt = expression.strip(), prompt.strip()
     if not colon or not expression or not prompt:
         raise DreamsmithError(f"region {spec!r} is not 'EXPRESSION: PROMPT', e.g. {EXAMPLE}")
+    return Region(parse_expression(expression, spec), prompt, expression)
+
+
+def parse_expression(expression: str, spec: str | None = None) -> tuple[HalfSpace, ...]:
+    """The half-spaces of a region ``EXPRESSION`` (``y>0 & box(...)``); errors quote ``spec`` (default: it)."""
     half_spaces: list[HalfSpace] = []
     for term in expression.split("&"):
-        half_spaces += _parse_term(term.strip().lower(), spec)
-    return Region(tuple(half_spaces), prompt, expression)
+        half_spaces += _parse_term(term.strip().lower(), expression if spec is None else spec)
+    return tuple(half_spaces)
 
 
 def _parse_term(term: str, spec: str) -> list[HalfSpace]:

@@ -41,6 +41,16 @@ class TextureRepresentation:
         )
         # read on first use, so that a checkpoint's geometry (load_state_dict) needs no mesh file
         self.mesh: Mesh | None = None
+        self.frozen: Tensor | None = None
+        self.texture.logits.register_hook(self._frozen_gradient)
+
+    def freeze(self, frozen: Tensor) -> None:
+        """Keep the texels where ``frozen [S, S]`` (bool) is true as they are: their gradient is zero, so
+        Adam never moves them (a try-on's projected texels while guidance fills the rest)."""
+        self.frozen = frozen.to(device=self.device, dtype=torch.bool)
+
+    def _frozen_gradient(self, gradient: Tensor) -> Tensor:
+        return gradient if self.frozen is None else gradient.masked_fill(self.frozen.unsqueeze(-1), 0.0)
 
     def _set_mesh(self, mesh: Mesh) -> None:
         """Hold ``mesh`` (unwrapped first when it has no UVs) and its tensors on the device."""
@@ -52,6 +62,10 @@ class TextureRepresentation:
         self.vertices = torch.from_numpy(mesh.vertices).to(self.device)
         self.faces = torch.from_numpy(mesh.faces).to(self.device)
         self.uvs = torch.from_numpy(np.asarray(mesh.uvs, dtype=np.float32)).to(self.device)
+
+    def geometry(self) -> Mesh:
+        """The fixed mesh as painted: read on first use, unwrapped when it has no UVs."""
+        return self._geometry()
 
     def _geometry(self) -> Mesh:
         if self.mesh is None and self.config.uv_texture.mesh is not None:
@@ -106,12 +120,15 @@ class TextureRepresentation:
             "background": self.background.state_dict(),
             # tensors, as checkpoints load weights-only; float32 and int64 round-trip the arrays exactly
             "geometry": {name: torch.from_numpy(getattr(mesh, name).copy()) for name in ("vertices", "faces", "uvs")},
+            **({} if self.frozen is None else {"frozen": self.frozen.cpu()}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.texture.load_state_dict(state["texture"])
         self.background.load_state_dict(state["background"])
         self._set_mesh(Mesh(**{name: value.numpy() for name, value in state["geometry"].items()}))
+        if "frozen" in state:
+            self.freeze(state["frozen"])
 
     @torch.no_grad()
     def init_from(self, previous: Any, export: ExportConfig) -> None:

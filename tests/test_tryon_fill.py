@@ -1,0 +1,53 @@
+"""The fill pass: region texels no view saw are painted by guidance while every other texel stays as
+projected, through the run (checkpoint) and its resume."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+from tryon_score import capsule, striped_garment  # noqa: E402
+
+import dreamsmith.tryon.run as tryon_run  # noqa: E402
+from dreamsmith.engine.checkpoint import load_checkpoint  # noqa: E402
+from dreamsmith.engine.overrides import make_config  # noqa: E402
+from dreamsmith.engine.run import generate  # noqa: E402
+from dreamsmith.exporters.bake import rasterize_uv  # noqa: E402
+from dreamsmith.tryon.garments import read_garment  # noqa: E402
+
+
+def small(folder: Path) -> list[str]:
+    return [f"uv_texture.mesh={folder / 'capsule.glb'}", "uv_texture.texture_size=64", "camera.batch_size=1",
+            "camera.eval_views=4", "camera.eval_resolution=32", "export.preview_resolution=48", "preview_every=0",
+            "checkpoint_every=0", "optim.lr_texture=0.5"]
+
+
+def test_guidance_paints_only_the_unseen_region_texels(tmp_path, monkeypatch):
+    capsule(tmp_path / "capsule.glb", 24)
+    striped_garment(tmp_path / "stripes.png")
+    one_view = tryon_run.view_cameras
+    monkeypatch.setattr(tryon_run, "view_cameras", lambda mesh, resolution: one_view(mesh, resolution)[8:9])
+    config = make_config("a white capsule", preset="toy-texture", steps=3, seed=0, overrides=small(tmp_path))
+    notes: list[str] = []
+    source = tryon_run.dress(tmp_path / "capsule.glb", [read_garment(tmp_path / "stripes.png")], ["upper"], "decal",
+                             config, torch.device("cpu"), notes)
+    assert any("no UVs" in note for note in notes)
+    frozen = source.representation.frozen.clone()
+    fill = ~frozen
+    assert source.counts["filled_by_guidance"] > 0 and source.counts["seen"] < source.counts["texels"]
+    before = source.representation.texture.logits.detach().clone()
+    generate(config, tmp_path / "run", source=source)
+    after = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["stage_state"]["texture"]["logits"]
+    assert torch.equal(after[frozen], before[frozen])  # the projected and the kept texels, exactly
+    mesh = source.representation.mesh
+    covered = torch.from_numpy(rasterize_uv(mesh.uvs, mesh.faces, 64)[0] >= 0)
+    painted = (after - before).abs().amax(-1) > 1e-3
+    assert painted[fill & covered].float().mean() > 0.5  # guidance painted the unseen region texels
+    resumed = make_config("a white capsule", preset="toy-texture", steps=5, seed=0, overrides=small(tmp_path))
+    generate(resumed, tmp_path / "run", resume=True, source=source)
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["stage_state"]
+    assert torch.equal(state["frozen"], frozen.cpu())  # the mask lives in the checkpoint
+    assert torch.equal(state["texture"]["logits"][frozen], before[frozen])
