@@ -28,6 +28,7 @@ from dreamsmith.engine.signals import RunInterrupted, deferred_stop_signals
 from dreamsmith.engine.stage import Stage
 from dreamsmith.errors import ConfigError, RunDirError
 from dreamsmith.guidance import GUIDANCES
+from dreamsmith.guidance.conditioner_registry import conditioner_tokens
 from dreamsmith.guidance.loading import run_models
 from dreamsmith.guidance.prompt_check import check_prompt
 
@@ -99,8 +100,8 @@ def generate(
     device = resolve_device(config.device)
     priors = RunPriors(config, device, given=prior)
     stage_priors = [priors.for_stage(stage_config) for stage_config in config.stages]
-    for stage_prior in stage_priors:
-        check_prompt(config.prompt, stage_prior)
+    for stage_config, stage_prior in zip(config.stages, stage_priors, strict=True):
+        check_prompt(config.prompt, stage_prior, stage_words(stage_config))
     for warning in {w for p in stage_priors if (w := long_prompt_warning(config.prompt, p))}:
         progress.message(warning)
     with run_dir.lock():
@@ -232,6 +233,11 @@ def _run_stage(
         progress.message(f"interrupted: checkpoint at step {completed}; continue with --resume")
         raise RunInterrupted(signum, completed)
     progress.stage_finished(stage_config.name)
+
+
+def stage_words(stage_config: Any) -> list[str]:
+    """The words a stage's adapters add to its model's vocabulary (``--adapter``)."""
+    return conditioner_tokens(stage_config.guidance.get("conditioners") or [])
 
 
 def long_prompt_warning(prompt: str, prior: Any) -> str | None:

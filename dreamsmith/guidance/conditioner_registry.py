@@ -42,6 +42,16 @@ class LoRAOptions:
 
 
 @dataclass
+class AdapterOptions:
+    """A personalization adapter folder (``dreamsmith personalize``, or diffusers-layout TI/LoRA files)."""
+
+    path: str = ""
+    """The adapter folder (learned_embeds.safetensors and/or pytorch_lora_weights.safetensors)."""
+    scale: float = 1.0
+    """Strength of its LoRA (0: the base model exactly; its tokens stay defined)."""
+
+
+@dataclass
 class RegionsOptions:
     """Regional prompts bound to 3D regions of the asset (RPG's regional cross-attention)."""
 
@@ -83,6 +93,12 @@ def _lora(options: LoRAOptions, prior: Any, allow_pickle: bool) -> Conditioner:
     return LoRAConditioner(name, options.scale)
 
 
+def _adapter(options: AdapterOptions, prior: Any, allow_pickle: bool) -> Conditioner:
+    from dreamsmith.guidance.adapters import load_adapter
+
+    return load_adapter(prior, Path(options.path), options.scale)
+
+
 def _regions(options: RegionsOptions, prior: Any, allow_pickle: bool) -> Conditioner:
     from dreamsmith.guidance.prompt_check import check_prompt
     from dreamsmith.guidance.regional import RegionalPrompts
@@ -97,6 +113,7 @@ def _regions(options: RegionsOptions, prior: Any, allow_pickle: bool) -> Conditi
 CONDITIONERS: dict[str, tuple[type, Callable[[Any, Any, bool], Conditioner]]] = {
     "controlnet": (ControlNetOptions, _controlnet),
     "lora": (LoRAOptions, _lora),
+    "adapter": (AdapterOptions, _adapter),
     "regions": (RegionsOptions, _regions),
 }
 
@@ -126,3 +143,11 @@ def build_conditioners(specs: list[dict[str, Any]], prior: Any, allow_pickle: bo
         name, options = conditioner_options(spec, f"guidance.conditioners.{index}")
         built.append(CONDITIONERS[name][1](options, prior, allow_pickle))
     return built
+
+
+def conditioner_tokens(specs: list[dict[str, Any]]) -> list[str]:
+    """The words the ``adapter`` conditioners of a ``conditioners`` list add to the model's vocabulary."""
+    from dreamsmith.guidance.adapters import adapter_tokens
+
+    return [token for spec in specs if isinstance(spec, dict) and spec.get("name") == "adapter"
+            for token in adapter_tokens(spec.get("path", ""))]

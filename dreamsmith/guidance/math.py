@@ -194,3 +194,32 @@ def p2p_reweight(probs: Tensor, equalizer: Tensor) -> Tensor:
     """Prompt-to-Prompt's attention re-weighting (Hertz et al. 2022, Sec. 3.2): each token's column of the
     cross-attention maps ``[..., L_q, L]`` scaled by ``equalizer [L]`` (not renormalised, as in the paper)."""
     return probs * equalizer.to(probs)
+
+
+def denoising_error(eps_pred: Tensor, eps: Tensor) -> Tensor:
+    """‖ε̂ − ε‖² averaged over each sample's elements, ``[B]``: the diffusion training loss per image
+    (DDPM's simple loss, Ho et al. 2020 eq. 14)."""
+    return (eps_pred.float() - eps.float()).pow(2).flatten(1).mean(1)
+
+
+def dco_loss(error: Tensor, error_ref: Tensor, beta: float) -> Tensor:
+    """Direct Consistency Optimization (Lee et al. 2024): −log σ(−β[‖ε_θ − ε‖² − ‖ε_ref − ε‖²]),
+    mean over ``[B]`` per-sample errors (:func:`denoising_error`). ε_ref is the base model: at init
+    (ε_θ = ε_ref) the loss is log 2 and its gradient (β/2)∇‖ε_θ − ε‖², a scaled plain loss."""
+    return torch.nn.functional.softplus(beta * (error - error_ref.detach())).mean()
+
+
+def prior_preservation_loss(error_instance: Tensor, error_class: Tensor, weight: float) -> Tensor:
+    """DreamBooth (Ruiz et al. 2023, eq. 2): the subject's denoising loss plus ``weight`` × that of class
+    images the base model made (λ = 0: the plain loss)."""
+    loss = error_instance.mean()
+    return loss + weight * error_class.mean() if weight else loss
+
+
+def reward_guided_eps(eps_uncond: Tensor, eps_cond: Tensor, eps_base_cond: Tensor, scale: float,
+                      reward_scale: float) -> Tensor:
+    """DCO's reward guidance at sampling time (Lee et al. 2024): classifier-free guidance plus
+    w(ε_adapted(y) − ε_base(y)), the implicit reward of the fine-tuned model over its base; w = 0 is
+    :func:`cfg_combine`."""
+    guided = cfg_combine(eps_cond, eps_uncond, scale)
+    return guided + reward_scale * (eps_cond - eps_base_cond) if reward_scale else guided

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from dreamsmith.errors import DreamsmithError
@@ -14,12 +15,13 @@ def normalize_prompt(prompt: str) -> str:
     return re.sub(r"\ban\b", "a", text)
 
 
-def check_prompt(prompt: str, prior: Any) -> None:
-    """Refuse an empty prompt, and prompts outside a closed-vocabulary model's known captions."""
+def check_prompt(prompt: str, prior: Any, new_words: Sequence[str] = ()) -> None:
+    """Refuse an empty prompt, and prompts outside a closed-vocabulary model's known captions; a prompt
+    that uses a word an adapter teaches the model (``new_words``, e.g. "<sks>") is the user's to judge."""
     if not prompt or not prompt.strip():
         raise DreamsmithError("the prompt is empty; say what to make, e.g. dreamsmith generate \"a red cube\"")
     known = getattr(prior, "known_prompts", None)
-    if not known:
+    if not known or set(prompt.lower().split()) & {word.lower() for word in new_words}:
         return
     if normalize_prompt(prompt) not in {normalize_prompt(p) for p in known}:
         examples = ", ".join(f"'{p}'" for p in known[:: max(1, len(known) // 4)][:4])
