@@ -69,7 +69,10 @@ def personalize(inputs: list[Path], config: PersonalizeConfig, out: Path | str, 
 
         prior = load_prior(resolve_model(config.model), device=device)
     class_images = class_image_set(prior, config, out.parent, progress) if config.method == "dreambooth" else None
-    trainer = Personalizer(prior, config, images, class_images)  # refuses a token the model already has
+    cuda = [prior.device.index or 0] if prior.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(config.seed)  # the LoRA's A is drawn at init: part of "same seed, same adapter"
+        trainer = Personalizer(prior, config, images, class_images)  # refuses a token the model already has
     identity = run_identity(config, images)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     pick = random.Random(config.seed)
