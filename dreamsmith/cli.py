@@ -77,6 +77,7 @@ RegionOption = Annotated[list[str] | None, typer.Option("--region", help="\"EXPR
 RegionBaseRatioOption = Annotated[float, typer.Option(help="How much of the main prompt is kept inside the --region regions (0 to 1).")]
 AdapterOption = Annotated[list[Path] | None, typer.Option("--adapter", help="A personalization adapter folder (from `dreamsmith personalize`, or diffusers-layout learned_embeds/LoRA files); repeatable, each a named adapter; sets guidance.conditioners.")]
 AdapterScaleOption = Annotated[float, typer.Option(help="Strength of the --adapter LoRAs (0: the base model; their tokens stay defined).")]
+AdapterRewardOption = Annotated[float, typer.Option(help="DCO's reward guidance w for the --adapter LoRAs: adds w(eps_adapter - eps_base) to the guided prediction (0: off).")]
 
 
 def _machine_settings(threads: int | None, memory_budget: str | None) -> None:
@@ -125,11 +126,12 @@ def generate(
     region_base_ratio: RegionBaseRatioOption = 0.3,
     adapter: AdapterOption = None,
     adapter_scale: AdapterScaleOption = 1.0,
+    adapter_reward: AdapterRewardOption = 0.0,
 ) -> None:
     """Optimize a 3D asset for PROMPT and write it, with previews and a report, to the run directory."""
     _run_command(prompt, overrides or [], preset, model, steps, seed, device, out, resume, overwrite, quiet,
                  allow_pickle, threads, memory_budget, regions=region or [], base_ratio=region_base_ratio,
-                 adapters=adapter_specs(adapter or [], adapter_scale))
+                 adapters=adapter_specs(adapter or [], adapter_scale, adapter_reward))
 
 
 @app.command()
@@ -184,6 +186,7 @@ def edit(
     memory_budget: MemoryBudgetOption = None,
     adapter: AdapterOption = None,
     adapter_scale: AdapterScaleOption = 1.0,
+    adapter_reward: AdapterRewardOption = 0.0,
 ) -> None:
     """Edit an asset with words into a new run directory (generate's files, plus edit.json naming the source)."""
     from dreamsmith.engine.edit_config import EditRequest, check_out, edit_config
@@ -192,7 +195,7 @@ def edit(
     out = out or Path("runs") / _slug(instruction)
     try:
         _machine_settings(threads, memory_budget)
-        adapters = conditioners_override([], [], 0.3, adapter_specs(adapter or [], adapter_scale))
+        adapters = conditioners_override([], [], 0.3, adapter_specs(adapter or [], adapter_scale, adapter_reward))
         request = EditRequest(source=source, instruction=instruction, method=method, image_guidance=image_guidance,
                               text_guidance=text_guidance, keep=keep, model=model, steps=steps, seed=seed,
                               device=device, preset=preset, overrides=(*adapters, *(overrides or [])),
@@ -229,14 +232,15 @@ def conditioners_override(controls: list[str], regions: list[str], base_ratio: f
     return ["guidance.conditioners=" + json.dumps(specs)] if specs else []  # JSON is YAML: survives the parser
 
 
-def adapter_specs(folders: list[Path], scale: float) -> list[dict[str, Any]]:
+def adapter_specs(folders: list[Path], scale: float, reward_scale: float = 0.0) -> list[dict[str, Any]]:
     """The ``guidance.conditioners`` entries of ``--adapter DIR`` options (absolute paths: a batch worker or
     a resumed run may start elsewhere); a missing folder is refused here."""
     for folder in folders:
         if not folder.expanduser().is_dir():
             raise DreamsmithError(f"adapter folder {folder} does not exist; pass a folder written by "
                                   "`dreamsmith personalize`")
-    return [{"name": "adapter", "path": str(folder.expanduser().resolve()), "scale": scale} for folder in folders]
+    return [{"name": "adapter", "path": str(folder.expanduser().resolve()), "scale": scale,
+             "reward_scale": reward_scale} for folder in folders]
 
 
 def control_specs(controls: list[str]) -> list[dict[str, Any]]:
@@ -501,6 +505,7 @@ def batch(
     quiet: QuietOption = False,
     adapter: AdapterOption = None,
     adapter_scale: AdapterScaleOption = 1.0,
+    adapter_reward: AdapterRewardOption = 0.0,
 ) -> None:
     """Make every asset of MANIFEST into --out: validated first, resumable (re-run to continue), with a
     ledger, summary.json/summary.csv and gallery.html."""
@@ -508,7 +513,7 @@ def batch(
     from dreamsmith.engine.batch.progress import RichBatchProgress
 
     try:
-        adapters = conditioners_override([], [], 0.3, adapter_specs(adapter or [], adapter_scale))
+        adapters = conditioners_override([], [], 0.3, adapter_specs(adapter or [], adapter_scale, adapter_reward))
         options = BatchOptions(executor=executor, workers=workers, threads=threads, address=address, out=out,
                                retry=retry, only=only.lower() if only else None,  # type: ignore[arg-type]
                                skip_invalid=skip_invalid, overrides=tuple(adapters))

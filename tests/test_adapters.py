@@ -185,3 +185,33 @@ def test_lora_scale_zero_and_init_loss_identities_hold_for_loaded_adapters(train
     conditioner = load_adapter(prior, out, scale=0.0)
     assert torch.equal(_eps(prior, "a a", [conditioner]), base)
     assert math.isfinite(float(_eps(prior, PROMPT, [conditioner]).abs().sum()))
+
+
+def test_reward_guidance_in_score_distillation_adds_w_times_adapter_minus_base(trained, tiny_sd_dir):
+    """DCO's reward term in the SDS target: ε_cfg + w(ε_adapter(y) − ε_base(y)), ε_base the adapter at scale 0."""
+    from dreamsmith.guidance.distillation import REWARD_BASE
+    from dreamsmith.guidance.sds import SDSConfig, SDSGuidance
+    from dreamsmith.renderers.cameras import orbit_cameras
+    from dreamsmith.renderers.outputs import RenderOutput
+
+    out, _ = trained
+    prior = load_prior(tiny_sd_dir)
+    config = SDSConfig(prompt=PROMPT, guidance_scale=7.5, view_dependent_prompting=False)
+    rewarded = SDSGuidance(prior, config, [load_adapter(prior, out, 1.0, reward_scale=2.0)])
+    plain = SDSGuidance(prior, config, [load_adapter(prior, out, 1.0)])
+    cameras = orbit_cameras(2, 20.0, 2.0, 40.0, 16)
+    rgb = torch.rand(2, 16, 16, 3, generator=torch.Generator().manual_seed(3))
+    render = RenderOutput(rgb=rgb, opacity=torch.ones(2, 16, 16, 1), depth=torch.ones(2, 16, 16, 1))
+    z_t = torch.randn(2, 4, 2, 2, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([300, 600])
+    branches = rewarded.branches(render, cameras, 0)
+    eps = rewarded.predict(z_t, t, branches, render, cameras, 0)
+    eps_plain = plain.predict(z_t, t, branches, render, cameras, 0)
+    assert set(eps) == {"uncond", "cond", REWARD_BASE} and set(eps_plain) == {"uncond", "cond"}
+    assert torch.equal(eps["cond"], eps_plain["cond"])
+    without = SDSGuidance(prior, config).predict(z_t, t, branches, render, cameras, 0)
+    # the adapter at scale 0 is the base model (a batch of 2 against one of 4: float rounding only)
+    assert torch.allclose(eps[REWARD_BASE], without["cond"], atol=1e-6)
+    cfg = plain.combine(branches, eps_plain, 0)
+    assert torch.allclose(rewarded.combine(branches, eps, 0), cfg + 2.0 * (eps["cond"] - eps[REWARD_BASE]))
+    assert not torch.equal(eps["cond"], without["cond"])

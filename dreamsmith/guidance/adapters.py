@@ -126,10 +126,11 @@ def adapter_name(folder: Path) -> str:
     return "adapter_" + (re.sub(r"\W+", "_", folder.resolve().name).strip("_") or "unnamed")
 
 
-def load_adapter(prior: Any, folder: Path | str, scale: float = 1.0) -> Conditioner:
+def load_adapter(prior: Any, folder: Path | str, scale: float = 1.0, reward_scale: float = 0.0) -> Conditioner:
     """Put the adapter in ``folder`` on ``prior`` (its tokens into the tokenizer, its LoRA as a named frozen
     peft adapter) and return the conditioner that activates it at ``scale`` (a no-op one for an adapter
-    without LoRA). Loading the same folder again on the same prior reuses what is there."""
+    without LoRA), with DCO's reward guidance at ``reward_scale``. Loading the same folder again on the same
+    prior reuses what is there."""
     from dreamsmith.guidance.lora import LoRAConditioner, load_lora_file
     from dreamsmith.guidance.particle import free_adapter_name
     from dreamsmith.guidance.textual_inversion import load_embeddings
@@ -148,4 +149,8 @@ def load_adapter(prior: Any, folder: Path | str, scale: float = 1.0) -> Conditio
             load_lora_file(prior.unet, lora, name)
         loaded[key] = name
     name = loaded[key]
-    return LoRAConditioner(name, scale) if name is not None else Conditioner()
+    if name is None:
+        if reward_scale:
+            raise ConfigError(f"adapter {folder} has no LoRA: reward guidance measures a LoRA against its base")
+        return Conditioner()
+    return LoRAConditioner(name, scale, reward_scale)

@@ -49,6 +49,8 @@ class AdapterOptions:
     """The adapter folder (learned_embeds.safetensors and/or pytorch_lora_weights.safetensors)."""
     scale: float = 1.0
     """Strength of its LoRA (0: the base model exactly; its tokens stay defined)."""
+    reward_scale: float = 0.0
+    """DCO's reward guidance w: adds w(ε_adapter − ε_base) for the fully conditioned branch (0: plain CFG)."""
 
 
 @dataclass
@@ -96,7 +98,7 @@ def _lora(options: LoRAOptions, prior: Any, allow_pickle: bool) -> Conditioner:
 def _adapter(options: AdapterOptions, prior: Any, allow_pickle: bool) -> Conditioner:
     from dreamsmith.guidance.adapters import load_adapter
 
-    return load_adapter(prior, Path(options.path), options.scale)
+    return load_adapter(prior, Path(options.path), options.scale, options.reward_scale)
 
 
 def _regions(options: RegionsOptions, prior: Any, allow_pickle: bool) -> Conditioner:

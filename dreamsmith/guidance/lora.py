@@ -124,11 +124,18 @@ def loras_active(unet: torch.nn.Module, scales: dict[str, float]) -> Iterator[No
 
 
 class LoRAConditioner(Conditioner):
-    """Activates the named LoRA adapter at ``scale`` for the calls it is passed to."""
+    """Activates the named LoRA adapter at ``scale`` for the calls it is passed to. ``reward_scale`` w > 0
+    asks the guidance for DCO's reward guidance against the same call with this adapter at scale 0
+    (:func:`~dreamsmith.guidance.math.reward_guidance`)."""
 
-    def __init__(self, name: str, scale: float = 1.0) -> None:
+    def __init__(self, name: str, scale: float = 1.0, reward_scale: float = 0.0) -> None:
         self.name = name
         self.scale = scale
+        self.reward_scale = reward_scale
+
+    def without_reward(self) -> LoRAConditioner:
+        """The same adapter at scale 0: the base model DCO's reward is measured against."""
+        return LoRAConditioner(self.name, 0.0)
 
     def applied(self, unet: torch.nn.Module) -> contextlib.AbstractContextManager[None]:
         return loras_active(unet, {self.name: self.scale})

@@ -216,10 +216,14 @@ def prior_preservation_loss(error_instance: Tensor, error_class: Tensor, weight:
     return loss + weight * error_class.mean() if weight else loss
 
 
+def reward_guidance(eps_guided: Tensor, eps_cond: Tensor, eps_base_cond: Tensor, reward_scale: float) -> Tensor:
+    """DCO's reward guidance (Lee et al. 2024): the guided prediction plus w(ε_adapted(y) − ε_base(y)), the
+    implicit reward of a consistency-trained adapter over its base model (the same UNet with the adapter at
+    scale 0); w = 0 leaves ``eps_guided`` as it is."""
+    return eps_guided + reward_scale * (eps_cond - eps_base_cond) if reward_scale else eps_guided
+
+
 def reward_guided_eps(eps_uncond: Tensor, eps_cond: Tensor, eps_base_cond: Tensor, scale: float,
                       reward_scale: float) -> Tensor:
-    """DCO's reward guidance at sampling time (Lee et al. 2024): classifier-free guidance plus
-    w(ε_adapted(y) − ε_base(y)), the implicit reward of the fine-tuned model over its base; w = 0 is
-    :func:`cfg_combine`."""
-    guided = cfg_combine(eps_cond, eps_uncond, scale)
-    return guided + reward_scale * (eps_cond - eps_base_cond) if reward_scale else guided
+    """Classifier-free guidance (:func:`cfg_combine`) with DCO's :func:`reward_guidance` term; w = 0 is CFG."""
+    return reward_guidance(cfg_combine(eps_cond, eps_uncond, scale), eps_cond, eps_base_cond, reward_scale)
