@@ -6,6 +6,8 @@ turned off (scale 0, base ratio 1)."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from diffusers import ControlNetModel
@@ -105,7 +107,8 @@ class TestGuidanceContract:
         assert (out / "asset.glb").stat().st_size > 0
 
     def test_every_conditioner_kind_at_scale_zero_is_exact(self, guidance_name, model_dir, tmp_path):
-        assert set(CONDITIONERS) == {"controlnet", "lora", "regions"}, "add an off case for the new conditioner kind"
+        assert set(CONDITIONERS) == {"controlnet", "lora", "adapter", "regions"}, \
+            "add an off case for the new conditioner kind"
         prior = load_prior(model_dir)
         controlnet = ControlNetModel.from_unet(prior.unet)
         with torch.no_grad():  # non-zero everywhere, so only the scale keeps it out
@@ -118,12 +121,16 @@ class TestGuidanceContract:
                 parameter.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
         save_file({f"unet.{k}": v for k, v in lora_state_dict(donor.unet, "donor").items()},
                   tmp_path / "style.safetensors")
+        (tmp_path / "subject").mkdir()  # a personalization adapter folder holding the same LoRA
+        shutil.copy(tmp_path / "style.safetensors", tmp_path / "subject" / "pytorch_lora_weights.safetensors")
         # each kind: its spec, the options that turn it off exactly, and those that turn it on
         specs = {
             "controlnet": ({"name": "controlnet", "model": str(tmp_path / "controlnet"), "source": "depth"},
                            {"scale": 0.0}, {"scale": 1.0}),
             "lora": ({"name": "lora", "path": str(tmp_path / "style.safetensors")},
                      {"scale": 0.0}, {"scale": 1.0, "adapter_name": "style1"}),
+            "adapter": ({"name": "adapter", "path": str(tmp_path / "subject")},
+                        {"scale": 0.0}, {"scale": 1.0, "reward_scale": 1.0}),
             "regions": ({"name": "regions", "regions": ["box(-5,-5,-5,5,5,5): a red cat"]},
                         {"base_ratio": 1.0}, {"base_ratio": 0.0}),
         }
