@@ -215,3 +215,28 @@ def test_reward_guidance_in_score_distillation_adds_w_times_adapter_minus_base(t
     cfg = plain.combine(branches, eps_plain, 0)
     assert torch.allclose(rewarded.combine(branches, eps, 0), cfg + 2.0 * (eps["cond"] - eps[REWARD_BASE]))
     assert not torch.equal(eps["cond"], without["cond"])
+
+
+def test_batch_jobs_take_the_adapters_words_on_a_closed_vocabulary_model(trained):
+    """`batch --adapter`: every job gets the adapter's conditioner, and its token passes the embedded
+    prior's caption check (which still refuses the prompt without the adapter)."""
+    from dreamsmith.cli import adapter_specs, conditioners_override
+    from dreamsmith.engine.batch.manifest import JobSpec, Manifest
+    from dreamsmith.engine.batch.validation import validate
+
+    out, _ = trained
+    overrides = tuple(conditioners_override([], [], 0.3, adapter_specs([out], 1.0)))
+    jobs = [JobSpec(id="with", prompt="a <sks> sphere", overrides=overrides),
+            JobSpec(id="without", prompt="a <sks> sphere", line=2)]
+    manifest = validate(Manifest(path=out / "jobs.yaml", jobs=jobs))
+    assert [job.id for job in manifest.jobs] == ["with"]
+    assert [problem.line for problem in manifest.problems] == [2]
+    assert "knows only its" in manifest.problems[0].message
+
+
+def test_generate_edit_and_batch_document_the_adapter_options():
+    for command in ("generate", "edit", "batch"):
+        result = run_cli(command, "--help")
+        assert result.returncode == 0
+        for option in ("--adapter", "--adapter-scale", "--adapter-reward"):
+            assert option in result.stdout, (command, option)
