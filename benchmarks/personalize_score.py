@@ -102,12 +102,14 @@ def main() -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=400, help="Personalization steps.")
     parser.add_argument("--gen-steps", type=int, default=None, help="Generation steps (default: the toy preset's).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--class-prompt", default="", help="dreambooth's class prompt (default: \"a sphere\").")
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     root = args.out
     results_file = root / "results.json"
     results: dict[str, Any] = json.loads(results_file.read_text()) if results_file.exists() else {}
-    results.setdefault("settings", {"steps": args.steps, "gen_steps": args.gen_steps, "seed": args.seed})
+    results.setdefault("settings", {"steps": args.steps, "gen_steps": args.gen_steps, "seed": args.seed,
+                                    "class_prompt": args.class_prompt})
 
     def save() -> None:
         results_file.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +121,8 @@ def main() -> dict[str, Any]:
     for method in methods:
         if method in results.get("pink_sphere", {}):
             continue
-        config = PersonalizeConfig(method=method, token="<sks>", class_word="sphere", steps=args.steps, seed=args.seed)
+        config = PersonalizeConfig(method=method, token="<sks>", class_word="sphere", steps=args.steps, seed=args.seed,
+                                   class_prompt=args.class_prompt)
         folder, seconds = adapter(root, f"pink-{method}", pink, config)
         row = shape_and_colour(asset(root, f"pink-{method}", "a <sks> sphere", [folder], args.gen_steps, args.seed),
                                "a red sphere", PINK)

@@ -314,6 +314,7 @@ def personalize(
     out: Annotated[Path | None, typer.Option(help="The adapter folder to write (default: adapters/<token>-<method>).")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="AdamW learning rate (default: 5e-3 textual-inversion, 1e-3 the LoRA methods).")] = None,
     prior_weight: Annotated[float, typer.Option(help="dreambooth: weight of the class images' loss (0: plain loss).")] = 1.0,
+    class_prompt: Annotated[str | None, typer.Option(help="dreambooth: the prompt of the class images sampled from the base model (default: \"a CLASS_WORD\").")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: DeviceOption = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped personalization into --out from its checkpoint.")] = False,
@@ -332,7 +333,8 @@ def personalize(
 
         config = PersonalizeConfig(method=method, token=token, class_word=class_word, steps=steps,  # type: ignore[arg-type]
                                    model=model or "embedded:toyworld", learning_rate=learning_rate,
-                                   prior_weight=prior_weight, seed=seed, device=device or "auto")
+                                   prior_weight=prior_weight, class_prompt=class_prompt or "", seed=seed,
+                                   device=device or "auto")
         apply_thread_policy(threads)
         from dreamsmith.engine.run import Progress as SilentProgress
 

@@ -60,7 +60,7 @@ Files: {files}; adapter.json (what dreamsmith checks on loading).
 Training loss (mean per window, loss.png): {first:.4g} at the start, {last:.4g} at the end.
 
 samples.png: the subject images on top; below, samples of "a {info.token} {info.class_word}" with the adapter,
-then of "a {info.class_word}" from the base model (the adapter at scale 0), same seeds.
+then of the class prompt from the base model (the adapter at scale 0), same seeds.
 """
 
 

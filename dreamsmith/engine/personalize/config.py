@@ -36,7 +36,10 @@ class PersonalizeConfig:
     prior_weight: float = 1.0
     """dreambooth: λ, the weight of the class images' loss (0: the plain loss)."""
     class_images: int = 16
-    """dreambooth: class images sampled from the base model ("a CLASS_WORD"), cached."""
+    """dreambooth: class images sampled from the base model (``class_prompt``), cached."""
+    class_prompt: str = ""
+    """The prompt of the class images and of the card's base-model row (default: "a CLASS_WORD"); a model that
+    only knows full captions draws its class better from one of them (e.g. "a red sphere" on toyworld)."""
     dco_beta: float = 1000.0
     """dco: β of the consistency loss (DCO's default)."""
     reward_scale: float = 1.0
@@ -75,5 +78,5 @@ class PersonalizeConfig:
         """The prompts the subject images are captioned with, drawn in turn."""
         return [f"a {self.token} {self.class_word}", f"a {self.token}"]
 
-    def class_prompt(self) -> str:
-        return f"a {self.class_word}"
+    def class_text(self) -> str:
+        return self.class_prompt or f"a {self.class_word}"

@@ -128,7 +128,7 @@ def sample_grid(prior: Any, trainer: Personalizer, images: Tensor) -> Any:
                           config.guidance_scale, trainer.conditioners(), base_conditioners=trainer.conditioners(0.0),
                           reward_scale=config.reward_scale if config.method == "dco" else 0.0)
     generator.manual_seed(config.seed)
-    base = ddim_sample(prior, [config.class_prompt()] * GRID_SAMPLES, generator, config.sample_steps,
+    base = ddim_sample(prior, [config.class_text()] * GRID_SAMPLES, generator, config.sample_steps,
                        config.guidance_scale, trainer.conditioners(0.0))
     size = prior.image_size
     subject = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2), size=(size, size), mode="bilinear",
@@ -160,20 +160,20 @@ def write_adapter(out: Path, prior: Any, trainer: Personalizer, info: AdapterInf
 
 
 def class_image_set(prior: Any, config: PersonalizeConfig, parent: Path, progress: Progress) -> Tensor:
-    """DreamBooth's class images ``[M, H, W, 3]``: "a CLASS_WORD" sampled from the base model (camera dropped),
+    """DreamBooth's class images ``[M, H, W, 3]``: the class prompt sampled from the base model (camera dropped),
     cached in ``parent/.dreamsmith-class-images/`` by model, prompt, count, seed and sampler settings."""
     from safetensors.torch import load_file, save_file
 
     from dreamsmith.engine.run_dir import atomic_write
 
-    key = (f"{model_fingerprint(prior) or 'model'}-{config.class_word}-{config.class_images}-{config.seed}-"
+    key = (f"{model_fingerprint(prior) or 'model'}-{config.class_text()}-{config.class_images}-{config.seed}-"
            f"{config.sample_steps}-{config.guidance_scale:g}")
     path = parent / CLASS_CACHE / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
     if path.is_file():
         return load_file(str(path))["images"].float() / 255.0
-    progress.message(f"sampling {config.class_images} class images of '{config.class_prompt()}' from the base model")
+    progress.message(f"sampling {config.class_images} class images of '{config.class_text()}' from the base model")
     generator = torch.Generator(device=prior.device).manual_seed(config.seed + 1)
-    images = ddim_sample(prior, [config.class_prompt()] * config.class_images, generator, config.sample_steps,
+    images = ddim_sample(prior, [config.class_text()] * config.class_images, generator, config.sample_steps,
                          config.guidance_scale).cpu()
     stored = (images * 255).round().clamp(0, 255).to(torch.uint8).contiguous()
     atomic_write(path, lambda temp: save_file({"images": stored}, str(temp)))
@@ -190,7 +190,7 @@ def run_identity(config: PersonalizeConfig, images: Tensor) -> dict[str, str]:
 def _settings(config: PersonalizeConfig) -> dict[str, Any]:
     keep = ["lr", "lora_rank", "batch_size", "seed"]
     keep += {"dreambooth": ["prior_weight", "class_images"], "dco": ["dco_beta", "reward_scale"]}.get(config.method, [])
-    return {name: getattr(config, name) for name in keep}
+    return {**{name: getattr(config, name) for name in keep}, "class_prompt": config.class_text()}
 
 
 def _flatten(state: tuple) -> list[int]:

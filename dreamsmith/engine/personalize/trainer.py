@@ -78,7 +78,7 @@ class Personalizer:
             return dco_loss(error, error_ref, config.dco_beta)
         if config.method == "dreambooth" and self.class_latents is not None and config.prior_weight:
             chosen = [pick.randrange(len(self.class_latents)) for _ in range(config.batch_size)]
-            class_error, _ = self.errors(self.class_latents[chosen], [config.class_prompt()] * len(chosen), generator)
+            class_error, _ = self.errors(self.class_latents[chosen], [config.class_text()] * len(chosen), generator)
             return prior_preservation_loss(error, class_error, config.prior_weight)
         return error.mean()
 
