@@ -240,3 +240,14 @@ def test_generate_edit_and_batch_document_the_adapter_options():
         assert result.returncode == 0
         for option in ("--adapter", "--adapter-scale", "--adapter-reward"):
             assert option in result.stdout, (command, option)
+
+
+def test_an_adapters_word_counts_as_one_token_of_the_prompt():
+    """Before its adapter loads, "<sks>" splits into several tokens; the length warning counts it as one."""
+    from dreamsmith.engine.presets import resolve_model
+    from dreamsmith.engine.run import long_prompt_warning
+
+    prior = load_prior(resolve_model("embedded:toyworld"))  # reads 6 tokens
+    assert "7 tokens" in long_prompt_warning("a <sks> sphere", prior)
+    assert long_prompt_warning("a <sks> sphere", prior, ["<sks>"]) is None
+    assert "7 tokens" in long_prompt_warning("a red red red <sks> sphere", prior, ["<sks>"])
