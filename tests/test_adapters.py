@@ -250,4 +250,4 @@ def test_an_adapters_word_counts_as_one_token_of_the_prompt():
     prior = load_prior(resolve_model("embedded:toyworld"))  # reads 6 tokens
     assert "7 tokens" in long_prompt_warning("a <sks> sphere", prior)
     assert long_prompt_warning("a <sks> sphere", prior, ["<sks>"]) is None
-    assert "7 tokens" in long_prompt_warning("a red red red <sks> sphere", prior, ["<sks>"])
+    assert "8 tokens" in long_prompt_warning("a red red red <sks> sphere", prior, ["<sks>"])
