@@ -251,3 +251,18 @@ def test_an_adapters_word_counts_as_one_token_of_the_prompt():
     assert "7 tokens" in long_prompt_warning("a <sks> sphere", prior)
     assert long_prompt_warning("a <sks> sphere", prior, ["<sks>"]) is None
     assert "8 tokens" in long_prompt_warning("a red red red <sks> sphere", prior, ["<sks>"])
+
+
+def test_a_third_party_lora_of_another_width_is_refused_in_one_line(trained, tiny_sd_dir, tmp_path):
+    """No adapter.json to compare fingerprints: the tensor shapes tell."""
+    from safetensors.torch import load_file
+
+    out, _ = trained
+    folder = tmp_path / "wider"
+    folder.mkdir()
+    weights = load_file(str(out / LORA_FILE))
+    save_file({key: torch.cat([value, value], dim=-1) if ".lora_A." in key else value
+               for key, value in weights.items()}, str(folder / LORA_FILE))
+    prior = load_prior(tiny_sd_dir)
+    with pytest.raises(ConfigError, match="another base model"):
+        load_adapter(prior, folder)

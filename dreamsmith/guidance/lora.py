@@ -92,6 +92,10 @@ def load_lora_state_dict(unet: torch.nn.Module, name: str, state: dict[str, torc
     if missing or unexpected:
         raise ConfigError(f"LoRA '{name}': weights do not match the model (missing {missing[:2]}, "
                           f"unexpected {unexpected[:2]})")
+    wrong = [key for key, value in state.items() if value.shape != parameters[expected[key]].shape]
+    if wrong:
+        raise ConfigError(f"LoRA '{name}': {wrong[0]} has shape {list(state[wrong[0]].shape)}, the model's is "
+                          f"{list(parameters[expected[wrong[0]]].shape)}; it was made for another base model")
     with torch.no_grad():
         for key, value in state.items():
             parameters[expected[key]].copy_(value)
