@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 from test_generate import assert_clean_failure, run_cli
 
 from dreamsmith.engine.personalize import PersonalizeConfig, personalize
@@ -121,8 +122,10 @@ def test_resume_after_a_stop_matches_an_uninterrupted_run(subject, tiny_sd_dir, 
     assert resumed.losses == whole.losses
     assert torch.equal(read_embeddings(out / "learned_embeds.safetensors")["<sks>"],
                        read_embeddings(tmp_path / "whole" / "learned_embeds.safetensors")["<sks>"])
-    assert (out / "pytorch_lora_weights.safetensors").read_bytes() == \
-        (tmp_path / "whole" / "pytorch_lora_weights.safetensors").read_bytes()
+    resumed_lora = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    whole_lora = load_file(str(tmp_path / "whole" / "pytorch_lora_weights.safetensors"))
+    assert resumed_lora.keys() == whole_lora.keys()
+    assert all(torch.equal(resumed_lora[key], whole_lora[key]) for key in whole_lora)
     assert not work_folder(out).exists()
     assert len(list((tmp_path / CLASS_CACHE).iterdir())) == 1  # sampled once, reused by the second run
 
