@@ -85,6 +85,9 @@ ImageOption = Annotated[Path | None, typer.Option("--image", help="A reference i
 ImageScaleOption = Annotated[float, typer.Option(help="Weight of the --image prompt's attention (0: ignored).")]
 IPAdapterOption = Annotated[str | None, typer.Option("--ip-adapter", help="The IP-Adapter for --image: a published checkpoint (ip-adapter_sd15.safetensors, its image_encoder/ beside it) or a folder; default: the embedded model's own.")]
 StyleReferenceOption = Annotated[Path | None, typer.Option("--style-reference", help="An image, or a finished run directory, whose style every self-attention shares (StyleAligned).")]
+AdapterOption = Annotated[list[Path] | None, typer.Option("--adapter", help="A personalization adapter folder (from `dreamsmith personalize`, or diffusers-layout learned_embeds/LoRA files); repeatable, each a named adapter; sets guidance.conditioners.")]
+AdapterScaleOption = Annotated[float, typer.Option(help="Strength of the --adapter LoRAs (0: the base model; their tokens stay defined).")]
+AdapterRewardOption = Annotated[float, typer.Option(help="DCO's reward guidance w for the --adapter LoRAs: adds w(eps_adapter - eps_base) to the guided prediction (0: off).")]
 
 
 def _machine_settings(threads: int | None, memory_budget: str | None) -> None:
@@ -137,6 +140,9 @@ def generate(
     image_scale: ImageScaleOption = 1.0,
     ip_adapter: IPAdapterOption = None,
     style_reference: StyleReferenceOption = None,
+    adapter: AdapterOption = None,
+    adapter_scale: AdapterScaleOption = 1.0,
+    adapter_reward: AdapterRewardOption = 0.0,
 ) -> None:
     """Optimize a 3D asset for PROMPT (and/or --image) and write it, with previews and a report, to the run directory."""
     images = ImagePrompts(image, image_scale, ip_adapter, style_reference)
@@ -145,7 +151,8 @@ def generate(
         prompt, overrides = "", [prompt, *overrides]
     _run_command(prompt, overrides, preset, model, steps, seed, device, out, resume, overwrite, quiet,
                  allow_pickle, threads, memory_budget, regions=region or [], base_ratio=region_base_ratio,
-                 self_guidance=self_guidance or [], self_guidance_weight=self_guidance_weight, images=images)
+                 self_guidance=self_guidance or [], self_guidance_weight=self_guidance_weight, images=images,
+                 adapters=adapter_specs(adapter or [], adapter_scale, adapter_reward))
 
 
 @app.command()
@@ -201,6 +208,9 @@ def edit(
     allow_pickle: AllowPickleOption = False,
     threads: ThreadsOption = None,
     memory_budget: MemoryBudgetOption = None,
+    adapter: AdapterOption = None,
+    adapter_scale: AdapterScaleOption = 1.0,
+    adapter_reward: AdapterRewardOption = 0.0,
 ) -> None:
     """Edit an asset with words into a new run directory (generate's files, plus edit.json naming the source)."""
     from dreamsmith.engine.edit_config import EditRequest, check_out, edit_config
@@ -209,9 +219,10 @@ def edit(
     out = out or Path("runs") / _slug(instruction)
     try:
         _machine_settings(threads, memory_budget)
+        adapters = conditioners_override([], [], 0.3, adapter_specs(adapter or [], adapter_scale, adapter_reward))
         request = EditRequest(source=source, instruction=instruction, method=method, image_guidance=image_guidance,
                               text_guidance=text_guidance, keep=keep, model=model, steps=steps, seed=seed,
-                              device=device, preset=preset, overrides=tuple(overrides or []),
+                              device=device, preset=preset, overrides=(*adapters, *(overrides or [])),
                               allow_pickle=allow_pickle, source_prompt=source_prompt,
                               reweight=tuple(reweight or []))
         check_out(out, source)
@@ -329,7 +340,7 @@ def self_guidance_specs(prompt: str, self_guidance: list[str], weight: float) ->
 def conditioners_override(controls: list[str], regions: list[str], base_ratio: float,
                           extra: list[dict[str, Any]] = ()) -> list[str]:
     """The ``guidance.conditioners=[...]`` override of ``--control`` and ``--region`` options and ``extra``
-    entries (none without them); checked here, without torch, so a typo is refused before any model loads."""
+    entries (--self-guidance, --image, --adapter; none without them); checked here, without torch, so a typo is refused before any model loads."""
     specs = [*control_specs(controls), *extra]
     if regions:
         for text in regions:
@@ -342,6 +353,17 @@ def conditioners_override(controls: list[str], regions: list[str], base_ratio: f
 
 UNI_CONTROLNET_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 """A --control model that is one checkpoint file is a Uni-ControlNet (a ControlNet is a diffusers folder)."""
+
+
+def adapter_specs(folders: list[Path], scale: float, reward_scale: float = 0.0) -> list[dict[str, Any]]:
+    """The ``guidance.conditioners`` entries of ``--adapter DIR`` options (absolute paths: a batch worker or
+    a resumed run may start elsewhere); a missing folder is refused here."""
+    for folder in folders:
+        if not folder.expanduser().is_dir():
+            raise DreamsmithError(f"adapter folder {folder} does not exist; pass a folder written by "
+                                  "`dreamsmith personalize`")
+    return [{"name": "adapter", "path": str(folder.expanduser().resolve()), "scale": scale,
+             "reward_scale": reward_scale} for folder in folders]
 
 
 def control_specs(controls: list[str]) -> list[dict[str, Any]]:
@@ -372,8 +394,8 @@ def _run_command(prompt: str, overrides: list[str], preset: str | None, model: s
                  allow_pickle: bool, threads: int | None, memory_budget: str | None, needs_mesh: bool = False,
                  controls: list[str] = (), regions: list[str] = (), base_ratio: float = 0.3,
                  self_guidance: list[str] = (), self_guidance_weight: float = 1.0,
-                 images: ImagePrompts = ImagePrompts()) -> None:
-    """What `generate` and `texture` share: the --control/--region/--self-guidance/--image conditioners,
+                 images: ImagePrompts = ImagePrompts(), adapters: list[dict[str, Any]] = ()) -> None:
+    """What `generate` and `texture` share: the --control/--region/--self-guidance/--image/--adapter conditioners,
     config, checks, the run with its progress, one-line errors."""
     from dreamsmith.engine.overrides import make_config
     from dreamsmith.engine.threads import apply_thread_policy
@@ -382,7 +404,8 @@ def _run_command(prompt: str, overrides: list[str], preset: str | None, model: s
         if not prompt.strip() and images.image is None:
             raise DreamsmithError("the prompt is empty; say what to make: a PROMPT (e.g. dreamsmith generate "
                                   "\"a red cube\") or --image REF.png")
-        extra = [*self_guidance_specs(prompt, list(self_guidance), self_guidance_weight), *images.specs(model)]
+        extra = [*self_guidance_specs(prompt, list(self_guidance), self_guidance_weight), *images.specs(model),
+                 *adapters]
         conditioners = conditioners_override(list(controls), list(regions), base_ratio, extra)
         _machine_settings(threads, memory_budget)
         extra = ["allow_pickle=true"] if allow_pickle else []
@@ -419,6 +442,53 @@ def _check_texture_input(config: Any) -> None:
     if not stages:
         raise DreamsmithError(f"preset '{config.preset}' has no texture stage; choose one that has (e.g. toy-texture)")
     read_user_mesh(stages[0].uv_texture.mesh, stages[0].uv_texture.max_faces)
+
+
+@app.command()
+def personalize(
+    images: Annotated[list[Path], typer.Argument(help="3-5 images of the subject, or a folder of them (PNG/JPEG; transparent pixels read as white).")],
+    token: Annotated[str, typer.Option(help="The new word that names the subject, e.g. \"<sks>\"; must not be a word the model knows.")] = "<sks>",
+    class_word: Annotated[str, typer.Option(help="What the subject is, one word the model knows, e.g. cube.")] = "",
+    method: Annotated[str, typer.Option(help="textual-inversion (a word only), lora (a UNet LoRA + the word), dreambooth (lora + prior preservation on class images), dco (a LoRA that stays consistent with the base model).")] = "lora",
+    steps: Annotated[int, typer.Option(help="Optimization steps.")] = 400,
+    model: Annotated[str | None, typer.Option(help="Base model: a diffusers folder, a Hugging Face id or embedded:NAME (default embedded:toyworld).")] = None,
+    out: Annotated[Path | None, typer.Option(help="The adapter folder to write (default: adapters/<token>-<method>).")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="AdamW learning rate (default: 5e-3 textual-inversion, 1e-3 the LoRA methods).")] = None,
+    prior_weight: Annotated[float, typer.Option(help="dreambooth: weight of the class images' loss (0: plain loss).")] = 1.0,
+    class_prompt: Annotated[str | None, typer.Option(help="dreambooth: the prompt of the class images sampled from the base model (default: \"a CLASS_WORD\").")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: DeviceOption = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped personalization into --out from its checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an adapter already in --out.")] = False,
+    quiet: QuietOption = False,
+    threads: ThreadsOption = None,
+) -> None:
+    """Learn a subject from a few images into an adapter folder for `generate --adapter` (TI, DreamBooth, LoRA, DCO)."""
+    from dreamsmith.engine.threads import apply_thread_policy
+
+    out = out or Path("adapters") / _slug(f"{token}-{method}")
+    try:
+        _machine_settings(threads, None)
+        from dreamsmith.engine.personalize import PersonalizeConfig
+        from dreamsmith.engine.personalize import personalize as run_personalize
+
+        config = PersonalizeConfig(method=method, token=token, class_word=class_word, steps=steps,  # type: ignore[arg-type]
+                                   model=model or "embedded:toyworld", learning_rate=learning_rate,
+                                   prior_weight=prior_weight, class_prompt=class_prompt or "", seed=seed,
+                                   device=device or "auto")
+        apply_thread_policy(threads)
+        from dreamsmith.engine.run import Progress as SilentProgress
+
+        run_personalize(images, config, out, resume=resume, overwrite=overwrite,
+                        progress=SilentProgress() if quiet else RichProgress())
+    except DreamsmithError as error:
+        _fail(error)
+    except KeyboardInterrupt as interrupt:
+        _ignore_further_stops()
+        console.print(f"interrupted; continue with --resume (the checkpoint is beside {out})", markup=False)
+        raise typer.Exit(getattr(interrupt, "exit_code", 130)) from None
+    if not quiet:
+        console.print(f"wrote {out}; use it with --adapter {out}", markup=False, highlight=False)
 
 
 @app.command()
@@ -577,15 +647,20 @@ def batch(
     only: Annotated[str | None, typer.Option(help="failed (retry failed jobs afresh) or pending (only unfinished ones).")] = None,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Run the valid rows when some are invalid.")] = False,
     quiet: QuietOption = False,
+    adapter: AdapterOption = None,
+    adapter_scale: AdapterScaleOption = 1.0,
+    adapter_reward: AdapterRewardOption = 0.0,
 ) -> None:
     """Make every asset of MANIFEST into --out: validated first, resumable (re-run to continue), with a
     ledger, summary.json/summary.csv and gallery.html."""
     from dreamsmith.engine.batch import BatchOptions, BatchProgress, run_batch
     from dreamsmith.engine.batch.progress import RichBatchProgress
 
-    options = BatchOptions(executor=executor, workers=workers, threads=threads, address=address, out=out, retry=retry,
-                           only=only.lower() if only else None, skip_invalid=skip_invalid)  # type: ignore[arg-type]
     try:
+        adapters = conditioners_override([], [], 0.3, adapter_specs(adapter or [], adapter_scale, adapter_reward))
+        options = BatchOptions(executor=executor, workers=workers, threads=threads, address=address, out=out,
+                               retry=retry, only=only.lower() if only else None,  # type: ignore[arg-type]
+                               skip_invalid=skip_invalid, overrides=tuple(adapters))
         result = run_batch(manifest, options, BatchProgress() if quiet else RichBatchProgress(console))
     except DreamsmithError as error:
         _fail(error)

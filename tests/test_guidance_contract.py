@@ -7,6 +7,8 @@ turned off (scale 0, base ratio 1, weight 0)."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -114,7 +116,8 @@ class TestGuidanceContract:
         assert (out / "asset.glb").stat().st_size > 0
 
     def test_every_conditioner_kind_at_scale_zero_is_exact(self, guidance_name, model_dir, tmp_path):
-        kinds = {"controlnet", "lora", "regions", "self_guidance", "uni_controlnet", "ip_adapter", "style_aligned"}
+        kinds = {"controlnet", "lora", "regions", "self_guidance", "uni_controlnet", "ip_adapter", "style_aligned",
+                 "adapter"}
         assert set(CONDITIONERS) == kinds, "add an off case for the new conditioner kind"
         prior = load_prior(model_dir)
         controlnet = ControlNetModel.from_unet(prior.unet)
@@ -133,12 +136,16 @@ class TestGuidanceContract:
         tiny_clip_vision(tmp_path / "image_encoder")
         Image.fromarray(np.full((24, 24, 3), (240, 128, 25), np.uint8)).save(tmp_path / "orange.png")
         image = str(tmp_path / "orange.png")
+        (tmp_path / "subject").mkdir()  # a personalization adapter folder holding the same LoRA
+        shutil.copy(tmp_path / "style.safetensors", tmp_path / "subject" / "pytorch_lora_weights.safetensors")
         # each kind: its spec, the options that turn it off exactly, and those that turn it on
         specs = {
             "controlnet": ({"name": "controlnet", "model": str(tmp_path / "controlnet"), "source": "depth"},
                            {"scale": 0.0}, {"scale": 1.0}),
             "lora": ({"name": "lora", "path": str(tmp_path / "style.safetensors")},
                      {"scale": 0.0}, {"scale": 1.0, "adapter_name": "style1"}),
+            "adapter": ({"name": "adapter", "path": str(tmp_path / "subject")},
+                        {"scale": 0.0}, {"scale": 1.0, "reward_scale": 1.0}),
             "regions": ({"name": "regions", "regions": ["box(-5,-5,-5,5,5,5): a red cat"]},
                         {"base_ratio": 1.0}, {"base_ratio": 0.0}),
             "uni_controlnet": ({"name": "uni_controlnet", "model": str(tmp_path / "uni.safetensors")},

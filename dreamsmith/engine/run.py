@@ -28,6 +28,7 @@ from dreamsmith.engine.signals import RunInterrupted, deferred_stop_signals
 from dreamsmith.engine.stage import Stage
 from dreamsmith.errors import ConfigError, RunDirError
 from dreamsmith.guidance import GUIDANCES
+from dreamsmith.guidance.conditioner_registry import conditioner_tokens
 from dreamsmith.guidance.loading import run_models
 from dreamsmith.guidance.prompt_check import check_prompt, image_prompted
 
@@ -100,9 +101,11 @@ def generate(
     device = resolve_device(config.device)
     priors = RunPriors(config, device, given=prior)
     stage_priors = [priors.for_stage(stage_config) for stage_config in config.stages]
-    for stage_prior in stage_priors:
-        check_prompt(config.prompt, stage_prior, image_prompt)
-    for warning in {w for p in stage_priors if (w := long_prompt_warning(config.prompt, p))}:
+    for stage_config, stage_prior in zip(config.stages, stage_priors, strict=True):
+        check_prompt(config.prompt, stage_prior, image_prompt, stage_words(stage_config))
+    warnings = (long_prompt_warning(config.prompt, p, stage_words(c)) for c, p in zip(config.stages, stage_priors,
+                                                                                       strict=True))
+    for warning in {w for w in warnings if w}:
         progress.message(warning)
     with run_dir.lock():
         stale = run_dir.remove_stale_temporaries()
@@ -235,12 +238,21 @@ def _run_stage(
     progress.stage_finished(stage_config.name)
 
 
-def long_prompt_warning(prompt: str, prior: Any) -> str | None:
-    """A warning when the prompt is longer than the model's text encoder reads, else None."""
+def stage_words(stage_config: Any) -> list[str]:
+    """The words a stage's adapters add to its model's vocabulary (``--adapter``)."""
+    return conditioner_tokens(stage_config.guidance.get("conditioners") or [])
+
+
+def long_prompt_warning(prompt: str, prior: Any, new_words: list[str] = ()) -> str | None:
+    """A warning when the prompt is longer than the model's text encoder reads, else None. ``new_words``
+    (an adapter's tokens, not in the tokenizer until the stage loads it) count one token each."""
     count = getattr(prior, "prompt_tokens", None)
     if count is None:
         return None
-    used, limit = count(prompt)
+    words = prompt.split()
+    plain = [word for word in words if word not in new_words]
+    used, limit = count(" ".join(plain))
+    used += len(words) - len(plain)
     if used <= limit:
         return None
     return f"warning: the prompt is {used} tokens long; the model reads only the first {limit}"

@@ -78,6 +78,18 @@ class LoRAOptions:
 
 
 @dataclass
+class AdapterOptions:
+    """A personalization adapter folder (``dreamsmith personalize``, or diffusers-layout TI/LoRA files)."""
+
+    path: str = ""
+    """The adapter folder (learned_embeds.safetensors and/or pytorch_lora_weights.safetensors)."""
+    scale: float = 1.0
+    """Strength of its LoRA (0: the base model exactly; its tokens stay defined)."""
+    reward_scale: float = 0.0
+    """DCO's reward guidance w: adds w(ε_adapter − ε_base) for the fully conditioned branch (0: plain CFG)."""
+
+
+@dataclass
 class RegionsOptions:
     """Regional prompts bound to 3D regions of the asset (RPG's regional cross-attention)."""
 
@@ -207,6 +219,12 @@ def _lora(options: LoRAOptions, prior: Any, allow_pickle: bool, prompt: str) -> 
     return LoRAConditioner(name, options.scale)
 
 
+def _adapter(options: AdapterOptions, prior: Any, allow_pickle: bool, prompt: str) -> Conditioner:
+    from dreamsmith.guidance.adapters import load_adapter
+
+    return load_adapter(prior, Path(options.path), options.scale, options.reward_scale)
+
+
 def _regions(options: RegionsOptions, prior: Any, allow_pickle: bool, prompt: str) -> Conditioner:
     from dreamsmith.guidance.prompt_check import check_prompt
     from dreamsmith.guidance.regional import RegionalPrompts
@@ -257,6 +275,7 @@ CONDITIONERS: dict[str, tuple[type, Callable[[Any, Any, bool, str], Conditioner]
     "controlnet": (ControlNetOptions, _controlnet),
     "uni_controlnet": (UniControlNetOptions, _uni_controlnet),
     "lora": (LoRAOptions, _lora),
+    "adapter": (AdapterOptions, _adapter),
     "regions": (RegionsOptions, _regions),
     "self_guidance": (SelfGuidanceOptions, _self_guidance),
     "ip_adapter": (IPAdapterOptions, _ip_adapter),
@@ -291,3 +310,11 @@ def build_conditioners(
         name, options = conditioner_options(spec, f"guidance.conditioners.{index}")
         built.append(CONDITIONERS[name][1](options, prior, allow_pickle, prompt))
     return built
+
+
+def conditioner_tokens(specs: list[dict[str, Any]]) -> list[str]:
+    """The words the ``adapter`` conditioners of a ``conditioners`` list add to the model's vocabulary."""
+    from dreamsmith.guidance.adapters import adapter_tokens
+
+    return [token for spec in specs if isinstance(spec, dict) and spec.get("name") == "adapter"
+            for token in adapter_tokens(spec.get("path", ""))]

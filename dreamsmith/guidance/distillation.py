@@ -18,7 +18,7 @@ MVDream replaces ``gradient`` with its x̂0 loss.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal
 
 import torch
@@ -33,6 +33,7 @@ from dreamsmith.guidance.math import (
     alpha_sigma,
     cfg_chain,
     inject_gradient,
+    reward_guidance,
     sanitize_grad,
     sds_grad,
     sds_weight,
@@ -42,6 +43,9 @@ from dreamsmith.guidance.timesteps import ScheduledTimestep, sample_group_timest
 from dreamsmith.renderers.cameras import Cameras
 from dreamsmith.renderers.outputs import RenderOutput
 from dreamsmith.schedules import ScheduleSpec, schedule_value
+
+REWARD_BASE = "reward_base"
+"""The prediction key of the fully conditioned branch with the reward-guided adapters at scale 0."""
 
 
 @dataclass
@@ -203,11 +207,29 @@ class DistillationGuidance(Guidance):
             conditioners=self.conditioners,
             context=context,
         )
-        return {branch.label: chunk for branch, chunk in zip(order, eps.chunk(len(order)), strict=True)}
+        predictions = {branch.label: chunk for branch, chunk in zip(order, eps.chunk(len(order)), strict=True)}
+        if self.reward_scale():
+            last = order[0]
+            context = replace(context, branch_labels=labels[:batch],
+                              source_image=None if source_image is None else source_image[:batch],
+                              source_mask=None if source_mask is None else source_mask[:batch])
+            base = [c.without_reward() if getattr(c, "reward_scale", 0.0) else c for c in self.conditioners]
+            predictions[REWARD_BASE] = self.prior.predict_noise(
+                z_t, t, last.embeds, cameras=cameras if self.config.camera_conditioning else None,
+                conditioners=base, context=context)
+        return predictions
+
+    def reward_scale(self) -> float:
+        """DCO's reward-guidance w: the largest a conditioner asks for (0: none)."""
+        return max((getattr(c, "reward_scale", 0.0) for c in self.conditioners), default=0.0)
 
     def combine(self, branches: list[Branch], eps: dict[str, Tensor], step: int) -> Tensor:
-        """N-way classifier-free guidance over the branches in order (see :func:`cfg_chain`)."""
-        return cfg_chain([eps[b.label] for b in branches], [b.scale for b in branches[1:]])
+        """N-way classifier-free guidance over the branches in order (see :func:`cfg_chain`), plus DCO's
+        reward guidance against the fully conditioned branch with the reward-guided adapters off."""
+        guided = cfg_chain([eps[b.label] for b in branches], [b.scale for b in branches[1:]])
+        if REWARD_BASE not in eps:
+            return guided
+        return reward_guidance(guided, eps[branches[-1].label], eps[REWARD_BASE], self.reward_scale())
 
     def weight(self, state: DistillationState) -> Tensor:
         """w(t) ``[B]``."""

@@ -99,9 +99,14 @@ def load_prior(
         from dreamsmith.guidance.sdxl import SDXLPrior
 
         zeros = bool(index.get("force_zeros_for_empty_prompt", True))
-        return SDXLPrior(unet, scheduler, encoders, vae, metadata=metadata, force_zeros_for_empty_prompt=zeros)
-    (tokenizer, text_encoder), = encoders
-    return DiffusionPrior(unet, scheduler, text_encoder, tokenizer, vae=vae, metadata=metadata)
+        prior = SDXLPrior(unet, scheduler, encoders, vae, metadata=metadata, force_zeros_for_empty_prompt=zeros)
+    else:
+        (tokenizer, text_encoder), = encoders
+        prior = DiffusionPrior(unet, scheduler, text_encoder, tokenizer, vae=vae, metadata=metadata)
+    # what adapters trained on this model are checked against (guidance.adapters.model_fingerprint)
+    prior.model_folder = folder
+    prior.weight_folders = [source(name)[0] / name for name in ("unet", *(e for _, e in text_slots))]
+    return prior
 
 
 _RUN_MODELS: ContextVar[Callable[[str], DiffusionPrior] | None] = ContextVar("dreamsmith_run_models", default=None)

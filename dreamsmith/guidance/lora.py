@@ -25,6 +25,10 @@ from dreamsmith.guidance.conditioners import Conditioner
 
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 """The modules diffusers' and peft's UNet LoRAs adapt."""
+LORA_FILE = "pytorch_lora_weights.safetensors"
+UNET_PREFIX = "unet"
+METADATA_KEY = "lora_adapter_metadata"
+"""diffusers' safetensors metadata entry holding the LoRA config (``unet.r``, ``unet.lora_alpha``, ...)."""
 
 
 def tuner_layers(unet: torch.nn.Module) -> list[torch.nn.Module]:
@@ -88,6 +92,10 @@ def load_lora_state_dict(unet: torch.nn.Module, name: str, state: dict[str, torc
     if missing or unexpected:
         raise ConfigError(f"LoRA '{name}': weights do not match the model (missing {missing[:2]}, "
                           f"unexpected {unexpected[:2]})")
+    wrong = [key for key, value in state.items() if value.shape != parameters[expected[key]].shape]
+    if wrong:
+        raise ConfigError(f"LoRA '{name}': {wrong[0]} has shape {list(state[wrong[0]].shape)}, the model's is "
+                          f"{list(parameters[expected[wrong[0]]].shape)}; it was made for another base model")
     with torch.no_grad():
         for key, value in state.items():
             parameters[expected[key]].copy_(value)
@@ -120,11 +128,18 @@ def loras_active(unet: torch.nn.Module, scales: dict[str, float]) -> Iterator[No
 
 
 class LoRAConditioner(Conditioner):
-    """Activates the named LoRA adapter at ``scale`` for the calls it is passed to."""
+    """Activates the named LoRA adapter at ``scale`` for the calls it is passed to. ``reward_scale`` w > 0
+    asks the guidance for DCO's reward guidance against the same call with this adapter at scale 0
+    (:func:`~dreamsmith.guidance.math.reward_guidance`)."""
 
-    def __init__(self, name: str, scale: float = 1.0) -> None:
+    def __init__(self, name: str, scale: float = 1.0, reward_scale: float = 0.0) -> None:
         self.name = name
         self.scale = scale
+        self.reward_scale = reward_scale
+
+    def without_reward(self) -> LoRAConditioner:
+        """The same adapter at scale 0: the base model DCO's reward is measured against."""
+        return LoRAConditioner(self.name, 0.0)
 
     def applied(self, unet: torch.nn.Module) -> contextlib.AbstractContextManager[None]:
         return loras_active(unet, {self.name: self.scale})
@@ -139,7 +154,7 @@ def load_lora_file(unet: torch.nn.Module, path: Path, name: str | None = None) -
 
     path = Path(path).expanduser()
     if path.is_dir():
-        path = path / "pytorch_lora_weights.safetensors"
+        path = path / LORA_FILE
     if path.suffix != ".safetensors" or not path.is_file():
         raise ConfigError(f"no LoRA weights at {path}: pass a .safetensors file or a folder holding "
                           "pytorch_lora_weights.safetensors")
@@ -147,7 +162,7 @@ def load_lora_file(unet: torch.nn.Module, path: Path, name: str | None = None) -
         weights = load_file(path)
     except (OSError, SafetensorError) as error:
         raise ConfigError(f"cannot read the LoRA file {path}: {error}") from None
-    state = {key.removeprefix("unet."): value for key, value in weights.items()}
+    state = {key.removeprefix(f"{UNET_PREFIX}."): value for key, value in weights.items()}
     foreign = [key for key in state if ".lora_A." not in key and ".lora_B." not in key]
     if foreign or not state:
         example = foreign[0] if foreign else "no keys"
@@ -158,11 +173,39 @@ def load_lora_file(unet: torch.nn.Module, path: Path, name: str | None = None) -
     if len(ranks) != 1:
         raise ConfigError(f"{path}: expected one LoRA rank for every module, found {sorted(ranks)}")
     name = name or path.stem
+    rank = ranks.pop()
     try:
-        add_lora(unet, name, rank=ranks.pop(), target_modules=modules)
+        add_lora(unet, name, rank=rank, alpha=_saved_alpha(path, rank), target_modules=modules)
     except (ValueError, AttributeError) as error:
         raise ConfigError(f"{path} does not fit this model ({error})") from None
     load_lora_state_dict(unet, name, state)
     for parameter in (p for n, p in unet.named_parameters() if f".{name}." in n and "lora_" in n):
         parameter.requires_grad_(False)
     return name
+
+
+def _saved_alpha(path: Path, rank: int) -> float:
+    """α from diffusers' ``lora_adapter_metadata`` when the file has it, else the rank (diffusers' default)."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    try:
+        return float(json.loads(metadata.get(METADATA_KEY, "{}")).get(f"{UNET_PREFIX}.lora_alpha", rank))
+    except (ValueError, TypeError, AttributeError):
+        return float(rank)
+
+
+def save_lora_file(unet: torch.nn.Module, name: str, path: Path, rank: int, alpha: float) -> None:
+    """Write adapter ``name`` as diffusers' ``save_lora_weights`` does: peft keys under ``unet.``, the LoRA
+    config in the ``lora_adapter_metadata`` entry (what ``pipe.load_lora_weights`` reads back)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    state = {f"{UNET_PREFIX}.{key}": value.float().contiguous() for key, value in lora_state_dict(unet, name).items()}
+    modules = sorted({key.split(".lora_")[0].removeprefix(f"{UNET_PREFIX}.") for key in state})
+    config = {f"{UNET_PREFIX}.r": rank, f"{UNET_PREFIX}.lora_alpha": alpha, f"{UNET_PREFIX}.target_modules": modules}
+    save_file(state, str(path), metadata={"format": "pt", METADATA_KEY: json.dumps(config, indent=2, sort_keys=True)})

@@ -279,3 +279,36 @@ def photometric_loss(rgb: Tensor, target: Tensor, kind: str) -> Tensor:
     if kind == "l2":
         return ((rgb - target) ** 2).mean()
     raise ValueError(f"unknown photometric loss {kind!r}; choose l1 or l2")
+
+
+def denoising_error(eps_pred: Tensor, eps: Tensor) -> Tensor:
+    """‖ε̂ − ε‖² averaged over each sample's elements, ``[B]``: the diffusion training loss per image
+    (DDPM's simple loss, Ho et al. 2020 eq. 14)."""
+    return (eps_pred.float() - eps.float()).pow(2).flatten(1).mean(1)
+
+
+def dco_loss(error: Tensor, error_ref: Tensor, beta: float) -> Tensor:
+    """Direct Consistency Optimization (Lee et al. 2024): −log σ(−β[‖ε_θ − ε‖² − ‖ε_ref − ε‖²]),
+    mean over ``[B]`` per-sample errors (:func:`denoising_error`). ε_ref is the base model: at init
+    (ε_θ = ε_ref) the loss is log 2 and its gradient (β/2)∇‖ε_θ − ε‖², a scaled plain loss."""
+    return torch.nn.functional.softplus(beta * (error - error_ref.detach())).mean()
+
+
+def prior_preservation_loss(error_instance: Tensor, error_class: Tensor, weight: float) -> Tensor:
+    """DreamBooth (Ruiz et al. 2023, eq. 2): the subject's denoising loss plus ``weight`` × that of class
+    images the base model made (λ = 0: the plain loss)."""
+    loss = error_instance.mean()
+    return loss + weight * error_class.mean() if weight else loss
+
+
+def reward_guidance(eps_guided: Tensor, eps_cond: Tensor, eps_base_cond: Tensor, reward_scale: float) -> Tensor:
+    """DCO's reward guidance (Lee et al. 2024): the guided prediction plus w(ε_adapted(y) − ε_base(y)), the
+    implicit reward of a consistency-trained adapter over its base model (the same UNet with the adapter at
+    scale 0); w = 0 leaves ``eps_guided`` as it is."""
+    return eps_guided + reward_scale * (eps_cond - eps_base_cond) if reward_scale else eps_guided
+
+
+def reward_guided_eps(eps_uncond: Tensor, eps_cond: Tensor, eps_base_cond: Tensor, scale: float,
+                      reward_scale: float) -> Tensor:
+    """Classifier-free guidance (:func:`cfg_combine`) with DCO's :func:`reward_guidance` term; w = 0 is CFG."""
+    return reward_guidance(cfg_combine(eps_cond, eps_uncond, scale), eps_cond, eps_base_cond, reward_scale)

@@ -133,11 +133,15 @@ class DiffusionPrior:
         """(tokens in ``prompt`` with the special ones, tokens the encoder reads)."""
         return len(self.tokenizer(prompt, truncation=False).input_ids), self.max_prompt_tokens()
 
-    @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> Tensor:
+    def encode_prompts(self, prompts: list[str], enable_grad: bool = False) -> Tensor:
         """Text embeddings ``[B, L, D]`` (the encoder's last hidden state), padded to the tokenizer's
         max length. CLIP encoders see no attention mask (as Stable Diffusion was trained); others
-        (T5 in DeepFloyd IF) get one."""
+        (T5 in DeepFloyd IF) get one. Runs under no_grad unless ``enable_grad`` (Textual Inversion trains
+        a token's embedding through the encoder)."""
+        with torch.set_grad_enabled(enable_grad):
+            return self._encode_prompts(prompts)
+
+    def _encode_prompts(self, prompts: list[str]) -> Tensor:
         max_length = self.max_prompt_tokens()
         tokens = self.tokenizer(
             list(prompts), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from dreamsmith.errors import DreamsmithError
@@ -23,15 +24,16 @@ def image_prompted(conditioners: list[dict[str, Any]]) -> bool:
     return any(isinstance(spec, dict) and spec.get("name") in IMAGE_PROMPTS for spec in conditioners)
 
 
-def check_prompt(prompt: str, prior: Any, image_prompt: bool = False) -> None:
+def check_prompt(prompt: str, prior: Any, image_prompt: bool = False, new_words: Sequence[str] = ()) -> None:
     """Refuse an empty prompt (unless an image prompts), and prompts outside a closed-vocabulary model's known
-    captions."""
+    captions; a prompt that uses a word an adapter teaches the model (``new_words``, e.g. "<sks>") is the
+    user's to judge."""
     if image_prompt and not prompt.strip():
         return  # the image alone says what to make; the text branch is the empty prompt
     if not prompt or not prompt.strip():
         raise DreamsmithError("the prompt is empty; say what to make, e.g. dreamsmith generate \"a red cube\"")
     known = getattr(prior, "known_prompts", None)
-    if not known:
+    if not known or set(prompt.lower().split()) & {word.lower() for word in new_words}:
         return
     if normalize_prompt(prompt) not in {normalize_prompt(p) for p in known}:
         examples = ", ".join(f"'{p}'" for p in known[:: max(1, len(known) // 4)][:4])

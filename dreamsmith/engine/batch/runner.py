@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +47,8 @@ class BatchOptions:
     only: Literal["failed", "pending"] | None = None
     """Run only failed jobs (each gets 1 + retry fresh attempts) or only pending/interrupted ones."""
     skip_invalid: bool = False
+    overrides: tuple[str, ...] = ()
+    """KEY=VALUE overrides every job gets after its own (``--adapter``: the adapters' conditioners)."""
     """Run the valid rows of a manifest that has invalid ones (they are listed in the summary)."""
     gallery: bool = True
     """Write gallery.html at the end."""
@@ -91,7 +93,11 @@ def run_batch(manifest_path: Path | str, options: BatchOptions | None = None,
     options = options or BatchOptions()
     progress = progress or BatchProgress()
     check_options(options)
-    manifest = validate(load_manifest(manifest_path))
+    manifest = load_manifest(manifest_path)
+    if options.overrides:
+        manifest.jobs = [replace(job, overrides=(*job.overrides, *options.overrides))
+                         for job in manifest.jobs]
+    manifest = validate(manifest)
     if manifest.problems and not options.skip_invalid:
         total = len(manifest.jobs) + len(manifest.problems)
         raise BatchError(f"{manifest.describe_problems()}\n{len(manifest.problems)} of {total} rows cannot run; fix "

@@ -13,6 +13,7 @@ from dreamsmith.engine.batch.manifest import JobSpec, Manifest, RowProblem
 from dreamsmith.engine.config import RunConfig
 from dreamsmith.engine.overrides import make_config
 from dreamsmith.engine.presets import default_model, resolve_model
+from dreamsmith.engine.run import stage_words
 from dreamsmith.errors import DreamsmithError
 from dreamsmith.exporters.pipeline import check_options
 from dreamsmith.guidance.priors import METADATA_FILE
@@ -33,7 +34,8 @@ def validate(manifest: Manifest) -> Manifest:
             check_options(config.export)
             for stage in config.stages:
                 model = stage.model or config.model or default_model(config.preset)
-                check_prompt(spec.prompt, SimpleNamespace(known_prompts=_known_prompts(resolve_model(model))))
+                check_prompt(spec.prompt, SimpleNamespace(known_prompts=_known_prompts(resolve_model(model))),
+                             new_words=stage_words(stage))
         except DreamsmithError as error:
             manifest.problems.append(RowProblem(spec.line, f"job '{spec.id}': {error}"))
             continue

@@ -1,0 +1,121 @@
+"""Textual Inversion (Gal et al. 2022): one new word whose embedding row is learned; the UNet is untouched.
+
+A token is added to the prior's tokenizer as a single unsplittable word and gets a new row of the text
+encoder's input embedding. Files use diffusers' ``learned_embeds.safetensors`` layout (``{token: [D]}``,
+what ``load_textual_inversion`` reads and ``examples/textual_inversion`` writes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dreamsmith.errors import ConfigError
+
+EMBEDS_FILE = "learned_embeds.safetensors"
+
+
+def input_embeddings(prior: Any) -> torch.nn.Embedding:
+    """The text encoder's token-embedding table ``[V, D]``."""
+    return prior.text_encoder.get_input_embeddings()
+
+
+def token_id(prior: Any, word: str) -> int | None:
+    """The vocabulary id of ``word`` as one token, or None when the tokenizer has no such single token."""
+    return prior.tokenizer.get_vocab().get(word)
+
+
+def single_token(prior: Any, word: str) -> int | None:
+    """The id ``word`` is tokenized to when it is one known token of the vocabulary (BPE vocabularies
+    spell whole words with an end-of-word mark), else None."""
+    tokenizer = prior.tokenizer
+    ids = tokenizer(word, add_special_tokens=False).input_ids
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    return int(ids[0]) if len(ids) == 1 and ids[0] != unknown else None
+
+
+def add_token(prior: Any, token: str, embedding: Tensor) -> int:
+    """Add ``token`` to the prior's tokenizer with input embedding ``embedding [D]``; returns its id.
+
+    Refused (one line) when the token is empty, has spaces, or is already a word of the vocabulary: its
+    meaning would silently change every prompt that uses it."""
+    if not token or token.split() != [token]:
+        raise ConfigError(f"the token {token!r} must be one word without spaces, e.g. \"<sks>\"")
+    if token_id(prior, token) is not None or single_token(prior, token) is not None:
+        raise ConfigError(f"the token {token!r} is already in the model's vocabulary; choose a new word, "
+                          "e.g. \"<sks>\" (with the angle brackets)")
+    table = input_embeddings(prior)
+    if embedding.shape != (table.embedding_dim,):
+        raise ConfigError(f"the embedding of {token!r} has shape {list(embedding.shape)}, the model's text "
+                          f"encoder needs [{table.embedding_dim}]; it belongs to another base model")
+    prior.tokenizer.add_tokens([token])
+    new_id = token_id(prior, token)
+    prior.text_encoder.resize_token_embeddings(len(prior.tokenizer), mean_resizing=False)
+    table = input_embeddings(prior)
+    with torch.no_grad():
+        table.weight[new_id] = embedding.to(table.weight)
+    table.weight.requires_grad_(False)
+    return int(new_id)
+
+
+def word_embedding(prior: Any, word: str) -> Tensor:
+    """The input embedding ``[D]`` of an existing one-token ``word`` (e.g. a class word to start from)."""
+    index = single_token(prior, word)
+    if index is None:
+        raise ConfigError(f"{word!r} is not one word of the model's vocabulary; choose a --class-word it knows")
+    return input_embeddings(prior).weight[index].detach().clone()
+
+
+def token_embeddings(prior: Any, tokens: list[str]) -> dict[str, Tensor]:
+    """``{token: [D]}`` fp32 copies of the tokens' current embeddings (what a file stores)."""
+    weight = input_embeddings(prior).weight
+    return {token: weight[token_id(prior, token)].detach().float().cpu().clone() for token in tokens}
+
+
+def save_embeddings(path: Path, embeddings: dict[str, Tensor]) -> None:
+    """Write ``{token: [D]}`` in diffusers' ``learned_embeds.safetensors`` layout."""
+    from safetensors.torch import save_file
+
+    save_file({token: value.contiguous() for token, value in embeddings.items()}, str(path))
+
+
+def read_embeddings(path: Path) -> dict[str, Tensor]:
+    """``{token: [D]}`` from a diffusers-layout file (``[1, D]`` rows are accepted); one-line errors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as error:
+        raise ConfigError(f"cannot read the embeddings {path}: {error}") from None
+    if not tensors:
+        raise ConfigError(f"{path} holds no token embeddings")
+    embeddings = {}
+    for token, value in tensors.items():
+        if value.dim() == 2 and value.shape[0] == 1:
+            value = value[0]
+        if value.dim() != 1:
+            raise ConfigError(f"{path}: the embedding of {token!r} has shape {list(value.shape)}; only one vector "
+                              "per token ([D] or [1, D]) is supported")
+        embeddings[token] = value
+    return embeddings
+
+
+def load_embeddings(prior: Any, path: Path) -> list[str]:
+    """Add the tokens of a ``learned_embeds.safetensors`` file to the prior; returns them. A token the prior
+    already has with this very embedding (the same adapter loaded for a second stage) is kept as it is."""
+    loaded = []
+    for token, value in read_embeddings(path).items():
+        index = token_id(prior, token)
+        if index is not None:
+            current = input_embeddings(prior).weight[index].detach().float().cpu()
+            if current.shape != value.shape or not torch.equal(current, value.float()):
+                raise ConfigError(f"{path}: the token {token!r} is already a word of the model with another "
+                                  "meaning; rename it in the file or load only one adapter that defines it")
+        else:
+            add_token(prior, token, value)
+        loaded.append(token)
+    return loaded
