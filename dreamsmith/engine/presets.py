@@ -11,8 +11,8 @@ from typing import Any
 import yaml
 
 from dreamsmith.errors import ConfigError, ModelLoadError
+from dreamsmith.paths import EMBEDDED_PREFIX, embedded_model_path, resolve_model  # noqa: F401 (re-exported)
 
-EMBEDDED_PREFIX = "embedded:"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 """A Hugging Face model id, ``owner/name`` (the rule ``guidance.loading`` applies when it loads)."""
 
@@ -44,18 +44,6 @@ def load_preset(name: str) -> dict[str, Any]:
     changes = raw.pop("stages", [])
     stages = [deep_merge(stage, change) for stage, change in zip(base["stages"], changes, strict=False)]
     return {**base, **raw, "stages": stages + changes[len(stages):] + base["stages"][len(changes):]}
-
-
-def embedded_model_path(name: str) -> Path:
-    """Folder of a model shipped inside the package (``dreamsmith/models/<name>``)."""
-    return Path(str(resources.files("dreamsmith") / "models" / name))
-
-
-def resolve_model(model: str) -> str:
-    """``embedded:<name>`` -> the packaged folder; anything else unchanged."""
-    if model.startswith(EMBEDDED_PREFIX):
-        return str(embedded_model_path(model.removeprefix(EMBEDDED_PREFIX)))
-    return model
 
 
 def default_model(preset: str) -> str:

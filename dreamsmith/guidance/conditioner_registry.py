@@ -182,8 +182,9 @@ def _plain(value: Any) -> Any:
 
 def _controlnet(options: ControlNetOptions, prior: Any, allow_pickle: bool, prompt: str) -> Conditioner:
     from dreamsmith.guidance.loading import load_controlnet
+    from dreamsmith.paths import resolve_model
 
-    controlnet = load_controlnet(options.model, prior.device, prior.dtype, allow_pickle)
+    controlnet = load_controlnet(resolve_model(options.model), prior.device, prior.dtype, allow_pickle)
     base, control = prior.unet.config, controlnet.config
     for key in ("cross_attention_dim", "block_out_channels", "in_channels"):
         if _plain(base.get(key)) != _plain(control.get(key)):
