@@ -63,7 +63,7 @@ def sample(prior, caption: str, cameras: Cameras, render, conditioners, steps: i
     scheduler.set_timesteps(steps)
     n = len(cameras)
     embeds = prior.encode_prompts([caption] * n + [""] * n)
-    context = ConditionContext(render=render, cameras=cameras)
+    context = ConditionContext(render=render, cameras=cameras, branch_labels=("cond",) * n + ("uncond",) * n)
     x = torch.randn(n, 3, prior.image_size, prior.image_size, generator=torch.Generator().manual_seed(seed))
     for t in scheduler.timesteps:
         cond, uncond = prior.predict_noise(x.repeat(2, 1, 1, 1), t, embeds, cameras, conditioners, context).chunk(2)
