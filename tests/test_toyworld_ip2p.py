@@ -174,3 +174,19 @@ def test_the_shipped_model_is_detected_as_image_conditioned_and_loads() -> None:
     assert prior.scheduler.config.num_train_timesteps == base.scheduler.config.num_train_timesteps
     ids = prior.tokenizer("turn it into a cylinder").input_ids
     assert prior.tokenizer.unk_token_id not in ids and len(ids) == 7
+
+
+@pytest.mark.skipif(not SHIPPED.is_dir(), reason="toyworld-ip2p is not trained in this checkout")
+def test_dreamsmith_edit_takes_the_shipped_model_by_default(tmp_path: Path) -> None:
+    import yaml
+
+    from dreamsmith.engine.config import to_dict
+    from dreamsmith.engine.edit_config import EditRequest, edit_config
+    from dreamsmith.engine.overrides import make_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(to_dict(make_config("a red cube", steps=2)), sort_keys=False))
+    (run / "report.json").write_text("{}")
+    config, kind = edit_config(EditRequest(source=run, instruction="make it blue"))  # checks the model fits ip2p
+    assert kind == "run" and config.model == "embedded:toyworld-ip2p" and config.prompt == "make it blue"
