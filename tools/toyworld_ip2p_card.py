@@ -160,12 +160,19 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def measured_section(scales: str, results: list[dict]) -> str:
+def grid_name(scales: str, first: bool) -> str:
+    """The sample grid's file: samples.png for the first setting, samples-S_I-S_T.png for the others."""
+    return "samples.png" if first else "samples-" + scales.replace(", ", "-") + ".png"
+
+
+def measured_section(scales: str, results: list[dict], first: bool) -> str:
     """Markdown of the figures at one guidance setting: held-out summary, the issue's edits, per edit."""
     held, seen = summary(results, True), summary(results, False)
     c, s = held["colour"], held["shape"]
     n_colour, n_shape = (sum(r["kind"] == kind and r["held_out"] for r in results) for kind in ("colour", "shape"))
     return f"""### s_I, s_T = {scales}
+
+![edits at s_I, s_T = {scales}]({grid_name(scales, first)})
 
 Held-out combinations:
 
@@ -200,8 +207,13 @@ def write_readme(out: Path, model_dir: Path, log: dict, args: argparse.Namespace
     own_mb = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()) / 2**20
     el_lo, el_hi = log["elevation_range"]
     held_list = ", ".join(f"{s} + \"{i}\"" for s, i in HELD_OUT_EDITS)
-    measured = "\n".join(measured_section(scales, results) for scales, results in by_scales.items())
+    measured = "\n".join(measured_section(scales, results, i == 0)
+                         for i, (scales, results) in enumerate(by_scales.items()))
     first_scales = next(iter(by_scales))
+    cut = log.get("resumes") and log["steps_planned"] > len(losses)
+    cut_note = (f"\n(Planned for {log['steps_planned']} steps; resumed with fewer, the last `--steps` "
+                f"{len(losses)}, to fit the time a shared 2-core machine gave: about 3.8 s a step there, "
+                "against 1.1 s alone.)\n" if cut else "")
     (out / "README.md").write_text(f"""# toyworld-ip2p — the embedded editing model
 
 The embedded prior `toyworld` (its card: `../toyworld/README.md`) fine-tuned into an InstructPix2Pix
@@ -223,7 +235,7 @@ Size on disk: {own_mb:.1f} MB (fp16).
 ```
 {log['command']}
 ```
-{resumed_text(log)}
+{resumed_text(log)}{cut_note}
 - fine-tuned from `{log['init_from']}`; at step 0 the new input weights are zero, so the model is the base
   exactly (tested bit for bit in `tests/test_toyworld_ip2p.py`);
 - data (`dreamsmith.toyworld.edits`): {log['n_images']} pairs (render of caption A, instruction, render of
@@ -249,7 +261,8 @@ Size on disk: {own_mb:.1f} MB (fp16).
 `samples.png`: per edit, the source (truth render from elevation {CARD_ELEVATION:g} deg, azimuth 30 deg), the
 instruction, the trained model's edit, the untrained model's edit (same noise), and the truth of the
 target caption from the same camera; * and red: held out. DDIM {args.steps} steps from noise, the `ip2p`
-guidance's branches and combine, s_I, s_T = {first_scales}.
+guidance's branches and combine, s_I, s_T = {first_scales} (the grids of the other settings are under
+"Measured").
 
 ![samples](samples.png)
 
@@ -271,6 +284,10 @@ which cannot see the source); "no edit": the source render itself.
 - The card samples 2D edits of ground-truth renders; an edit of a 3D asset (`dreamsmith edit`)
   distils these through score distillation, whose results are the edit benchmark's, not this card's.
 - White: the base draws white objects black (its card), so "make it white" is not expected to work.
+- The guidance scales matter: at the largest setting measured the DDIM samples of this pixel-space
+  model collapse into discs of the instruction's colour (as the base's samples blot above text CFG 3,
+  its card); compare the settings under "Measured" before choosing `--image-guidance` and
+  `--text-guidance` for `dreamsmith edit`.
 """)
 
 
@@ -280,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--steps", type=int, default=40, help="DDIM steps")
     parser.add_argument("--views", type=int, default=4, help="cameras per edit")
-    parser.add_argument("--scales", nargs="+", default=["1.5:3", "1:1"],
+    parser.add_argument("--scales", nargs="+", default=["1.25:1.5", "1:1", "1.5:3"],
                         help="S_I:S_T guidance settings to measure, the first drawn (InstructPix2Pix's own is "
                              "1.5:7.5; the pixel-space toy samples blot above CFG 3, see the base's card)")
     parser.add_argument("--seed", type=int, default=0)
@@ -316,8 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append((source_text, instruction, source[0], edits["trained"][0], edits["untrained"][0], target[0]))
             print(setting, json.dumps(results[-1]), flush=True)
         by_scales[f"{image_guidance:g}, {text_guidance:g}"] = results
-        if len(by_scales) == 1:  # the grid shows the first setting
-            draw_edits(rows).save(out / "samples.png")
+        draw_edits(rows).save(out / grid_name(f"{image_guidance:g}, {text_guidance:g}", len(by_scales) == 1))
     seconds = time.time() - start
     draw_loss(log["losses"]).save(out / "loss.png")
     figures_by_scales = {scales: {"held_out": summary(results, True), "seen": summary(results, False)}
