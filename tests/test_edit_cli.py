@@ -228,7 +228,6 @@ def test_usage_errors_are_one_line_before_torch_loads_and_write_nothing(tiny_sd_
         ([str(run), "   ", *model], "the instruction is empty"),
         ([str(run), "make it blue", "--model", str(tiny_sd_dir), "--out", str(out)],
          "guidance ip2p needs an InstructPix2Pix-style model"),
-        ([str(run), "make it blue", "--out", str(out)], "'toyworld-ip2p' is not shipped"),
         ([str(run), "make it blue", "--method", "sdedit", *model], "unknown --method 'sdedit'"),
         ([str(run), "make it blue", "--method", "in2n", "--model", str(tiny_sd_dir), "--out", str(out)],
          "guidance in2n needs an InstructPix2Pix-style model"),

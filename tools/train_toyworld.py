@@ -24,6 +24,15 @@ dropped per group, and the multi-view attention processor folding each group int
 every self-attention. ``--freeze-text-encoder`` with ``--init-from`` trains the UNet only and exports
 a delta folder: its ``dreamsmith.json`` names the init folder as ``base`` for the text encoder,
 tokenizer and scheduler.
+
+``--edit-pairs`` (with ``--init-from``) fine-tunes the editing model ``toyworld-ip2p`` (InstructPix2Pix,
+Brooks et al. 2023): the UNet gains the source image as three more input channels after the ray
+channels (zero weights, so it starts as the init model), the tokenizer the instructions' words, and it
+learns to denoise the render of caption B given the render of caption A from the same camera and the
+instruction ("make it blue", "turn it into a sphere"; :mod:`dreamsmith.toyworld.edits`). Text, image and
+both are each dropped ``--edit-dropout`` of the time for the three-branch guidance. The export is a delta
+folder (UNet, text encoder and tokenizer; the scheduler from the init folder) whose ``dreamsmith.json``
+says ``image_channels`` and lists the instructions as its known prompts.
 """
 
 from __future__ import annotations
@@ -47,13 +56,16 @@ from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dreamsmith.guidance.attention import hooks_active  # noqa: E402
 from dreamsmith.guidance.multiview import MULTIVIEW, MultiViewAttention  # noqa: E402
-from dreamsmith.guidance.priors import c2w16_labels  # noqa: E402
+from dreamsmith.guidance.priors import RAY_CHANNELS, c2w16_labels  # noqa: E402
 from dreamsmith.renderers.cameras import Cameras  # noqa: E402
 from dreamsmith.toyworld import world as tw  # noqa: E402
 from dreamsmith.toyworld.data import ToyworldDataset, generate_toyworld_dataset  # noqa: E402
+from dreamsmith.toyworld.edits import EDIT_WORDS, INSTRUCTIONS, EditPairs, generate_edit_pairs  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "dreamsmith" / "models" / "toyworld"
 TEXT_LENGTH = 6  # [BOS] an orange cube [EOS] + one pad; "" pads to the same length
+EDIT_TEXT_LENGTH = 8  # [BOS] turn it into a cylinder [EOS] + one pad (the text encoder's 8 positions)
+IMAGE_CHANNELS = 3  # the edit model's source image, in [-1, 1], after the ray channels
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 
 
@@ -103,7 +115,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--freeze-text-encoder", action="store_true",
                         help="train the UNet only; with --init-from, export a delta folder whose "
                              "dreamsmith.json names the init folder as its base")
+    parser.add_argument("--edit-pairs", action="store_true",
+                        help="with --init-from: train the InstructPix2Pix editing model on --n-images edit "
+                             "pairs (source render, instruction, target render from the same camera)")
+    parser.add_argument("--edit-dropout", type=float, default=0.05,
+                        help="--edit-pairs: probability of dropping the text only, the image only, and both "
+                             "(each; InstructPix2Pix's 5 %%)")
     args = parser.parse_args(argv)
+    if args.edit_pairs and (args.init_from is None or args.views_per_group != 1 or args.oversample):
+        parser.error("--edit-pairs fine-tunes a single-view model: it needs --init-from, and takes neither "
+                     "--views-per-group nor --oversample")
+    if not 0 <= 3 * args.edit_dropout <= 1:
+        parser.error(f"--edit-dropout {args.edit_dropout} must be in [0, 1/3]")
     if args.views_per_group < 1 or args.batch_size % args.views_per_group:
         parser.error(f"--batch-size {args.batch_size} must be a whole number of groups of "
                      f"--views-per-group {args.views_per_group} (>= 1) views")
@@ -114,9 +137,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Word-level tokenizer over the toyworld's words, padded to ``TEXT_LENGTH``."""
-    words = [*SPECIAL_TOKENS, "a", "an", *tw.COLOURS, *tw.SHAPES]
+def build_tokenizer(extra_words: tuple[str, ...] = (), length: int = TEXT_LENGTH) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over the toyworld's words, padded to ``length``; ``extra_words`` get the ids
+    after the caption words (so a model trained on the plain tokenizer reads its ids unchanged)."""
+    words = [*SPECIAL_TOKENS, "a", "an", *tw.COLOURS, *tw.SHAPES, *extra_words]
     vocab = {word: i for i, word in enumerate(words)}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.Lowercase()
@@ -125,7 +149,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         single="[BOS] $A [EOS]", special_tokens=[("[BOS]", vocab["[BOS]"]), ("[EOS]", vocab["[EOS]"])]
     )
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]",
-                                   bos_token="[BOS]", eos_token="[EOS]", model_max_length=TEXT_LENGTH)
+                                   bos_token="[BOS]", eos_token="[EOS]", model_max_length=length)
 
 
 def build_text_encoder(tokenizer: PreTrainedTokenizerFast) -> CLIPTextModel:
@@ -176,10 +200,11 @@ def camera_rays(c2w: torch.Tensor, resolution: int) -> torch.Tensor:
     return cameras.plucker_map(tw.CAMERA_DISTANCE)
 
 
-def add_ray_channels(unet: UNet2DConditionModel, n_rays: int = 6) -> UNet2DConditionModel:
-    """``unet`` with ``n_rays`` more input channels whose first-convolution weights are zero."""
+def add_input_channels(unet: UNet2DConditionModel, n: int) -> UNet2DConditionModel:
+    """``unet`` with ``n`` more input channels (after its own) whose first-convolution weights are zero:
+    the widened model computes exactly what ``unet`` did, whatever the new channels hold."""
     old = unet.conv_in
-    new = torch.nn.Conv2d(old.in_channels + n_rays, old.out_channels, old.kernel_size, old.stride, old.padding)
+    new = torch.nn.Conv2d(old.in_channels + n, old.out_channels, old.kernel_size, old.stride, old.padding)
     with torch.no_grad():
         new.weight.zero_()
         new.weight[:, : old.in_channels] = old.weight
@@ -194,8 +219,16 @@ def load_init(folder: Path, camera_rays: bool) -> tuple[UNet2DConditionModel, CL
     unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
     text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32)
     if camera_rays and unet.config.in_channels == 3:
-        add_ray_channels(unet)
+        add_input_channels(unet, RAY_CHANNELS)
     return unet, text_encoder
+
+
+def widen_for_edits(unet: UNet2DConditionModel, text_encoder: CLIPTextModel,
+                    tokenizer: PreTrainedTokenizerFast) -> None:
+    """Make an init model the untrained editing model: ``IMAGE_CHANNELS`` zero-weight input channels for
+    the source image, token embeddings for ``tokenizer``'s new words (the old ids keep theirs)."""
+    add_input_channels(unet, IMAGE_CHANNELS)
+    text_encoder.resize_token_embeddings(len(tokenizer))
 
 
 def swap_articles(captions: list[str], mask: torch.Tensor) -> list[str]:
@@ -269,12 +302,15 @@ def load_training_state(path: Path, modules: dict[str, torch.nn.Module], optimiz
 def export_model(out: Path, unet: UNet2DConditionModel, text_encoder: CLIPTextModel,
                  tokenizer: PreTrainedTokenizerFast, scheduler: DDPMScheduler, resolution: int,
                  train_log: dict, elevation_range: tuple[float, float] = tw.ELEVATION_RANGE_DEG,
-                 views_per_group: int = 1, base: Path | None = None) -> None:
+                 views_per_group: int = 1, base: Path | None = None, own_text: bool = False,
+                 image_channels: int = 0) -> None:
     """Write the diffusers folder next to ``out`` and swap it in, keeping the card's files.
 
     views_per_group > 1: ``dreamsmith.json`` names the multi-view attention. base: a model folder whose
-    text encoder, tokenizer and scheduler this one shares; only the UNet is written and
-    ``dreamsmith.json`` names the base by its path relative to ``out``."""
+    text encoder, tokenizer and scheduler this one shares; only the UNet is written (and the text encoder
+    and tokenizer with ``own_text``) and ``dreamsmith.json`` names the base by its path relative to
+    ``out``. image_channels > 0: an editing model whose UNet reads that many source-image channels after
+    the ray channels; its known prompts are the instructions."""
     import diffusers
 
     tmp = out.with_name(out.name + ".tmp")
@@ -282,9 +318,10 @@ def export_model(out: Path, unet: UNet2DConditionModel, text_encoder: CLIPTextMo
     tmp.mkdir(parents=True)
     # fp16 on disk halves the size; loaders pass torch_dtype=torch.float32 on a CPU
     copy.deepcopy(unet).half().save_pretrained(tmp / "unet", safe_serialization=True)
-    if base is None:
+    if base is None or own_text:
         copy.deepcopy(text_encoder).half().save_pretrained(tmp / "text_encoder", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "tokenizer")
+    if base is None:
         scheduler.save_pretrained(tmp / "scheduler")
     (tmp / "model_index.json").write_text(json.dumps({
         "_class_name": "ToyworldPipeline", "_diffusers_version": diffusers.__version__,
@@ -292,11 +329,13 @@ def export_model(out: Path, unet: UNet2DConditionModel, text_encoder: CLIPTextMo
         "tokenizer": ["transformers", "PreTrainedTokenizerFast"], "scheduler": ["diffusers", "DDPMScheduler"],
     }, indent=2) + "\n")
     metadata = {
-        "camera_conditioning": "c2w16+rays" if unet.config.in_channels > 3 else "c2w16",
+        "camera_conditioning": "c2w16+rays" if unet.config.in_channels - image_channels > 3 else "c2w16",
         "camera_distance": tw.CAMERA_DISTANCE, "resolution": resolution,
-        "known_prompts": list(tw.ALL_CAPTIONS), "fovy_deg": tw.FOVY_DEG,
+        "known_prompts": list(INSTRUCTIONS if image_channels else tw.ALL_CAPTIONS), "fovy_deg": tw.FOVY_DEG,
         "elevation_range": list(elevation_range),
     }
+    if image_channels:
+        metadata["image_channels"] = image_channels
     if views_per_group > 1:
         metadata |= {"attention": MULTIVIEW, "views_per_group": views_per_group}
     if base is not None:
@@ -380,6 +419,32 @@ def training_batch(data: ToyworldDataset, tokenizer: PreTrainedTokenizerFast, ba
     return images, ids, camera * keep_camera[:, None]
 
 
+def edit_training_batch(pairs: EditPairs, tokenizer: PreTrainedTokenizerFast, batch_size: int,
+                        generator: torch.Generator, with_rays: bool = False, edit_dropout: float = 0.05,
+                        camera_dropout: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An InstructPix2Pix batch: inputs ``[B, 3 (+6) + 3, H, W]`` (the target render in [-1, 1], the ray
+    channels, the source render in [-1, 1]; the loop noises the first three), instruction token ids
+    ``[B, L]``, camera ``[B, 16]``. Each pair drops its instruction (-> "") only, its source image
+    (-> zeros) only, or both, each with probability ``edit_dropout``; its camera (labels and rays) with
+    ``camera_dropout``."""
+    index = torch.randint(len(pairs), (batch_size,), generator=generator)
+    target = pairs.target[index].permute(0, 3, 1, 2).float() / 127.5 - 1
+    source = pairs.source[index].permute(0, 3, 1, 2).float() / 127.5 - 1
+    u = torch.rand(batch_size, generator=generator)
+    drop_text = (u < edit_dropout) | ((u >= 2 * edit_dropout) & (u < 3 * edit_dropout))
+    drop_image = (u >= edit_dropout) & (u < 3 * edit_dropout)
+    instructions = ["" if d else instruction
+                    for (_, instruction, _), d in zip(pairs.triples(index), drop_text.tolist(), strict=True)]
+    ids = tokenizer(instructions, padding="max_length", max_length=tokenizer.model_max_length,
+                    return_tensors="pt").input_ids
+    source = source * (~drop_image).float()[:, None, None, None]
+    keep_camera = (torch.rand(batch_size, generator=generator) >= camera_dropout).float()
+    parts = [target]
+    if with_rays:
+        parts.append(camera_rays(pairs.c2w[index], target.shape[-1]) * keep_camera[:, None, None, None])
+    return torch.cat([*parts, source], dim=1), ids, camera_condition(pairs.c2w[index]) * keep_camera[:, None]
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Train (or resume), export the model folder, return the training log."""
     args = parse_args(argv)
@@ -389,18 +454,28 @@ def main(argv: list[str] | None = None) -> dict:
     t_start = time.time()
     elevation_range = tuple(args.elevation_range)
     views = args.views_per_group
-    data = generate_toyworld_dataset(args.n_images, args.resolution, args.seed, elevation_range, views)
+    if args.edit_pairs:
+        data = generate_edit_pairs(args.n_images, args.resolution, args.seed, elevation_range)
+        tokenizer = build_tokenizer(EDIT_WORDS, EDIT_TEXT_LENGTH)
+    else:
+        data = generate_toyworld_dataset(args.n_images, args.resolution, args.seed, elevation_range, views)
+        tokenizer = build_tokenizer()
     data_seconds = time.time() - t_start
-    print(f"dataset: {len(data)} renders at {args.resolution}^2 ({len(data) // views} groups of {views}) "
-          f"in {data_seconds:.1f}s", flush=True)
+    print(f"dataset: {len(data)} {'edit pairs' if args.edit_pairs else 'renders'} at {args.resolution}^2 "
+          f"({len(data) // views} groups of {views}) in {data_seconds:.1f}s", flush=True)
 
-    tokenizer = build_tokenizer()
+    image_channels = IMAGE_CHANNELS if args.edit_pairs else 0
     if args.init_from is not None and not (args.resume and (args.state_dir / "state.pt").exists()):
         unet, text_encoder = load_init(args.init_from, args.camera_rays)
         channels = tuple(unet.config.block_out_channels)
+        if args.edit_pairs:
+            widen_for_edits(unet, text_encoder, tokenizer)
     else:
+        if args.init_from is not None:  # resuming a fine-tune: the init model's widths, whatever --channels says
+            init_config = json.loads((args.init_from / "unet" / "config.json").read_text())
+            channels = tuple(init_config["block_out_channels"])
         text_encoder = build_text_encoder(tokenizer)
-        unet = build_unet(args.resolution, channels, 9 if args.camera_rays else 3)
+        unet = build_unet(args.resolution, channels, (9 if args.camera_rays else 3) + image_channels)
     scheduler = build_scheduler()
     # EMA of both networks: the UNet was trained against this text encoder, so they average together
     ema_unet = copy.deepcopy(unet).requires_grad_(False)
@@ -422,6 +497,7 @@ def main(argv: list[str] | None = None) -> dict:
            "lr": args.lr, "warmup": args.warmup, "max_weight": args.max_weight,
            "oversample": args.oversample, "high_t_fraction": args.high_t_fraction,
            "views_per_group": views, "freeze_text_encoder": args.freeze_text_encoder,
+           "edit_pairs": args.edit_pairs, "edit_dropout": args.edit_dropout if args.edit_pairs else None,
            "unet_params": sum(p.numel() for p in unet.parameters()),
            "text_encoder_params": sum(p.numel() for p in text_encoder.parameters())}
     step = 0
@@ -431,8 +507,8 @@ def main(argv: list[str] | None = None) -> dict:
         step, log = load_training_state(state_path, modules, optimizer, generator, command)
         log["data_seconds"] += data_seconds  # the resumed run rendered its data again
 
-    draw_weights = sampling_weights(data, args.oversample)
-    base = args.init_from if args.freeze_text_encoder else None
+    draw_weights = None if args.edit_pairs else sampling_weights(data, args.oversample)
+    base = args.init_from if args.freeze_text_encoder or args.edit_pairs else None
     attention_hooks = [MultiViewAttention(views)] if views > 1 else []
     unet.train()
     text_encoder.train(not args.freeze_text_encoder)
@@ -440,14 +516,18 @@ def main(argv: list[str] | None = None) -> dict:
     while step < args.steps:
         for group in optimizer.param_groups:
             group["lr"] = args.lr * lr_factor(step, args.warmup, args.steps)
-        inputs, ids, camera = training_batch(data, tokenizer, args.batch_size, generator, args.camera_rays,
-                                             args.text_dropout, args.camera_dropout, draw_weights, views)
-        images, rays = inputs[:, :3], inputs[:, 3:]
+        if args.edit_pairs:
+            inputs, ids, camera = edit_training_batch(data, tokenizer, args.batch_size, generator, args.camera_rays,
+                                                      args.edit_dropout, args.camera_dropout)
+        else:
+            inputs, ids, camera = training_batch(data, tokenizer, args.batch_size, generator, args.camera_rays,
+                                                 args.text_dropout, args.camera_dropout, draw_weights, views)
+        images, condition = inputs[:, :3], inputs[:, 3:]  # rays, and the source image when editing
         noise = torch.randn(images.shape, generator=generator)
         timesteps = sample_timesteps(args.batch_size // views, scheduler.config.num_train_timesteps,
                                      args.high_t_fraction, generator).repeat_interleave(views)  # one t per group
         a = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
-        noisy = torch.cat([a.sqrt() * images + (1 - a).sqrt() * noise, rays], dim=1)
+        noisy = torch.cat([a.sqrt() * images + (1 - a).sqrt() * noise, condition], dim=1)
         with torch.set_grad_enabled(not args.freeze_text_encoder):
             text = text_encoder(ids).last_hidden_state
         with hooks_active(unet, attention_hooks):
@@ -471,7 +551,8 @@ def main(argv: list[str] | None = None) -> dict:
             log["steps_done"] = step
             save_training_state(state_path, modules, optimizer, generator, step, log)
             export_model(args.out, ema_unet, ema_text_encoder, tokenizer, scheduler, args.resolution, log,
-                         elevation_range, views, base)
+                         elevation_range, views, base, own_text=not args.freeze_text_encoder,
+                         image_channels=image_channels)
             print(f"checkpoint at step {step} -> {args.out}", flush=True)
     return log
 
