@@ -31,7 +31,7 @@ def images(tmp_path_factory):
         (["--image", "dot.png"], "is 1×1: too small"),
         (["--image", "huge.png"], "is 10000×10000, more than 16 megapixels"),
         (["--image", "missing.png"], "--image missing.png does not exist"),
-        (["--image", "orange.png"], "the embedded image adapter 'toyworld-ip' is not shipped"),
+        (["--image", "orange.png", "--model", "."], "--image needs --ip-adapter with an IP-Adapter for ."),
         (["--image", "orange.png", "--ip-adapter", "none.safetensors"], "--ip-adapter none.safetensors does not exist"),
         (["--image", "orange.png", "--image-scale", "-1"], "--image-scale must be >= 0"),
         (["--ip-adapter", "adapter.safetensors"], "say what to make"),
