@@ -76,18 +76,19 @@ def ious(samples: torch.Tensor, truth: torch.Tensor) -> list[float]:
     return ((fg_s & fg_t).sum((1, 2)) / (fg_s | fg_t).sum((1, 2)).clamp(min=1)).tolist()
 
 
-def draw(rows: list[tuple[str, list[torch.Tensor]]], scale: int = 3) -> Image.Image:
-    """One row per pair and view: label, then its tiles (control, caption truth, scale 0, scale 1)."""
+def draw(rows: list[tuple[str, list[torch.Tensor]]], header: str, label_width: int = 260,
+         scale: int = 3) -> Image.Image:
+    """One row per label, then its tiles ``[H, W, 3]`` left to right, ``header`` above the tiles."""
     size = rows[0][1][0].shape[0] * scale
-    label_w, pad = 260, 2
-    grid = Image.new("RGB", (label_w + 4 * (size + pad), len(rows) * (size + pad) + 18), "white")
+    pad, columns = 2, max(len(tiles) for _, tiles in rows)
+    grid = Image.new("RGB", (label_width + columns * (size + pad), len(rows) * (size + pad) + 18), "white")
     canvas = ImageDraw.Draw(grid)
-    canvas.text((label_w, 2), "control depth | caption truth | scale 0 | scale 1", fill="black")
+    canvas.text((label_width, 2), header, fill="black")
     for r, (label, tiles) in enumerate(rows):
         y = 16 + r * (size + pad)
         canvas.text((4, y + size // 2 - 6), label, fill="black")
         for k, tile in enumerate(tiles):
-            grid.paste(to_tile(tile, scale), (label_w + k * (size + pad), y))
+            grid.paste(to_tile(tile, scale), (label_width + k * (size + pad), y))
     return grid
 
 
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
                         **{f"iou_caption_scale{s:g}": statistics.mean(ious(samples[s], truth_caption))
                            for s in samples}})
     seconds = time.time() - start
-    draw(rows).save(out / "samples.png")
+    draw(rows, "control depth | caption truth | scale 0 | scale 1").save(out / "samples.png")
 
     def mean(key: str, same: bool) -> float:
         return round(statistics.mean(r[key] for r in results if r["same_shape"] == same), 3)

@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from toyworld_card import draw_loss, resumed_text, score, to_tile  # noqa: E402
-from toyworld_depth_card import sample  # noqa: E402
+from toyworld_card import draw_loss, resumed_text, score  # noqa: E402
+from toyworld_depth_card import draw, sample  # noqa: E402
 
 from dreamsmith.guidance.conditioner_registry import build_conditioners  # noqa: E402
 from dreamsmith.guidance.loading import load_prior  # noqa: E402
@@ -60,21 +60,6 @@ def views(pairs, resolution: int) -> Cameras:
     azimuth, elevation = torch.tensor(pairs).T
     return Cameras.from_spherical(azimuth, elevation, torch.tensor(tw.CAMERA_DISTANCE), torch.tensor(tw.FOVY_DEG),
                                   resolution)
-
-
-def draw(rows: list[tuple[str, list[torch.Tensor]]], scale: int = 3) -> Image.Image:
-    size = rows[0][1][0].shape[0] * scale
-    label_w, pad = 140, 2
-    n = len(rows[0][1])
-    grid = Image.new("RGB", (label_w + n * (size + pad), len(rows) * (size + pad) + 18), "white")
-    canvas = ImageDraw.Draw(grid)
-    canvas.text((label_w, 2), "reference | truth, scale 0, scale 1 (view 1) | the same (view 2)", fill="black")
-    for r, (label, tiles) in enumerate(rows):
-        y = 16 + r * (size + pad)
-        canvas.text((4, y + size // 2 - 6), label, fill="black")
-        for k, tile in enumerate(tiles):
-            grid.paste(to_tile(tile, scale), (label_w + k * (size + pad), y))
-    return grid
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -113,7 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append((text, [image, *[t for v in range(len(cameras))
                                          for t in (target[v], samples[0.0][v], samples[1.0][v])]]))
     seconds = time.time() - start
-    draw(rows).save(out / "samples.png")
+    draw(rows, "reference | truth, scale 0, scale 1 (view 1) | the same (view 2)", label_width=140).save(
+        out / "samples.png")
     summary = {key: round(statistics.mean(r[key] for r in results if r["reference"] != "a pink cube"), 3)
                for key in ("iou_scale0", "iou_scale1", "colour_error_scale0", "colour_error_scale1")}
     pink = next(r for r in results if r["reference"] == "a pink cube")
