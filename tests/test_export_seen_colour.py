@@ -2,9 +2,11 @@
 
 import math
 
+import pytest
 import torch
 from export_shapes import ball, smooth_albedo
 
+from dreamsmith.errors import DreamsmithError
 from dreamsmith.exporters.cleanup import cleanup
 from dreamsmith.exporters.options import ExportOptions
 from dreamsmith.exporters.pipeline import export_mesh
@@ -80,3 +82,10 @@ def test_export_bakes_the_seen_colour_of_a_translucent_field(tmp_path):
     assert surface.mesh.base_color_texture.mean() < 0.1  # the shell's albedo, as before
     assert seen_texture > 0.75  # what the field renders: mostly the white under the shell
     assert "seen_colour" in seen.timings and "seen_colour" not in surface.timings
+
+
+def test_an_unknown_surface_colour_is_refused_in_one_line(tmp_path):
+    with pytest.raises(DreamsmithError, match="export.surface_colour 'rendered' is unknown; choose seen or surface"):
+        export_mesh(cleanup(ball(resolution=16)), smooth_albedo, tmp_path / "x",
+                    ExportOptions(surface_colour="rendered", preview_resolution=0))
+    assert not (tmp_path / "x").exists()
