@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dreamsmith.guidance.loading import load_prior  # noqa: E402
 from dreamsmith.guidance.priors import DiffusionPrior  # noqa: E402
+from dreamsmith.guidance.sampling import ddim_sample  # noqa: E402
 from dreamsmith.renderers.cameras import Cameras  # noqa: E402
 from dreamsmith.toyworld import world as tw  # noqa: E402
 from dreamsmith.toyworld.camera_probe import camera_sensitivity  # noqa: E402
@@ -34,24 +34,6 @@ CARD_VIEWS = ((0.0, 20.0), (60.0, 0.0), (120.0, 40.0), (180.0, 20.0), (240.0, -1
 # (caption, azimuth, elevation) the camera probe runs on: a cube's faces turn with the azimuth, a
 # torus's hole shows from above
 PROBES = (("a red cube", 20.0, 20.0), ("a blue cube", 0.0, 40.0), ("a green torus", 0.0, 20.0))
-
-
-@torch.no_grad()
-def sample(prior: DiffusionPrior, captions: list[str], cameras: Cameras, steps: int, cfg: float,
-           generator: torch.Generator) -> torch.Tensor:
-    """DDIM samples ``[B, H, W, 3]`` in [0, 1] for ``captions [B]`` seen from ``cameras [B]``, through
-    the prior's own noise prediction (so the camera reaches the UNet as the engine passes it).
-
-    Text classifier-free guidance: eps = eps(cam, "") + cfg * (eps(cam, text) - eps(cam, "")).
-    """
-    scheduler = DDIMScheduler.from_config(prior.scheduler.config)
-    embeds = prior.encode_prompts(captions + [""] * len(captions))
-    scheduler.set_timesteps(steps)
-    x = torch.randn(len(captions), 3, prior.image_size, prior.image_size, generator=generator)
-    for t in scheduler.timesteps:
-        eps_cond, eps_uncond = prior.predict_noise(x.repeat(2, 1, 1, 1), t, embeds, cameras).chunk(2)
-        x = scheduler.step(eps_uncond + cfg * (eps_cond - eps_uncond), t, x).prev_sample
-    return ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
 
 
 PROBE_TIMESTEPS = (800, 900, 950)
@@ -306,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
         chunk = captions[first:first + 16]
         batch_captions = [c for c in chunk for _ in range(n_views)]
         views = cameras[torch.arange(len(CARD_VIEWS)).repeat(len(chunk))]
-        images = sample(prior, batch_captions, views, args.steps, args.cfg, generator)
+        images = ddim_sample(prior, batch_captions, generator, args.steps, args.cfg, cameras=views)
         for i, text in enumerate(chunk):
             truth = render_caption(text, cameras)
             samples = images[i * n_views:(i + 1) * n_views]

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,6 +27,7 @@ from toyworld_card import draw_loss, foreground, resumed_text, to_tile  # noqa: 
 from dreamsmith.guidance.conditioner_registry import build_conditioners  # noqa: E402
 from dreamsmith.guidance.conditioners import ConditionContext, control_image_from_render  # noqa: E402
 from dreamsmith.guidance.loading import load_prior  # noqa: E402
+from dreamsmith.guidance.sampling import ddim_sample  # noqa: E402
 from dreamsmith.renderers.cameras import Cameras  # noqa: E402
 from dreamsmith.renderers.sdf_tracer import render_sdf  # noqa: E402
 from dreamsmith.toyworld import world as tw  # noqa: E402
@@ -55,20 +55,8 @@ def control_render(text: str, cameras: Cameras):
     return render_sdf(sdf, cameras, albedo, tw.AMBIENT, tw.DIFFUSE, tw.BACKGROUND, bound_radius=tw.BOUNDING_RADIUS)
 
 
-@torch.no_grad()
-def sample(prior, caption: str, cameras: Cameras, render, conditioners, steps: int, cfg: float,
-           seed: int) -> torch.Tensor:
-    """DDIM samples ``[B, H, W, 3]`` of ``caption`` from ``cameras`` with ``conditioners`` reading ``render``."""
-    scheduler = DDIMScheduler.from_config(prior.scheduler.config)
-    scheduler.set_timesteps(steps)
-    n = len(cameras)
-    embeds = prior.encode_prompts([caption] * n + [""] * n)
-    context = ConditionContext(render=render, cameras=cameras, branch_labels=("cond",) * n + ("uncond",) * n)
-    x = torch.randn(n, 3, prior.image_size, prior.image_size, generator=torch.Generator().manual_seed(seed))
-    for t in scheduler.timesteps:
-        cond, uncond = prior.predict_noise(x.repeat(2, 1, 1, 1), t, embeds, cameras, conditioners, context).chunk(2)
-        x = scheduler.step(uncond + cfg * (cond - uncond), t, x).prev_sample
-    return ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
 def ious(samples: torch.Tensor, truth: torch.Tensor) -> list[float]:
@@ -115,8 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
         for scale in (0.0, 1.0):
             conditioners = build_conditioners([{"name": "controlnet", "model": str(args.model), "source": "depth",
                                                 "scale": scale}], prior, prompt=caption)
-            samples[scale] = sample(prior, caption, cameras, render, conditioners, args.steps, args.cfg,
-                                    args.seed + index)
+            samples[scale] = ddim_sample(prior, [caption] * len(cameras), seeded(args.seed + index), args.steps,
+                                         args.cfg, conditioners, cameras, context=ConditionContext(render=render))
         depth = control_image_from_render(render, "depth", cameras).permute(0, 2, 3, 1)
         for v in range(len(cameras)):
             rows.append((f"{caption} <- {control} ({VIEWS[v][1]:g} deg)",

@@ -25,10 +25,11 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from toyworld_card import draw_loss, resumed_text, score  # noqa: E402
-from toyworld_depth_card import draw, sample  # noqa: E402
+from toyworld_depth_card import draw, seeded  # noqa: E402
 
 from dreamsmith.guidance.conditioner_registry import build_conditioners  # noqa: E402
 from dreamsmith.guidance.loading import load_prior  # noqa: E402
+from dreamsmith.guidance.sampling import ddim_sample  # noqa: E402
 from dreamsmith.paths import embedded_model_path  # noqa: E402
 from dreamsmith.renderers.cameras import Cameras  # noqa: E402
 from dreamsmith.renderers.sdf_tracer import render_sdf  # noqa: E402
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
             for scale in (0.0, 1.0):
                 conditioners = build_conditioners([{"name": "ip_adapter", "path": str(args.model), "image": str(path),
                                                     "scale": scale}], prior, prompt="")
-                samples[scale] = sample(prior, "", cameras, None, conditioners, args.steps, args.cfg, args.seed + index)
+                samples[scale] = ddim_sample(prior, [""] * len(cameras), seeded(args.seed + index), args.steps,
+                                             args.cfg, conditioners, cameras)
             row = {"reference": text, "held_out": text in tw.HELD_OUT_CAPTIONS or text == "a pink cube"}
             for scale, images in samples.items():
                 iou, colour = score(images, target)

@@ -25,10 +25,11 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from toyworld_card import draw_loss, foreground, resumed_text, sample, to_tile, view_ious  # noqa: E402
+from toyworld_card import draw_loss, foreground, resumed_text, to_tile, view_ious  # noqa: E402
 
 from dreamsmith.guidance.loading import load_prior  # noqa: E402
 from dreamsmith.guidance.priors import DiffusionPrior  # noqa: E402
+from dreamsmith.guidance.sampling import ddim_sample  # noqa: E402
 from dreamsmith.renderers.cameras import Cameras  # noqa: E402
 from dreamsmith.toyworld import world as tw  # noqa: E402
 from dreamsmith.toyworld.data import render_caption  # noqa: E402
@@ -65,7 +66,8 @@ def sample_groups(prior: DiffusionPrior, captions: list[str], cameras: Cameras, 
     """Samples ``[N, G * 4, H, W, 3]`` of every caption from every camera, one batch per caption (same
     noise for every model given the same seed)."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.stack([sample(prior, [text] * len(cameras), cameras, steps, cfg, generator) for text in captions])
+    return torch.stack([ddim_sample(prior, [text] * len(cameras), generator, steps, cfg, cameras=cameras)
+                        for text in captions])
 
 
 def group_scores(samples: torch.Tensor, truth: torch.Tensor) -> dict[str, list[float]]:
