@@ -219,7 +219,7 @@ def edit(
     out = out or Path("runs") / _slug(instruction)
     try:
         _machine_settings(threads, memory_budget)
-        adapters = conditioners_override([], [], 0.3, adapter_specs(adapter or [], adapter_scale, adapter_reward))
+        adapters = conditioners_override(extra=adapter_specs(adapter or [], adapter_scale, adapter_reward))
         request = EditRequest(source=source, instruction=instruction, method=method, image_guidance=image_guidance,
                               text_guidance=text_guidance, keep=keep, model=model, steps=steps, seed=seed,
                               device=device, preset=preset, overrides=(*adapters, *(overrides or [])),
@@ -337,10 +337,11 @@ def self_guidance_specs(prompt: str, self_guidance: list[str], weight: float) ->
     return [{"name": "self_guidance", "terms": list(self_guidance), "weight": weight}]
 
 
-def conditioners_override(controls: list[str], regions: list[str], base_ratio: float,
+def conditioners_override(controls: list[str] = (), regions: list[str] = (), base_ratio: float = 0.3,
                           extra: list[dict[str, Any]] = ()) -> list[str]:
     """The ``guidance.conditioners=[...]`` override of ``--control`` and ``--region`` options and ``extra``
-    entries (--self-guidance, --image, --adapter; none without them); checked here, without torch, so a typo is refused before any model loads."""
+    entries (--self-guidance, --image, --adapter; none without them); checked here, without torch, so a typo
+    is refused before any model loads."""
     specs = [*control_specs(controls), *extra]
     if regions:
         for text in regions:
@@ -400,13 +401,14 @@ def _run_command(prompt: str, overrides: list[str], preset: str | None, model: s
     from dreamsmith.engine.overrides import make_config
     from dreamsmith.engine.threads import apply_thread_policy
 
+    out = out or Path("runs") / _slug(prompt or (images.image.stem if images.image is not None else ""))
     try:
         if not prompt.strip() and images.image is None:
             raise DreamsmithError("the prompt is empty; say what to make: a PROMPT (e.g. dreamsmith generate "
                                   "\"a red cube\") or --image REF.png")
-        extra = [*self_guidance_specs(prompt, list(self_guidance), self_guidance_weight), *images.specs(model),
+        specs = [*self_guidance_specs(prompt, list(self_guidance), self_guidance_weight), *images.specs(model),
                  *adapters]
-        conditioners = conditioners_override(list(controls), list(regions), base_ratio, extra)
+        conditioners = conditioners_override(list(controls), list(regions), base_ratio, specs)
         _machine_settings(threads, memory_budget)
         extra = ["allow_pickle=true"] if allow_pickle else []
         config = make_config(prompt, preset, model, steps, seed, device, [*conditioners, *overrides, *extra])
@@ -416,13 +418,12 @@ def _run_command(prompt: str, overrides: list[str], preset: str | None, model: s
         from dreamsmith.engine.run import Progress as SilentProgress
         from dreamsmith.engine.run import generate as run_generate
 
-        out = out or Path("runs") / _slug(prompt or images.image.stem)
         progress = SilentProgress() if quiet else RichProgress()
         report = run_generate(config, out, resume=resume, progress=progress, overwrite=overwrite)
     except DreamsmithError as error:
         _fail(error)
     except KeyboardInterrupt as interrupt:
-        _interrupted(interrupt, out or Path("runs") / _slug(prompt or images.image.stem))
+        _interrupted(interrupt, out)
     if not quiet:
         _wrote(out, report)
 
@@ -657,7 +658,7 @@ def batch(
     from dreamsmith.engine.batch.progress import RichBatchProgress
 
     try:
-        adapters = conditioners_override([], [], 0.3, adapter_specs(adapter or [], adapter_scale, adapter_reward))
+        adapters = conditioners_override(extra=adapter_specs(adapter or [], adapter_scale, adapter_reward))
         options = BatchOptions(executor=executor, workers=workers, threads=threads, address=address, out=out,
                                retry=retry, only=only.lower() if only else None,  # type: ignore[arg-type]
                                skip_invalid=skip_invalid, overrides=tuple(adapters))
