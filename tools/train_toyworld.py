@@ -285,8 +285,9 @@ def save_training_state(path: Path, modules: dict[str, torch.nn.Module], optimiz
 
 
 def load_training_state(path: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
-                        generator: torch.Generator, command: str) -> tuple[int, dict]:
-    """Restore what :func:`save_training_state` wrote; ``(step, log)`` with the resume recorded in the log."""
+                        generator: torch.Generator, command: str, data_seconds: float) -> tuple[int, dict]:
+    """Restore what :func:`save_training_state` wrote; ``(step, log)`` with the resume recorded in the log and
+    ``data_seconds`` (the resumed run rendered its data again) added to its rendering time."""
     state = torch.load(path, weights_only=False)
     for name, module in modules.items():
         module.load_state_dict(state[name])
@@ -295,8 +296,14 @@ def load_training_state(path: Path, modules: dict[str, torch.nn.Module], optimiz
     torch.set_rng_state(state["torch_rng"])
     step, log = state["step"], state["log"]
     log.setdefault("resumes", []).append({"step": step, "command": command})
+    log["data_seconds"] += data_seconds
     print(f"resumed at step {step}", flush=True)
     return step, log
+
+
+def command_line(argv: list[str] | None) -> str:
+    """The command that ran this tool, for its training log and model card."""
+    return "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
 
 
 def export_model(out: Path, unet: UNet2DConditionModel, text_encoder: CLIPTextModel,
@@ -486,7 +493,7 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(args.seed + 1)
     alphas_cumprod = scheduler.alphas_cumprod
-    command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    command = command_line(argv)
     log = {"command": command, "resumes": [],
            "n_images": len(data), "resolution": args.resolution, "batch_size": args.batch_size,
            "steps_planned": args.steps, "channels": list(channels), "seed": args.seed,
@@ -504,8 +511,7 @@ def main(argv: list[str] | None = None) -> dict:
     state_path = args.state_dir / "state.pt"
     modules = {"unet": unet, "ema_unet": ema_unet, "text_encoder": text_encoder, "ema_text_encoder": ema_text_encoder}
     if args.resume and state_path.exists():
-        step, log = load_training_state(state_path, modules, optimizer, generator, command)
-        log["data_seconds"] += data_seconds  # the resumed run rendered its data again
+        step, log = load_training_state(state_path, modules, optimizer, generator, command, data_seconds)
 
     draw_weights = None if args.edit_pairs else sampling_weights(data, args.oversample)
     base = args.init_from if args.freeze_text_encoder or args.edit_pairs else None

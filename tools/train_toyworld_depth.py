@@ -36,12 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from train_toyworld import (  # noqa: E402
     TEXT_LENGTH,
-    atomic_torch_save,
     camera_condition,
     camera_rays,
+    command_line,
     ema_update,
+    load_training_state,
     lr_factor,
-    print_progress,
+    record_step,
+    save_training_state,
     swap_articles,
     swap_in,
 )
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.AdamW(controlnet.parameters(), lr=args.lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(args.seed + 1)
     alphas_cumprod = scheduler.alphas_cumprod
-    command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    command = command_line(argv)
     log = {"command": command, "resumes": [], "base": str(args.base), "n_images": len(data),
            "resolution": resolution, "batch_size": args.batch_size, "steps_planned": args.steps,
            "seed": args.seed, "threads": args.threads, "lr": args.lr, "text_dropout": args.text_dropout,
@@ -146,17 +148,9 @@ def main(argv: list[str] | None = None) -> dict:
            "controlnet_params": sum(p.numel() for p in controlnet.parameters())}
     step = 0
     state_path = args.state_dir / "state.pt"
+    modules = {"controlnet": controlnet, "ema": ema}
     if args.resume and state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        controlnet.load_state_dict(state["controlnet"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        step, log = state["step"], state["log"]
-        log.setdefault("resumes", []).append({"step": step, "command": command})
-        log["data_seconds"] += data_seconds
-        print(f"resumed at step {step}", flush=True)
+        step, log = load_training_state(state_path, modules, optimizer, generator, command, data_seconds)
     controlnet.train()
     t_loop = time.time() - log["train_seconds"]
     while step < args.steps:
@@ -182,16 +176,12 @@ def main(argv: list[str] | None = None) -> dict:
         optimizer.step()
         ema_update(ema, controlnet, min(args.ema_decay, (1 + step) / (10 + step)))
         step += 1
-        log["losses"].append(round(loss.item(), 6))
-        log["train_seconds"] = time.time() - t_loop
-        print_progress(log, step, args.steps, args.log_every)
+        record_step(log, step, loss.item(), t_loop, args)
         if args.time_only and step >= args.steps:
             return log
         if step % args.checkpoint_every == 0 or step == args.steps:
             log["steps_done"] = step
-            atomic_torch_save({"controlnet": controlnet.state_dict(), "ema": ema.state_dict(),
-                               "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                               "torch_rng": torch.get_rng_state(), "step": step, "log": log}, state_path)
+            save_training_state(state_path, modules, optimizer, generator, step, log)
             export_controlnet(args.out, ema, args.base, log)
             print(f"checkpoint at step {step} -> {args.out}", flush=True)
     return log

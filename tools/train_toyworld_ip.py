@@ -33,6 +33,7 @@ from train_toyworld import (  # noqa: E402
     add_run_arguments,
     camera_condition,
     camera_rays,
+    command_line,
     ema_update,
     load_training_state,
     loss_weights,
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.AdamW(trained.parameters(), lr=args.lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(args.seed + 1)
     alphas_cumprod = prior.alphas_cumprod
-    command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    command = command_line(argv)
     log = {"command": command, "resumes": [], "base": str(args.base), "n_images": len(data),
            "resolution": resolution, "batch_size": args.batch_size, "steps_planned": args.steps, "seed": args.seed,
            "threads": args.threads, "data_seconds": data_seconds, "losses": [], "train_seconds": 0.0,
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     state_path = args.state_dir / "state.pt"
     modules = {"trained": trained, "ema": ema}
     if args.resume and state_path.exists():
-        step, log = load_training_state(state_path, modules, optimizer, generator, command)
+        step, log = load_training_state(state_path, modules, optimizer, generator, command, data_seconds)
     captions = [""] + list(dict.fromkeys(data.captions(torch.arange(len(data)))))
     with torch.no_grad():
         caption_embeds = prior.encode_prompts(captions)  # the frozen text encoder, once per caption
