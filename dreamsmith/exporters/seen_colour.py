@@ -35,10 +35,10 @@ _NEIGHBOURS = 4  # vertices whose corrections blend at a texel (inverse distance
 
 @torch.no_grad()
 def seen_albedo(density: FieldFn, albedo: FieldFn, points: Tensor, normals: Tensor, outside: float, inside: float,
-                samples: int, chunk: int = 1 << 18) -> tuple[Tensor, Tensor]:
-    """``(colour [N, 3], opacity [N])`` seen along the rays from ``points + outside·normals`` to
+                samples: int, chunk: int = 1 << 18, own: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(colour [N, 3], opacity [N])`` on the CPU, seen along the rays from ``points + outside·normals`` to
     ``points − inside·normals`` (``samples`` midpoints); ``normals`` point out of the object. Where the
-    ray's opacity is 0 the colour is the albedo at the point."""
+    ray's opacity is 0 the colour is the albedo at the point (``own``, when the caller has it already)."""
     depths = (torch.arange(samples, dtype=points.dtype) + 0.5) / samples * (outside + inside) - outside
     step = (outside + inside) / samples
     along = points[:, None, :] - depths[None, :, None] * normals[:, None, :]  # [N, S, 3]
@@ -49,8 +49,9 @@ def seen_albedo(density: FieldFn, albedo: FieldFn, points: Tensor, normals: Tens
     transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha[:, :-1]], dim=1), dim=1)
     weight = transmittance * alpha
     opacity = weight.sum(dim=1)
-    seen = (weight[..., None] * colour).sum(dim=1) / opacity.clamp_min(1e-8)[:, None]
-    own = evaluate_in_chunks(albedo, points, chunk).float()
+    seen = ((weight[..., None] * colour).sum(dim=1) / opacity.clamp_min(1e-8)[:, None]).cpu()
+    opacity = opacity.cpu()  # a field on the GPU answers there; the bake and the KD-tree work on the CPU
+    own = evaluate_in_chunks(albedo, points, chunk).float().cpu() if own is None else own
     return torch.where(opacity[:, None] > 1e-6, seen, own), opacity
 
 
@@ -65,8 +66,9 @@ def seen_albedo_fn(mesh: Mesh, density: FieldFn, albedo: FieldFn, outside: float
         raise ValueError("seen_albedo_fn needs a mesh with vertex normals (exporters.cleanup.cleanup gives them)")
     vertices = torch.from_numpy(np.asarray(mesh.vertices, dtype=np.float32))
     normals = torch.from_numpy(np.asarray(mesh.vertex_normals, dtype=np.float32))
-    seen, _ = seen_albedo(density, albedo, vertices, normals, outside, inside, samples, chunk)
-    difference = (seen - evaluate_in_chunks(albedo, vertices, chunk).float()).numpy()
+    own = evaluate_in_chunks(albedo, vertices, chunk).float().cpu()
+    seen, _ = seen_albedo(density, albedo, vertices, normals, outside, inside, samples, chunk, own=own)
+    difference = (seen - own).numpy()
     tree = cKDTree(mesh.vertices)
     k = min(_NEIGHBOURS, mesh.n_vertices)
 
