@@ -99,13 +99,7 @@ class RegionsOptions:
     """How much of the base prompt's cross-attention is kept inside the regions (1: the base prompt only)."""
 
     def check(self, path: str) -> None:
-        if not self.regions:
-            raise ConfigError(f"'{path}.regions' needs at least one 'EXPRESSION: PROMPT' entry, e.g. 'y>0: a red roof'")
-        for index, spec in enumerate(self.regions):
-            try:
-                parse_region(spec)
-            except DreamsmithError as error:
-                raise ConfigError(f"'{path}.regions.{index}': {error}") from None
+        _check_entries(self.regions, f"{path}.regions", parse_region, "'EXPRESSION: PROMPT'", "'y>0: a red roof'")
 
 
 @dataclass
@@ -120,13 +114,18 @@ class SelfGuidanceOptions:
     """k of the soft threshold sigmoid(k (A / max A − ½)) the size and shape energies read."""
 
     def check(self, path: str) -> None:
-        if not self.terms:
-            raise ConfigError(f"'{path}.terms' needs at least one 'WORD:KIND=VALUE' entry, e.g. 'cube:size=0.4'")
-        for index, spec in enumerate(self.terms):
-            try:
-                parse_self_guidance(spec)
-            except DreamsmithError as error:
-                raise ConfigError(f"'{path}.terms.{index}': {error}") from None
+        _check_entries(self.terms, f"{path}.terms", parse_self_guidance, "'WORD:KIND=VALUE'", "'cube:size=0.4'")
+
+
+def _check_entries(entries: list[str], path: str, parse: Callable[[str], Any], form: str, example: str) -> None:
+    """A list option holds at least one entry and each parses; a ConfigError names the entry's index."""
+    if not entries:
+        raise ConfigError(f"'{path}' needs at least one {form} entry, e.g. {example}")
+    for index, spec in enumerate(entries):
+        try:
+            parse(spec)
+        except DreamsmithError as error:
+            raise ConfigError(f"'{path}.{index}': {error}") from None
 
 
 def _check_image_option(image: str, path: str, conditioner: str) -> None:
