@@ -42,11 +42,14 @@ METHODS = ("textual-inversion", "dreambooth", "lora", "dco")
 FORGETTING_CAPTIONS = ("a red cube", "a blue cylinder", "a yellow cone", "a green torus")
 
 
-def render_subject(folder: Path, shape: str, albedo: tuple[float, float, float], resolution: int = 32) -> Path:
-    """4 renders (azimuths 0/90/180/270 deg, elevation 20 deg) of a toyworld shape in any colour, as PNGs."""
-    if folder.is_dir() and len(list(folder.glob("*.png"))) == 4:
+def render_subject(folder: Path, shape: str, albedo: tuple[float, float, float], resolution: int = 32,
+                   views: int = 4, start_azimuth_deg: float = 0.0) -> Path:
+    """``views`` renders (evenly spaced azimuths from ``start_azimuth_deg``, elevation 20 deg) of a toyworld shape
+    in any colour, as PNGs."""
+    if folder.is_dir() and len(list(folder.glob("*.png"))) == views:
         return folder
-    cameras = orbit_cameras(4, tw.SCORE_ELEVATION_DEG, tw.CAMERA_DISTANCE, tw.FOVY_DEG, resolution)
+    cameras = orbit_cameras(views, tw.SCORE_ELEVATION_DEG, tw.CAMERA_DISTANCE, tw.FOVY_DEG, resolution,
+                            start_azimuth_deg)
     out = render_sdf(tw.SHAPES[shape], cameras, torch.tensor(albedo), tw.AMBIENT, tw.DIFFUSE, tw.BACKGROUND,
                      bound_radius=tw.BOUNDING_RADIUS)
     for index, image in enumerate(out.rgb):
@@ -65,12 +68,14 @@ def adapter(root: Path, name: str, images: Path, config: PersonalizeConfig) -> t
     return out, time.perf_counter() - started
 
 
-def asset(root: Path, name: str, prompt: str, adapters: list[Path], steps: int | None, seed: int) -> Path:
-    """The run's asset.glb (generated, resumed or reused)."""
+def asset(root: Path, name: str, prompt: str, adapters: list[Path], steps: int | None, seed: int,
+          conditioners: list[dict[str, Any]] = ()) -> Path:
+    """The run's asset.glb (generated, resumed or reused); ``conditioners``: more ``guidance.conditioners``
+    entries (an image prompt, a style reference)."""
     run = root / "runs" / name
     if (run / "asset.glb").exists():
         return run / "asset.glb"
-    specs = [{"name": "adapter", "path": str(path.resolve())} for path in adapters]
+    specs = [*({"name": "adapter", "path": str(path.resolve())} for path in adapters), *conditioners]
     overrides = ["guidance.conditioners=" + json.dumps(specs)] if specs else []
     config = make_config(prompt, steps=steps, seed=seed, overrides=overrides)
     resume = (run / "checkpoints" / "last.pt").exists()
