@@ -36,6 +36,11 @@ def _texel_hits(uvs: np.ndarray, faces: np.ndarray, size: int, eps: float) -> It
     width = np.maximum(col1 - col0 + 1, 0)
     height = np.maximum(row1 - row0 + 1, 0)
     counts = np.where(np.abs(area2) > 1e-12, width * height, 0)
+    # The barycentric weights of b and c are affine in the texel centre (px, py): w = kx px + ky py + k0, with
+    # per-face coefficients, so a texel costs two gathers and multiply-adds per weight.
+    safe = np.where(counts > 0, area2, 1.0)
+    coefficients = np.stack([(cy - ay) / safe, -(cx - ax) / safe, (ay * (cx - ax) - ax * (cy - ay)) / safe,
+                             -(by - ay) / safe, (bx - ax) / safe, (ax * (by - ay) - ay * (bx - ax)) / safe], axis=1)
     ends = np.cumsum(counts)
     start = 0
     while start < len(faces):
@@ -43,11 +48,14 @@ def _texel_hits(uvs: np.ndarray, faces: np.ndarray, size: int, eps: float) -> It
         stop = max(int(np.searchsorted(ends, base + _CANDIDATES_PER_CHUNK, side="right")), start + 1)
         face = np.repeat(np.arange(start, stop), counts[start:stop])
         local = np.arange(face.size) - np.repeat(ends[start:stop] - counts[start:stop] - base, counts[start:stop])
-        col = col0[face] + local % width[face]
-        row = row0[face] + local // np.maximum(width[face], 1)
+        face_width = width[face]
+        row_offset = local // np.maximum(face_width, 1)
+        col = col0[face] + (local - row_offset * face_width)
+        row = row0[face] + row_offset
         px, py = col + 0.5, row + 0.5
-        weight_b = ((px - ax[face]) * (cy[face] - ay[face]) - (py - ay[face]) * (cx[face] - ax[face])) / area2[face]
-        weight_c = ((bx[face] - ax[face]) * (py - ay[face]) - (by[face] - ay[face]) * (px - ax[face])) / area2[face]
+        k = coefficients[face]
+        weight_b = k[:, 0] * px + k[:, 1] * py + k[:, 2]
+        weight_c = k[:, 3] * px + k[:, 4] * py + k[:, 5]
         barycentric = np.stack([1.0 - weight_b - weight_c, weight_b, weight_c], axis=-1)
         inside = (barycentric >= -eps).all(axis=-1)
         yield face[inside], row[inside], col[inside], barycentric[inside]

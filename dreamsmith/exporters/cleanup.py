@@ -145,11 +145,14 @@ def smooth_vertex_normals(mesh: Mesh) -> Mesh:
     return mesh.copy(vertex_normals=normals.astype(np.float32))
 
 
-def cleanup(mesh: Mesh, keep_fraction: float = 0.05, merge_tolerance: float = 1e-6) -> Mesh:
-    """The cleanup pass: degenerate faces, close vertices, floaters, outward winding, smooth normals."""
+def repair(mesh: Mesh, keep_fraction: float = 0.05, merge_tolerance: float = 1e-6) -> Mesh:
+    """What decimation needs first: degenerate faces, close vertices and floaters removed."""
     mesh = remove_degenerate_faces(mesh)
     mesh = merge_close_vertices(mesh, merge_tolerance)
     mesh = remove_degenerate_faces(mesh)
-    mesh = remove_floaters(mesh, keep_fraction)
-    mesh = orient_outward(mesh)
-    return smooth_vertex_normals(mesh)
+    return remove_floaters(mesh, keep_fraction)
+
+
+def cleanup(mesh: Mesh, keep_fraction: float = 0.05, merge_tolerance: float = 1e-6) -> Mesh:
+    """The cleanup pass: degenerate faces, close vertices, floaters, outward winding, smooth normals."""
+    return smooth_vertex_normals(orient_outward(repair(mesh, keep_fraction, merge_tolerance)))

@@ -25,7 +25,7 @@ import numpy as np
 
 from dreamsmith.errors import DreamsmithError
 from dreamsmith.exporters.bake import AlbedoFn, bake_base_color, vertex_color_albedo
-from dreamsmith.exporters.cleanup import cleanup
+from dreamsmith.exporters.cleanup import cleanup, orient_outward, repair, smooth_vertex_normals
 from dreamsmith.exporters.decimate import MIN_TRIANGLES, check_budget, decimate
 from dreamsmith.exporters.gltf import Material, write_glb, write_gltf
 from dreamsmith.exporters.lod import lod_meshes, lod_texture_size, max_lod_levels
@@ -233,16 +233,21 @@ def export_mesh(mesh: Mesh, albedo: AlbedoFn | None, out_dir: Path | str, option
     albedo = albedo or vertex_color_albedo(mesh)
     timings: dict[str, float] = {}
 
+    # Winding and normals are made once, on the mesh that is written: a mesh to be decimated is only repaired
+    # first (decimation keeps neither), and the seen colour is read at the written mesh's vertices.
     with _timed(timings, "cleanup"):
-        geometry = cleanup(mesh, options.keep_components_fraction)
+        geometry = repair(mesh, options.keep_components_fraction)
+        decimating = options.max_triangles is not None and geometry.n_faces > options.max_triangles
+        if not decimating:
+            geometry = smooth_vertex_normals(orient_outward(geometry))
     if geometry.n_faces == 0:
         raise DreamsmithError("the mesh has no faces left after cleanup: nothing to export")
+    if decimating:
+        with _timed(timings, "decimate"):
+            geometry = cleanup(decimate(geometry, options.max_triangles), options.keep_components_fraction)
     if density is not None and options.surface_colour == "seen":
         with _timed(timings, "seen_colour"):
             albedo = seen_surface_albedo(geometry, density, albedo)
-    with _timed(timings, "decimate"):
-        if options.max_triangles is not None and geometry.n_faces > options.max_triangles:
-            geometry = cleanup(decimate(geometry, options.max_triangles), options.keep_components_fraction)
     turn, anchor, factor = placement(geometry, options.origin, options.scale, options.align_yaw)
     levels = min(options.lods, max_lod_levels(geometry.n_faces))
 
