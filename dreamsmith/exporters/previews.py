@@ -21,23 +21,11 @@ TURNTABLE_FRAMES = 36
 FRAMES_PER_SECOND = 12
 
 
-def texture_albedo(mesh: Mesh) -> TextureField:
-    """The albedo of surface points read from ``mesh``'s UV texture: the point's triangle and
-    barycentrics by a closest-point query (Open3D), its UV interpolated, the texture sampled bilinearly."""
-    import open3d as o3d
+def texture_lookup(texture: np.ndarray) -> TextureField:
+    """The albedo at texture coordinates ``uvs [N, 2]``: ``texture`` sampled bilinearly."""
 
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(o3d.core.Tensor(mesh.vertices.astype(np.float32)),
-                        o3d.core.Tensor(mesh.faces.astype(np.uint32)))
-
-    def albedo(points: Tensor) -> Tensor:
-        closest = scene.compute_closest_points(o3d.core.Tensor(points.detach().cpu().numpy().astype(np.float32)))
-        triangle = closest["primitive_ids"].numpy().astype(np.int64)
-        weight_b, weight_c = closest["primitive_uvs"].numpy().astype(np.float64).T
-        corner_uvs = mesh.uvs[mesh.faces[triangle]]
-        uvs = (1 - weight_b - weight_c)[:, None] * corner_uvs[:, 0] + weight_b[:, None] * corner_uvs[:, 1] \
-            + weight_c[:, None] * corner_uvs[:, 2]
-        return torch.from_numpy(sample_texture(mesh.base_color_texture, uvs).astype(np.float32)).to(points)
+    def albedo(uvs: Tensor) -> Tensor:
+        return torch.from_numpy(sample_texture(texture, uvs.detach().cpu().numpy()).astype(np.float32)).to(uvs)
 
     return albedo
 
@@ -58,17 +46,18 @@ def render_views(mesh: Mesh, cameras: Cameras, centre: np.ndarray, batch: int = 
 
     The rasterized faces index vertices welded where position and normal agree, so the renderer's
     area-weighted normals are those exported: continuous across UV seams, split at hard edges. The
-    texture is looked up on the unwelded mesh."""
+    texture coordinates are interpolated on the unwelded faces (the same faces, in the same order)."""
     vertices = torch.from_numpy(mesh.vertices - centre.astype(np.float32))
     key = mesh.vertices if mesh.vertex_normals is None else np.concatenate([mesh.vertices, mesh.vertex_normals], 1)
     faces = torch.from_numpy(weld_index(key)[mesh.faces])
     textured = mesh.uvs is not None and mesh.base_color_texture is not None
-    albedo = texture_albedo(mesh.copy(vertices=vertices.numpy())) if textured else None
+    albedo = texture_lookup(mesh.base_color_texture) if textured else None
+    uvs, uv_faces = (torch.from_numpy(mesh.uvs), torch.from_numpy(mesh.faces)) if textured else (None, None)
     if albedo is None and mesh.vertex_colors is not None:
         albedo = torch.from_numpy(mesh.vertex_colors)
     renderer = MeshRenderer()
-    frames = [renderer(vertices, faces, cameras[i : i + batch], albedo=albedo, shading="lambertian").rgb
-              for i in range(0, len(cameras), batch)]
+    frames = [renderer(vertices, faces, cameras[i : i + batch], albedo=albedo, shading="lambertian", uvs=uvs,
+                       uv_faces=uv_faces).rgb for i in range(0, len(cameras), batch)]
     return (torch.cat(frames).clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
 
 

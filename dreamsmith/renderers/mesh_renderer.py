@@ -44,6 +44,7 @@ class MeshRenderer(nn.Module):
         light_dir: Tensor | None = None,
         background: Tensor | Callable[[Tensor], Tensor] | None = None,
         uvs: Tensor | None = None,
+        uv_faces: Tensor | None = None,
     ) -> RenderOutput:
         """Render the mesh.
 
@@ -53,7 +54,8 @@ class MeshRenderer(nn.Module):
         background: a colour ``[3]``, a function of unit ray directions ``[..., 3] -> [..., 3]``
         (e.g. a ``Background`` module), or None for ``config.background_color``; uvs: ``[V, 2]``
         texture coordinates, given when the texture field ``albedo`` is a UV texture (``uvs [N, 2] -> [N, 3]``)
-        rather than a field of points.
+        rather than a field of points; uv_faces: ``[F, 3]`` indices into ``uvs`` per corner of each face (default
+        ``faces``), for a mesh rasterized welded whose UVs are split at seams (same faces in the same order).
         """
         if shading not in MESH_SHADING_MODES:
             raise ValueError(f"unknown shading mode {shading!r}; expected one of {MESH_SHADING_MODES}")
@@ -70,7 +72,8 @@ class MeshRenderer(nn.Module):
             elif isinstance(albedo, Tensor):
                 surface_albedo = interpolate(albedo.to(vertices.dtype), fragments, faces)
             else:
-                where = fragments.points if uvs is None else interpolate(uvs.to(vertices.dtype), fragments, faces)
+                where = fragments.points if uvs is None else interpolate(
+                    uvs.to(vertices.dtype), fragments, faces if uv_faces is None else uv_faces)
                 surface_albedo = self._texture(albedo, fragments, where)
             if light_dir is None:
                 light = -fragments.directions
