@@ -143,3 +143,34 @@ def test_a_multimodal_prompt_makes_an_asset_and_unknown_words_around_it_are_one_
                "--quiet", *SMALL, cwd=images)
     assert gold.returncode == 1 and "'made of gold' around the prompt's images" in gold.stderr
     assert "Traceback" not in gold.stderr and len(gold.stderr.strip().splitlines()) <= 2
+
+
+def aligner_net_state(layout) -> dict[str, torch.Tensor]:
+    """A synthetic KOSMOS-G checkpoint's aligner in the published layout (``aligner.`` keys, training parts too)."""
+    from dreamsmith.guidance.kosmos_g import expected_keys
+
+    state = {f"aligner.{key}": torch.zeros(layout.width) for key in expected_keys(layout)}
+    state["aligner.encoder_query"] = torch.zeros(layout.queries, layout.width)
+    state["aligner.encoder_proj.embed_tokens.weight"] = torch.zeros(layout.width, layout.mllm_dim)
+    state["aligner.decoder_query"] = torch.zeros(8, layout.width)  # the reconstruction branch, training only
+    state["aligner.decoder_proj.output_projection.weight"] = torch.zeros(layout.mllm_dim, layout.width)
+    state["gpt_model.decoder.layers.0.fc1.weight"] = torch.zeros(2, 2)  # the MLLM's, not the aligner's
+    return state
+
+
+def test_the_published_aligner_net_layout_reads_and_names_what_does_not_fit():
+    from dreamsmith.errors import ModelLoadError
+    from dreamsmith.guidance.kosmos_g import AlignerNetLayout, read_aligner_net
+
+    layout = AlignerNetLayout(mllm_dim=24, queries=77, width=16, encoder_layers=2, decoder_layers=3, subln=True)
+    read, tensors = read_aligner_net(aligner_net_state(layout))
+    assert read == layout
+    assert "encoder.layers.2.encoder_attn.q_proj.weight" in tensors and "decoder_query" not in tensors
+    broken = aligner_net_state(layout)
+    del broken["aligner.encoder.layers.1.encoder_attn_layer_norm.bias"]
+    broken["aligner.encoder.layers.0.extra.weight"] = torch.zeros(1)
+    with pytest.raises(ModelLoadError, match=r"1 missing \(encoder.layers.1.encoder_attn_layer_norm.bias\), 1 "
+                                             r"unexpected \(encoder.layers.0.extra.weight\)"):
+        read_aligner_net(broken)
+    with pytest.raises(ModelLoadError, match="not a KOSMOS-G AlignerNet state dict: no encoder_query"):
+        read_aligner_net({"proj.weight": torch.zeros(1)})

@@ -47,6 +47,7 @@ from dreamsmith.toyworld import world as tw  # noqa: E402
 from dreamsmith.toyworld.data import generate_toyworld_dataset, render_caption, sample_toyworld_cameras  # noqa: E402
 
 MODELS = Path(__file__).resolve().parents[1] / "dreamsmith" / "models"
+ALIGNER_DIR = "aligner"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -141,6 +142,82 @@ def export_aligner(out: Path, aligner: ImageAligner, log: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+SECTION = "## Multimodal prompts: the aligner"
+RUN_FIGURES = "multimodal_prompt.json"
+"""The card's measured run of a multimodal prompt (written by hand from ``dreamsmith.toyworld.score``), if any."""
+
+
+def card_section(folder: Path) -> str:
+    """The model card's section on the aligner in ``folder`` (its ``train_log.json``), "" when there is none."""
+    log_file = folder / ALIGNER_DIR / "train_log.json"
+    if not log_file.is_file():
+        return ""
+    log = json.loads(log_file.read_text())
+    losses, evaluation = log["losses"], log["eval"]
+    resumed = "".join(f"\nthen, stopped after step {r['step']} and resumed:\n\n```\n{r['command']}\n```\n"
+                      for r in log["resumes"])
+    rows = "\n".join(
+        f"| {r['caption']}{' *' if r['held_out'] else ''} | {r['mse_true']:.4f} | {r['mse_nearest_wrong']:.4f} | "
+        f"{r['cosine_true']:.3f} | {r['cosine_nearest_wrong']:.3f} | {r['top1']:.2f} |"
+        for r in evaluation["captions"] if r["held_out"])
+    summary = "\n".join(
+        f"| {name} | {s['mse_true']:.4f} | {s['mse_nearest_wrong']:.4f} | {s['cosine_true']:.3f} | "
+        f"{s['cosine_nearest_wrong']:.3f} | {s['top1']:.2f} |"
+        for name, s in (("held out (4 captions)", evaluation["held_out"]), ("training (44)", evaluation["train"])))
+    run = ""
+    if (folder / RUN_FIGURES).is_file():
+        figures = json.loads((folder / RUN_FIGURES).read_text())
+        run = "\n" + figures["text"] + "\n"
+    return f"""{SECTION}
+
+`aligner/` maps the image encoder's embedding (128) to {log['tokens']} input word embeddings of toyworld's text
+encoder (an MLP, {log['trained_params']} parameters): `dreamsmith generate "a <image:REF.png>"` puts them in the
+placeholder's place (KOSMOS-G's interface; the text encoder and the UNet run unchanged). Trained with KOSMOS-G's
+alignment: the frozen text encoder's output hidden states for "a <image of X>" are pulled onto those of X's caption
+"a {{colour}} {{shape}}" (MSE through the frozen text encoder; the image encoder frozen too).
+
+```
+{log['command']}
+```
+{resumed}
+- data: {log['n_images']} renders (32 px, random cameras) of the 44 training captions; the 4 held-out captions
+  ({', '.join(log['held_out_captions'])}) never appear;
+- {len(losses)} steps, batch {log['batch_size']}; wall time {(log['train_seconds'] + log['data_seconds']) / 60:.1f}
+  min on one core of a 2-core CPU machine shared with other work;
+- loss (hidden-state MSE): mean of the first 50 steps {sum(losses[:50]) / 50:.4f}, of the last 100 steps
+  {sum(losses[-100:]) / 100:.5f}.
+
+![aligner loss](aligner_loss.png)
+
+Measured on {evaluation['views']} fresh renders per caption from random cameras (not the training renders), with the
+shipped fp16 weights: the text encoder's output for "a <image>" against the true caption's ("a purple torus")
+and against the nearest wrong caption's (of all 48); top-1: how often the nearest of the 48 captions is the true one
+(* = held out).
+
+| captions | MSE, true | MSE, nearest wrong | cosine, true | cosine, nearest wrong | top-1 |
+|---|---|---|---|---|---|
+{summary}
+{rows}
+{run}
+Retrain the aligner whenever the image encoder is retrained (`tools/train_toyworld_ip.py` rewrites the folder
+without it).
+"""
+
+
+def write_card_section(folder: Path) -> None:
+    """Put :func:`card_section` into ``folder``'s README.md, replacing the section it had."""
+    readme = folder / "README.md"
+    text = readme.read_text() if readme.is_file() else ""
+    start = text.find(SECTION)
+    if start >= 0:
+        end = text.find("\n## ", start + len(SECTION))
+        text = text[:start].rstrip("\n") + ("\n\n" + text[end + 1:] if end >= 0 else "\n")
+    known = text.find("## Known limitations")
+    section = card_section(folder)
+    text = text[:known] + section + "\n" + text[known:] if known >= 0 else text.rstrip("\n") + "\n\n" + section
+    readme.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Train (or resume), export the aligner folder with its measurement, return the training log."""
     args = parse_args(argv)
@@ -198,6 +275,8 @@ def main(argv: list[str] | None = None) -> dict:
                 print("held out:", json.dumps(log["eval"]["held_out"]), flush=True)
                 print("train:", json.dumps(log["eval"]["train"]), flush=True)
             export_aligner(args.out, aligner, log)
+            if step == args.steps:
+                write_card_section(args.out.parent)
             print(f"checkpoint at step {step} -> {args.out}", flush=True)
     return log
 
