@@ -107,7 +107,8 @@ def test_an_aligner_returning_the_words_of_red_cube_makes_the_text_prompt_exactl
 
 def test_an_aligner_for_another_text_encoder_is_refused_in_one_line(prior, images, tmp_path):
     aligner = stub_aligner(tmp_path, torch.zeros(2, 32))
-    spec = {"name": "multimodal_prompt", "aligner": str(aligner), "refs": ["p.png"], "images": [str(images / "purple.png")]}
+    spec = {"name": "multimodal_prompt", "aligner": str(aligner), "refs": ["p.png"],
+            "images": [str(images / "purple.png")]}
     with pytest.raises(ConfigError, match="writes 32-wide words, the model's text encoder reads 64"):
         build_conditioners([spec], prior)
 

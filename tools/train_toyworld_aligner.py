@@ -190,9 +190,9 @@ alignment: the frozen text encoder's output hidden states for "a <image of X>" a
 ![aligner loss](aligner_loss.png)
 
 Measured on {evaluation['views']} fresh renders per caption from random cameras (not the training renders), with the
-shipped fp16 weights: the text encoder's output for "a <image>" against the true caption's ("a purple torus")
-and against the nearest wrong caption's (of all 48); top-1: how often the nearest of the 48 captions is the true one
-(* = held out).
+shipped fp16 weights: the text encoder's output for "a <image>" against the true caption's (a render of a purple
+torus against "a purple torus") and against the nearest wrong caption's (of all 48); top-1: how often the nearest
+of the 48 captions is the true one (* = held out).
 
 | captions | MSE, true | MSE, nearest wrong | cosine, true | cosine, nearest wrong | top-1 |
 |---|---|---|---|---|---|
