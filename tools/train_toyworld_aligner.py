@@ -48,6 +48,7 @@ from dreamsmith.toyworld.data import generate_toyworld_dataset, render_caption, 
 
 MODELS = Path(__file__).resolve().parents[1] / "dreamsmith" / "models"
 ALIGNER_DIR = "aligner"
+LOSS = "MSE of the text encoder's hidden states"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
             if step == args.steps:
                 shipped = copy.deepcopy(aligner).eval().half().float()  # the fp16 weights the folder holds
                 log["eval"] = measure(prior, encoder, shipped, ids, marker, args.eval_views, args.seed)
-                draw_loss(log["losses"]).save(args.out.parent / "aligner_loss.png")
+                draw_loss(log["losses"], what=LOSS).save(args.out.parent / "aligner_loss.png")
                 print("held out:", json.dumps(log["eval"]["held_out"]), flush=True)
                 print("train:", json.dumps(log["eval"]["train"]), flush=True)
             export_aligner(args.out, aligner, log)
