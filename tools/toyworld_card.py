@@ -114,8 +114,9 @@ def draw_grid(rows: list[tuple[str, torch.Tensor, torch.Tensor]], scale: int) ->
     return grid
 
 
-def draw_loss(losses: list[float], width: int = 640, height: int = 360, window: int = 50) -> Image.Image:
-    """Training loss per step (light) and its moving average (dark) on a log-scaled y axis."""
+def draw_loss(losses: list[float], width: int = 640, height: int = 360, window: int = 50,
+              what: str = "MSE on epsilon") -> Image.Image:
+    """Training loss (``what``) per step (light) and its moving average (dark) on a log-scaled y axis."""
     values = torch.tensor(losses).clamp(min=1e-6)
     window = min(window, len(losses))
     smooth = torch.nn.functional.avg_pool1d(values[None, None], window, 1, padding=0).flatten()
@@ -139,7 +140,7 @@ def draw_loss(losses: list[float], width: int = 640, height: int = 360, window: 
     draw.line([xy(i, v) for i, v in enumerate(values.tolist())], fill=(170, 190, 230))
     draw.line([xy(i + window - 1, v) for i, v in enumerate(smooth.tolist())], fill=(20, 40, 160), width=2)
     draw.text((left, bottom + 8), f"step 0 .. {len(values)}   (mean of {window}: dark)", fill="black")
-    draw.text((left + 4, 4), "training loss (MSE on epsilon, log scale)", fill="black")
+    draw.text((left + 4, 4), f"training loss ({what}, log scale)", fill="black")
     return image
 
 

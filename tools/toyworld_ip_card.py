@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from toyworld_card import draw_loss, resumed_text, score  # noqa: E402
 from toyworld_depth_card import draw, seeded  # noqa: E402
+from train_toyworld_aligner import write_card_section  # noqa: E402
 
 from dreamsmith.guidance.conditioner_registry import build_conditioners  # noqa: E402
 from dreamsmith.guidance.loading import load_prior  # noqa: E402
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     log = json.loads((args.model / "train_log.json").read_text())
     draw_loss(log["losses"]).save(out / "loss.png")
     write_readme(out, log, args, summary, pink, results, seconds)
+    write_card_section(out)  # the multimodal-prompt aligner's section, kept when the card is rewritten
     print(json.dumps({"summary": summary, "pink": pink}))
     return summary
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from dreamsmith.configs import build
 from dreamsmith.engine.config import RunConfig, apply_overrides, deep_merge, resolve
+from dreamsmith.engine.image_prompts import with_prompt_images
 from dreamsmith.engine.memory import check_memory
 from dreamsmith.engine.presets import (
     check_model,
@@ -49,6 +50,7 @@ def make_config(
                                 strict=True):
             stage["steps"] = count
     raw = apply_overrides(raw, list(overrides))
+    raw = with_prompt_images(raw, preset_model or "")
     guidance_overridden = any(text.split("=", 1)[0].split(".")[:2].count("guidance") for text in overrides)
     return validated(raw, models_first=not guidance_overridden)
 

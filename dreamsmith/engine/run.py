@@ -19,6 +19,7 @@ from dreamsmith.engine.checkpoint import load_checkpoint, save_checkpoint
 from dreamsmith.engine.config import RunConfig, differences, to_dict
 from dreamsmith.engine.device import resolve_device
 from dreamsmith.engine.export import export_representation
+from dreamsmith.engine.image_prompts import aligned_words
 from dreamsmith.engine.mesh_input import texture_mesh_notes
 from dreamsmith.engine.models import RunPriors
 from dreamsmith.engine.presets import default_model
@@ -31,6 +32,7 @@ from dreamsmith.guidance import GUIDANCES
 from dreamsmith.guidance.conditioner_registry import conditioner_tokens
 from dreamsmith.guidance.loading import run_models
 from dreamsmith.guidance.prompt_check import check_prompt, image_prompted
+from dreamsmith.prompt_images import image_refs, text_words
 
 
 class Progress:
@@ -103,8 +105,8 @@ def generate(
     stage_priors = [priors.for_stage(stage_config) for stage_config in config.stages]
     for stage_config, stage_prior in zip(config.stages, stage_priors, strict=True):
         check_prompt(config.prompt, stage_prior, image_prompt, stage_words(stage_config))
-    warnings = (long_prompt_warning(config.prompt, p, stage_words(c)) for c, p in zip(config.stages, stage_priors,
-                                                                                       strict=True))
+    warnings = (long_prompt_warning(config.prompt, p, stage_words(c), aligned_words(c.guidance.get("conditioners")))
+                for c, p in zip(config.stages, stage_priors, strict=True))
     for warning in {w for w in warnings if w}:
         progress.message(warning)
     with run_dir.lock():
@@ -243,16 +245,18 @@ def stage_words(stage_config: Any) -> list[str]:
     return conditioner_tokens(stage_config.guidance.get("conditioners") or [])
 
 
-def long_prompt_warning(prompt: str, prior: Any, new_words: list[str] = ()) -> str | None:
+def long_prompt_warning(prompt: str, prior: Any, new_words: list[str] = (), image_words: int = 0) -> str | None:
     """A warning when the prompt is longer than the model's text encoder reads, else None. ``new_words``
-    (an adapter's tokens, not in the tokenizer until the stage loads it) count one token each."""
+    (an adapter's tokens, not in the tokenizer until the stage loads it) count one token each, each of the
+    prompt's ``<image:PATH>`` placeholders ``image_words`` tokens (its aligned words)."""
     count = getattr(prior, "prompt_tokens", None)
     if count is None:
         return None
-    words = prompt.split()
+    images = len(image_refs(prompt))
+    words = text_words(prompt)
     plain = [word for word in words if word not in new_words]
     used, limit = count(" ".join(plain))
-    used += len(words) - len(plain)
+    used += len(words) - len(plain) + images * image_words
     if used <= limit:
         return None
     return f"warning: the prompt is {used} tokens long; the model reads only the first {limit}"

@@ -175,6 +175,28 @@ class StyleAlignedOptions:
         _check_image_option(self.image, f"{path}.image", "style_aligned")
 
 
+@dataclass
+class MultimodalPromptOptions:
+    """Images inside the prompt (KOSMOS-G's interface), aligned into word embeddings; written by the run's config
+    from the prompt's ``<image:PATH>`` placeholders."""
+
+    aligner: str = ""
+    """The aligner folder (config.json + model.safetensors), its image encoder in image_encoder/ beside it."""
+    refs: list[str] = field(default_factory=list)
+    """Each placeholder's path as the prompt writes it."""
+    images: list[str] = field(default_factory=list)
+    """Each placeholder's image file, resolved."""
+
+    def check(self, path: str) -> None:
+        if not self.aligner:
+            raise ConfigError(f"'{path}.aligner' is required for the multimodal_prompt conditioner")
+        if len(self.refs) != len(self.images):
+            raise ConfigError(f"'{path}': refs and images must pair up ({len(self.refs)} refs, {len(self.images)} "
+                              "images)")
+        for index, image in enumerate(self.images):
+            _check_image_option(image, f"{path}.images.{index}", "multimodal_prompt")
+
+
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
@@ -271,6 +293,13 @@ def _style_aligned(options: StyleAlignedOptions, prior: Any, allow_pickle: bool,
                         options.adain_keys, options.scale)
 
 
+def _multimodal_prompt(options: MultimodalPromptOptions, prior: Any, allow_pickle: bool, prompt: str) -> Conditioner:
+    from dreamsmith.guidance.multimodal_prompt import load_prompt_images
+
+    load_prompt_images(prior, options.aligner, options.refs, options.images)
+    return Conditioner()  # the words are the prompt's; the model call is unchanged
+
+
 CONDITIONERS: dict[str, tuple[type, Callable[[Any, Any, bool, str], Conditioner]]] = {
     "controlnet": (ControlNetOptions, _controlnet),
     "uni_controlnet": (UniControlNetOptions, _uni_controlnet),
@@ -280,6 +309,7 @@ CONDITIONERS: dict[str, tuple[type, Callable[[Any, Any, bool, str], Conditioner]
     "self_guidance": (SelfGuidanceOptions, _self_guidance),
     "ip_adapter": (IPAdapterOptions, _ip_adapter),
     "style_aligned": (StyleAlignedOptions, _style_aligned),
+    "multimodal_prompt": (MultimodalPromptOptions, _multimodal_prompt),
 }
 
 

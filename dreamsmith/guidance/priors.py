@@ -24,6 +24,7 @@ from dreamsmith.guidance.conditioners import (
 from dreamsmith.guidance.math import alpha_sigma, eps_from_v
 from dreamsmith.guidance.multiview import MultiViewConditioner, model_conditioners
 from dreamsmith.guidance.mvdream_camera import mvdream_camera_labels
+from dreamsmith.prompt_images import substitute_images
 from dreamsmith.renderers.cameras import Cameras
 
 METADATA_FILE = "dreamsmith.json"
@@ -94,6 +95,7 @@ class DiffusionPrior:
             self.image_size = unet_size * vae_scale_factor  # diffusers pipelines' default size
             self.latent_channels = int(vae.config.latent_channels)
         self.known_prompts: list[str] | None = self.metadata.get("known_prompts")
+        self.prompt_images: dict[str, str] = {}  # <image:REF> -> its tokens (multimodal_prompt.add_image_words)
         self.camera_conditioning: str | None = self.metadata.get("camera_conditioning")
         if self.camera_conditioning not in (None, *CAMERA_CONDITIONINGS):
             raise ModelLoadError(
@@ -131,21 +133,23 @@ class DiffusionPrior:
 
     def prompt_tokens(self, prompt: str) -> tuple[int, int]:
         """(tokens in ``prompt`` with the special ones, tokens the encoder reads)."""
+        prompt = substitute_images(prompt, self.prompt_images)
         return len(self.tokenizer(prompt, truncation=False).input_ids), self.max_prompt_tokens()
 
     def encode_prompts(self, prompts: list[str], enable_grad: bool = False) -> Tensor:
         """Text embeddings ``[B, L, D]`` (the encoder's last hidden state), padded to the tokenizer's
-        max length. CLIP encoders see no attention mask (as Stable Diffusion was trained); others
-        (T5 in DeepFloyd IF) get one. Runs under no_grad unless ``enable_grad`` (Textual Inversion trains
-        a token's embedding through the encoder)."""
+        max length; a prompt's ``<image:REF>`` placeholders are written as their aligned words' tokens first
+        (:mod:`dreamsmith.guidance.multimodal_prompt`). CLIP encoders see no attention mask (as Stable Diffusion
+        was trained); others (T5 in DeepFloyd IF) get one. Runs under no_grad unless ``enable_grad`` (Textual
+        Inversion trains a token's embedding through the encoder)."""
         with torch.set_grad_enabled(enable_grad):
             return self._encode_prompts(prompts)
 
     def _encode_prompts(self, prompts: list[str]) -> Tensor:
         max_length = self.max_prompt_tokens()
-        tokens = self.tokenizer(
-            list(prompts), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
-        )
+        texts = [substitute_images(prompt, self.prompt_images) for prompt in prompts]
+        tokens = self.tokenizer(texts, padding="max_length", max_length=max_length, truncation=True,
+                                return_tensors="pt")
         config = self.text_encoder.config
         use_mask = getattr(config, "use_attention_mask", None)
         if use_mask is None:

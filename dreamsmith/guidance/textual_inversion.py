@@ -7,11 +7,13 @@ what ``load_textual_inversion`` reads and ``examples/textual_inversion`` writes)
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from dreamsmith.errors import ConfigError
 
@@ -119,3 +121,25 @@ def load_embeddings(prior: Any, path: Path) -> list[str]:
             add_token(prior, token, value)
         loaded.append(token)
     return loaded
+
+
+@contextlib.contextmanager
+def pseudo_words(text_encoder: Any, input_ids: Tensor, marker_id: int, words: Tensor) -> Iterator[None]:
+    """While active, the text encoder's token embedding gives ``words [B, W, D]`` at the first ``W`` marker
+    tokens of each row of ``input_ids [B, L]`` (the row's other tokens as before); differentiable in ``words``
+    (LaDI-VTON's garment words, and the multimodal-prompt aligner's training, :mod:`dreamsmith.guidance.aligner`)."""
+    positions = input_ids == marker_id
+    if (positions.sum(1) < words.shape[1]).any():
+        raise ValueError(f"every prompt needs {words.shape[1]} marker tokens for its pseudo-words")
+    first = positions & (positions.cumsum(1) <= words.shape[1])
+
+    def replace(module: nn.Module, args: Any, output: Tensor) -> Tensor:
+        if output.shape[:2] != input_ids.shape:
+            return output
+        return output.masked_scatter(first.unsqueeze(-1).to(output.device), words.to(output))
+
+    handle = text_encoder.get_input_embeddings().register_forward_hook(replace)
+    try:
+        yield
+    finally:
+        handle.remove()

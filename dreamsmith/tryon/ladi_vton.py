@@ -12,10 +12,9 @@ embedding, so the encoder itself runs unchanged; no code of the original is used
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from dreamsmith.errors import ModelLoadError
+from dreamsmith.guidance.textual_inversion import pseudo_words
 from dreamsmith.tryon.garments import Garment
 from dreamsmith.tryon.inpaint import InpaintingSource, InpaintInputs, garment_images
 
@@ -74,27 +74,6 @@ class InversionAdapter(nn.Module):
 def garment_prompt(category: str, words: int = PSEUDO_WORDS, marker: str = MARKER) -> str:
     """LaDI-VTON's prompt with ``words`` marker tokens for the garment's pseudo-words."""
     return f"a photo of a model wearing {category} {' '.join([marker] * words)}"
-
-
-@contextlib.contextmanager
-def pseudo_words(text_encoder: Any, input_ids: Tensor, marker_id: int, words: Tensor) -> Iterator[None]:
-    """While active, the text encoder's token embedding gives ``words [B, W, D]`` at the first ``W`` marker
-    tokens of each row of ``input_ids [B, L]`` (the row's other tokens as before)."""
-    positions = input_ids == marker_id
-    if (positions.sum(1) < words.shape[1]).any():
-        raise ValueError(f"every prompt needs {words.shape[1]} marker tokens for the garment's pseudo-words")
-    first = positions & (positions.cumsum(1) <= words.shape[1])
-
-    def replace(module: nn.Module, args: Any, output: Tensor) -> Tensor:
-        if output.shape[:2] != input_ids.shape:
-            return output
-        return output.masked_scatter(first.unsqueeze(-1).to(output.device), words.to(output))
-
-    handle = text_encoder.get_input_embeddings().register_forward_hook(replace)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def extended_unet(base_config: Mapping[str, Any], state: Mapping[str, Tensor]) -> Any:
