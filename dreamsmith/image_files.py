@@ -43,16 +43,24 @@ def check_image(path: str | Path, what: str = "--image") -> Path:
     return path
 
 
-def read_image(path: str | Path, what: str = "--image") -> np.ndarray:
-    """``[H, W, 3]`` float32 sRGB in [0, 1] of a checked image, transparency composited on white."""
+def read_rgba(path: str | Path, what: str = "--image") -> tuple[np.ndarray, bool]:
+    """``[H, W, 4]`` float32 RGBA in [0, 1] of a checked image (opaque where the file has no alpha), and whether
+    the file has an alpha channel (or a transparent palette entry)."""
     from PIL import Image
 
     path = check_image(path, what)
     try:
         with Image.open(path) as image:
             image.load()
+            has_alpha = "A" in image.getbands() or "transparency" in image.info
             rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
     except (OSError, ValueError) as error:
         raise DreamsmithError(f"{what} {path} cannot be decoded ({error}); pass a PNG or JPEG") from None
+    return rgba, has_alpha
+
+
+def read_image(path: str | Path, what: str = "--image") -> np.ndarray:
+    """``[H, W, 3]`` float32 sRGB in [0, 1] of a checked image, transparency composited on white."""
+    rgba, _ = read_rgba(path, what)
     alpha = rgba[..., 3:]
     return rgba[..., :3] * alpha + (1.0 - alpha)

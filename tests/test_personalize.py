@@ -170,7 +170,7 @@ def test_bad_input_is_one_line_with_nothing_written(tiny_sd_dir, tmp_path):
     out = tmp_path / "adapter"
     common = ["--model", str(tiny_sd_dir), "--out", str(out), "--steps", "1", "--class-word", "a"]
     assert_clean_failure(run_cli("personalize", str(empty), *common), "no images")
-    assert_clean_failure(run_cli("personalize", str(broken), *common), "cannot read the image")
+    assert_clean_failure(run_cli("personalize", str(broken), *common), "is not a readable image")
     assert_clean_failure(run_cli("personalize", str(tmp_path / "nowhere"), *common), "does not exist")
     assert_clean_failure(run_cli("personalize", str(good), *common, "--token", "a"), "already in the model")
     assert_clean_failure(run_cli("personalize", str(good), *common, "--method", "magic"), "--method")

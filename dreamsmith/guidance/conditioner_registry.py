@@ -15,6 +15,7 @@ from dreamsmith.configs import Range, build, nearest
 from dreamsmith.errors import ConfigError, DreamsmithError
 from dreamsmith.guidance.conditioners import Conditioner, ControlNetConditioner
 from dreamsmith.guidance.uni_controlnet import PUBLISHED_SLOTS
+from dreamsmith.image_files import check_image
 from dreamsmith.regions import parse_region
 from dreamsmith.self_guidance_terms import check_self_guidance_words, parse_self_guidance
 
@@ -63,6 +64,8 @@ class UniControlNetOptions:
                                   f"{', '.join(self.slots)} (set slots for a checkpoint trained with others)")
         if bool(self.reference_image) != bool(self.image_encoder):
             raise ConfigError(f"'{path}': a global condition needs both reference_image and image_encoder")
+        if self.reference_image:
+            check_image(self.reference_image, f"'{path}.reference_image'")
 
 
 @dataclass

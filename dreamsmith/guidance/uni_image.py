@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from dreamsmith.errors import ModelLoadError
+from dreamsmith.image_files import read_image
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -33,14 +33,9 @@ def clip_pixels(rgb: Tensor, size: int) -> Tensor:
 @torch.no_grad()
 def embed_reference_image(image: str | Path, encoder: str | Path, allow_pickle: bool = False) -> Tensor:
     """``[1, D]`` the image embedding of the file ``image`` by the CLIPVisionModelWithProjection in ``encoder``."""
-    from PIL import Image, UnidentifiedImageError
     from transformers import CLIPVisionModelWithProjection
 
-    try:
-        with Image.open(Path(image).expanduser()) as file:
-            rgb = np.asarray(file.convert("RGB"), dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError) as error:
-        raise ModelLoadError(f"cannot read the reference image {image}: {error}") from None
+    rgb = read_image(image, "the reference image")  # transparency on white, as every image prompt
     try:
         model = CLIPVisionModelWithProjection.from_pretrained(Path(encoder).expanduser(),
                                                               use_safetensors=not allow_pickle or None)

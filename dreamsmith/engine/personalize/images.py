@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from dreamsmith.errors import ConfigError
+from dreamsmith.image_files import read_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -32,23 +32,16 @@ def image_paths(inputs: list[Path]) -> list[Path]:
 
 
 def read_images(paths: list[Path], message: Callable[[str], None] = lambda text: None) -> Tensor:
-    """``[N, H, W, 3]`` float32 in [0, 1]: RGB (alpha composited over white, the renders' background).
-    Images of another size than the first are resized to it, with a message; unreadable ones are refused."""
-    from PIL import Image, UnidentifiedImageError
-
-    arrays = []
+    """``[N, H, W, 3]`` float32 in [0, 1]: RGB (alpha composited over white, the renders' background; see
+    ``image_files.read_image``). Images of another size than the first are resized to it, with a message."""
+    images = []
     for path in paths:
-        try:
-            with Image.open(path) as image:
-                image.load()
-                rgba = image.convert("RGBA")
-        except (OSError, UnidentifiedImageError, ValueError) as error:
-            raise ConfigError(f"cannot read the image {path}: {error}") from None
-        if arrays and rgba.size != arrays[0].size:
-            message(f"{path.name} is {rgba.size[0]}x{rgba.size[1]}, the others {arrays[0].size[0]}x"
-                    f"{arrays[0].size[1]}: resized to match")
-            rgba = rgba.resize(arrays[0].size, Image.Resampling.BILINEAR)
-        arrays.append(rgba)
-    stacked = np.stack([np.asarray(image, dtype=np.float32) / 255.0 for image in arrays])
-    rgb, alpha = stacked[..., :3], stacked[..., 3:]
-    return torch.from_numpy(rgb * alpha + (1.0 - alpha))
+        image = torch.from_numpy(read_image(path, "the image"))
+        if images and image.shape != images[0].shape:
+            height, width = images[0].shape[:2]
+            message(f"{path.name} is {image.shape[1]}x{image.shape[0]}, the others {width}x{height}: resized to match")
+            image = torch.nn.functional.interpolate(image.permute(2, 0, 1)[None], size=(height, width),
+                                                    mode="bilinear", antialias=True, align_corners=False)[0]
+            image = image.permute(1, 2, 0).clamp(0, 1)
+        images.append(image)
+    return torch.stack(images)
