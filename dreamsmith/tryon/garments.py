@@ -17,10 +17,11 @@ from dreamsmith.errors import DreamsmithError
 from dreamsmith.regions import HalfSpace, Region, parse_expression
 
 NAMED_REGIONS = ("upper", "lower", "full")
-MODEL_KINDS = ("idm-vton", "ladi-vton")
-"""Try-on models ``--model KIND:DIR`` runs (StableVITON's blocks load, but its LDM VAE and image encoder
-do not yet)."""
-TRYON_MODELS = ("decal", *(f"{kind}:DIR" for kind in MODEL_KINDS))
+MODEL_PATHS = {"idm-vton": "DIR", "ladi-vton": "DIR", "stableviton": "CKPT"}
+"""Try-on models ``--model KIND:PATH`` runs, and what PATH is (a model folder; StableVITON's checkpoint file or a
+folder holding it and its .yaml)."""
+MODEL_KINDS = tuple(MODEL_PATHS)
+TRYON_MODELS = ("decal", *(f"{kind}:{path}" for kind, path in MODEL_PATHS.items()))
 """Texture sources ``--model`` names: the embedded decal, or a model kind and its folder."""
 MODEL_LICENCES = {"idm-vton": "CC BY-NC-SA 4.0", "stableviton": "CC BY-NC-SA 4.0", "ladi-vton": "CC BY-NC 4.0"}
 """The published try-on models' licences: all non-commercial, so none is shipped or downloaded."""
@@ -111,13 +112,17 @@ def mesh_regions(choices: list[str], garments: list[Garment], vertices: np.ndarr
 
 
 def check_model(model: str) -> tuple[str, Path | None]:
-    """``(kind, folder)`` of ``--model``: ``decal`` (no folder) or ``KIND:DIR`` with an existing folder."""
+    """``(kind, path)`` of ``--model``: ``decal`` (no path) or ``KIND:PATH`` with an existing folder (or, for
+    StableVITON, file)."""
     if model == "decal":
         return "decal", None
     kind, colon, folder = model.partition(":")
     if kind in MODEL_KINDS and colon and folder:
-        if not Path(folder).is_dir():
-            raise DreamsmithError(f"--model {model}: {folder} is not a folder; pass the {kind} model folder "
-                                  f"(its weights are {MODEL_LICENCES[kind]}, non-commercial: fetch them yourself)")
+        exists = Path(folder).exists() if MODEL_PATHS[kind] == "CKPT" else Path(folder).is_dir()
+        if not exists:
+            what = "checkpoint (or a folder holding it)" if MODEL_PATHS[kind] == "CKPT" else "model folder"
+            raise DreamsmithError(f"--model {model}: {folder} does not exist or is not a folder; pass the {kind} "
+                                  f"{what} (its weights are {MODEL_LICENCES[kind]}, non-commercial: fetch them "
+                                  "yourself)")
         return kind, Path(folder)
     raise DreamsmithError(f"unknown try-on model {model!r}; expected one of {', '.join(TRYON_MODELS)}")

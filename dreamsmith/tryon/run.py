@@ -60,6 +60,10 @@ def make_source(model: str, garments: list[Garment], regions: list[Any], vertice
         from dreamsmith.tryon.ladi_vton import LaDIVTON, LaDIVTONSource
 
         return LaDIVTONSource(LaDIVTON.load(folder, device, allow_pickle), garments, decal, steps=steps, seed=seed)
+    if kind == "stableviton":
+        from dreamsmith.tryon.stableviton_source import StableVITONModel, StableVITONSource
+
+        return StableVITONSource(StableVITONModel.load(folder, device, allow_pickle), garments, steps=steps, seed=seed)
     return decal
 
 
