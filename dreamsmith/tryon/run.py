@@ -28,6 +28,7 @@ from dreamsmith.engine.run import Progress, generate
 from dreamsmith.engine.run_dir import RunDir, write_json
 from dreamsmith.engine.stages import TextureRepresentation
 from dreamsmith.exporters.bake import fill_gutters
+from dreamsmith.tryon.body_parts import read_body_parts
 from dreamsmith.tryon.garments import Garment, check_model, mesh_regions
 from dreamsmith.tryon.projection import Projection, project
 from dreamsmith.tryon.source import SourceResult, TextureSource, ViewBatch, render_views, view_cameras
@@ -86,12 +87,18 @@ def dress(mesh_path: Path, garments: list[Garment], choices: list[str], model: s
         representation.paint_from(mesh)
     else:
         notes.append(f"{mesh_path} has no colours: the body starts from uv_texture.init_color")
-    regions = mesh_regions(choices, garments, laid_out.vertices, laid_out.faces)
+    body = read_body_parts(mesh_path)
+    if body is not None:
+        notes.append(f"{mesh_path} carries a body-part labelling ({len(np.unique(body.labels[body.labels > 0]))} "
+                     "parts): regions and the pose image follow it")
+    regions = mesh_regions(choices, garments, laid_out.vertices, laid_out.faces, body)
     source = make_source(model, garments, regions, laid_out.vertices, device, config.seed, source_steps,
                          config.allow_pickle)
     cameras = view_cameras(laid_out, VIEW_RESOLUTION).to(device)
     views = render_views(representation.vertices, representation.faces, representation.uvs, representation.texture,
                          cameras, regions)
+    if body is not None:
+        views.pose = body.pose_image(views.points, views.opacity)
     result = source.edit(views)
     projection = project(laid_out, representation.texture.image(), views, result)
     representation.texture.logits.copy_(torch.logit(projection.texture.clamp(1e-4, 1 - 1e-4)))
