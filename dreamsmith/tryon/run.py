@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from dreamsmith.engine.config import RunConfig
 from dreamsmith.engine.device import resolve_device
@@ -34,6 +35,8 @@ from dreamsmith.tryon.projection import Projection, project
 from dreamsmith.tryon.source import SourceResult, TextureSource, ViewBatch, render_views, view_cameras
 
 VIEW_RESOLUTION = 384
+SEAM_BAND = 1
+"""Texels on either side of a view seam that the fill pass repaints with the unseen ones (0: unseen only)."""
 """Pixels along each side of the views the source edits (finer than the texels, so little is blurred)."""
 
 
@@ -124,13 +127,36 @@ def dress(mesh_path: Path, garments: list[Garment], choices: list[str], model: s
     return TryonSource(representation, record, views, result, counts)
 
 
-def fill_mask(projection: Projection, regions: list[Any]) -> torch.Tensor:
-    """``[S, S]`` the texels guidance paints: covered, inside a garment's region, seen by no view; a gutter
-    texel follows the covered texel nearest it."""
+def view_seams(projection: Projection, band: int) -> torch.Tensor:
+    """``[S, S]`` seen texels within ``band`` texels of a view seam: a texel whose most head-on view differs from
+    that of a grid neighbour lying next to it on the surface (within twice the median neighbour spacing, so
+    neighbours across a UV chart boundary do not count)."""
+    seen, best, points = projection.seen, projection.best_view, projection.points
+    seams = torch.zeros_like(seen)
+    if band < 1:
+        return seams
+    pairs = []
+    for dim in (0, 1):
+        both = seen.narrow(dim, 1, seen.shape[dim] - 1) & seen.narrow(dim, 0, seen.shape[dim] - 1)
+        gap = (points.narrow(dim, 1, seen.shape[dim] - 1) - points.narrow(dim, 0, seen.shape[dim] - 1)).norm(dim=-1)
+        differ = best.narrow(dim, 1, seen.shape[dim] - 1) != best.narrow(dim, 0, seen.shape[dim] - 1)
+        pairs.append((dim, both, gap, differ))
+    spacing = torch.cat([gap[both] for _, both, gap, _ in pairs]).median() if seen.any() else torch.tensor(0.0)
+    for dim, both, gap, differ in pairs:
+        edge = both & differ & (gap <= 2 * spacing)
+        seams.narrow(dim, 1, seen.shape[dim] - 1).logical_or_(edge)
+        seams.narrow(dim, 0, seen.shape[dim] - 1).logical_or_(edge)
+    grown = F.max_pool2d(seams[None, None].float(), 2 * band - 1, stride=1, padding=band - 1)[0, 0] > 0
+    return grown & seen
+
+
+def fill_mask(projection: Projection, regions: list[Any], band: int = SEAM_BAND) -> torch.Tensor:
+    """``[S, S]`` the texels guidance paints: covered and inside a garment's region, seen by no view or within
+    ``band`` texels of a view seam (:func:`view_seams`); a gutter texel follows the covered texel nearest it."""
     inside = torch.zeros_like(projection.covered)
     for region in regions:
         inside |= region.contains(projection.points)
-    fill = projection.covered & inside & ~projection.seen
+    fill = projection.covered & inside & (~projection.seen | view_seams(projection, band))
     spread = fill_gutters(fill.cpu().numpy()[..., None].astype(np.float32), projection.covered.cpu().numpy())
     return torch.from_numpy(spread[..., 0] > 0.5).to(fill.device)
 
