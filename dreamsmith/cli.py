@@ -250,7 +250,7 @@ def tryon(
     mesh: Annotated[Path, typer.Argument(help="The character mesh (.glb or .obj, +Y up, metres); it is only read.")],
     garments: Annotated[list[Path], typer.Argument(help="Garment images: RGBA PNGs whose alpha is the garment, one per --region.")],
     region: Annotated[list[str] | None, typer.Option("--region", help="Where each garment goes, in order (repeatable): upper or lower (halves of the mesh's height), full, or a region expression such as 'y>0.1 & z>0' (default: upper for one garment).")] = None,
-    model: Annotated[str, typer.Option(help="The texture source that dresses each view: decal (embedded: the garment laid on its region), idm-vton:DIR or ladi-vton:DIR (a model folder; non-commercial licences, see the README).")] = "decal",
+    model: Annotated[str, typer.Option(help="The texture source that dresses each view: decal (embedded: the garment laid on its region), idm-vton:DIR or ladi-vton:DIR (a model folder), stableviton:CKPT (its checkpoint, or a folder with it and its .yaml); non-commercial licences, see the README.")] = "decal",
     source_steps: Annotated[int, typer.Option(help="Denoising steps of a try-on model per batch of views.")] = 30,
     prompt: Annotated[str | None, typer.Option(help="What the fill pass paints where no view saw (default: a person wearing clothes; with the embedded prior, its capsule).")] = None,
     fill_model: Annotated[str | None, typer.Option(help="Diffusion model of the fill pass: a local diffusers folder or a Hugging Face id (default: the preset's).")] = None,

@@ -58,6 +58,24 @@ def test_tryon_dresses_the_capsules_upper_half_and_resumes(tmp_path):
                        atol=1e-6)
 
 
+@pytest.mark.slow
+def test_two_garments_each_dress_their_own_region(tmp_path):
+    source = capsule(tmp_path / "capsule.glb", 24)
+    garment = striped_garment(tmp_path / "stripes.png")
+    blue = (26, 51, 204, 255)
+    Image.new("RGBA", (16, 16), blue).save(tmp_path / "blue.png")
+    out = tmp_path / "run"
+    result = run_cli("tryon", str(tmp_path / "capsule.glb"), str(tmp_path / "stripes.png"), str(tmp_path / "blue.png"),
+                     "--region", "upper", "--region", "lower", "--steps", "1", "--out", str(out), "--quiet", *SMALL)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((out / "edit.json").read_text())
+    assert [g["region"] for g in record["garments"]] == ["upper", "lower"]
+    recoloured = source.copy()
+    recoloured.visual.vertex_colors = np.tile(np.array(blue, np.uint8), (len(source.vertices), 1))
+    scores = score(out / "asset.glb", recoloured, garment)  # body_error: the lower half against the blue garment
+    assert scores["garment_error"] <= 0.08 and scores["body_error"] <= 0.08, scores
+
+
 def test_tryon_refuses_bad_input_in_one_line_and_leaves_the_mesh_untouched(tmp_path):
     capsule(tmp_path / "capsule.glb", 24)
     striped_garment(tmp_path / "stripes.png")

@@ -51,3 +51,20 @@ def test_guidance_paints_only_the_unseen_region_texels(tmp_path, monkeypatch):
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["stage_state"]
     assert torch.equal(state["frozen"], frozen.cpu())  # the mask lives in the checkpoint
     assert torch.equal(state["texture"]["logits"][frozen], before[frozen])
+
+
+def test_view_seams_mark_a_band_across_view_boundaries_but_not_across_uv_chart_boundaries():
+    from dreamsmith.tryon.projection import Projection
+
+    rows, cols = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    points = torch.stack([cols * 0.1, rows * 0.1, torch.zeros_like(rows)], dim=-1)
+    points[:4, :, 2] = 10.0  # rows 0-3: another UV chart, far away on the surface
+    best = (cols >= 4).long()
+    best[:4] = 2  # a different view there: no seam along the chart boundary between rows 3 and 4
+    seen = torch.ones(8, 8, dtype=torch.bool)
+    projection = Projection(torch.zeros(8, 8, 3), seen, seen, torch.ones(8, 8), points, best)
+    assert not tryon_run.view_seams(projection, 0).any()
+    one, two = tryon_run.view_seams(projection, 1), tryon_run.view_seams(projection, 2)
+    assert torch.equal(one.nonzero()[:, 1].unique(), torch.tensor([3, 4])) and not one[:4].any()
+    assert torch.equal(two.nonzero()[:, 1].unique(), torch.tensor([2, 3, 4, 5])) and not two[:3].any()
+    assert torch.equal(one[4:], (cols[4:] == 3) | (cols[4:] == 4))

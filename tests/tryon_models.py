@@ -91,6 +91,113 @@ def tiny_stableviton_state(zero_warps: bool = True, seed: int = 0) -> tuple[dict
     return state, {k: v for k, v in params.items() if k != "camera_dim"}
 
 
+TINY_VAE = {"z_channels": 4, "in_channels": 3, "out_ch": 3, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1,
+            "double_z": True, "resolution": 32, "attn_resolutions": [], "dropout": 0.0}
+"""A tiny ``first_stage_config.params.ddconfig`` (LDM's AutoencoderKL; 32 channels for its group norms)."""
+
+
+def ldm_vae_layout(dd: dict) -> dict[str, tuple[int, ...]]:
+    """The shapes of an LDM ``AutoencoderKL``'s tensors (``encoder.down.{i}.block.{j}``, ``mid.attn_1`` as 1x1
+    convolutions, ``decoder.up.{i}``, ``quant_conv``, ``post_quant_conv``) for ``ddconfig`` ``dd``."""
+    from ldm_reference import _conv, _norm
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    ch, mult, blocks, z = dd["ch"], dd["ch_mult"], dd["num_res_blocks"], dd["z_channels"]
+
+    def block(name: str, n_in: int, n_out: int) -> None:
+        _norm(shapes, f"{name}.norm1", n_in)
+        _conv(shapes, f"{name}.conv1", n_in, n_out)
+        _norm(shapes, f"{name}.norm2", n_out)
+        _conv(shapes, f"{name}.conv2", n_out, n_out)
+        if n_in != n_out:
+            _conv(shapes, f"{name}.nin_shortcut", n_in, n_out, kernel=1)
+
+    def middle(part: str, channels: int) -> None:
+        block(f"{part}.mid.block_1", channels, channels)
+        _norm(shapes, f"{part}.mid.attn_1.norm", channels)
+        for name in ("q", "k", "v", "proj_out"):
+            _conv(shapes, f"{part}.mid.attn_1.{name}", channels, channels, kernel=1)
+        block(f"{part}.mid.block_2", channels, channels)
+
+    _conv(shapes, "encoder.conv_in", dd["in_channels"], ch)
+    channels = ch
+    for i, m in enumerate(mult):
+        for j in range(blocks):
+            block(f"encoder.down.{i}.block.{j}", channels, ch * m)
+            channels = ch * m
+        if i != len(mult) - 1:
+            _conv(shapes, f"encoder.down.{i}.downsample.conv", channels, channels)
+    middle("encoder", channels)
+    _norm(shapes, "encoder.norm_out", channels)
+    _conv(shapes, "encoder.conv_out", channels, 2 * z)
+    _conv(shapes, "quant_conv", 2 * z, 2 * z, kernel=1)
+    _conv(shapes, "post_quant_conv", z, z, kernel=1)
+    _conv(shapes, "decoder.conv_in", z, channels)
+    middle("decoder", channels)
+    for i in reversed(range(len(mult))):
+        for j in range(blocks + 1):
+            block(f"decoder.up.{i}.block.{j}", channels, ch * mult[i])
+            channels = ch * mult[i]
+        if i != 0:
+            _conv(shapes, f"decoder.up.{i}.upsample.conv", channels, channels)
+    _norm(shapes, "decoder.norm_out", channels)
+    _conv(shapes, "decoder.conv_out", channels, dd["out_ch"])
+    return shapes
+
+
+def build_tiny_stableviton(folder: Path, zero_warps: bool = False, seed: int = 0) -> Path:
+    """A whole StableVITON checkpoint in the published layout, every weight random, as ``VITONHD.safetensors``
+    with a tiny ``VITONHD.yaml`` beside it in ``folder``: :func:`tiny_stableviton_state`'s UNet, encoder and
+    warps, an LDM VAE (``first_stage_model.*``), the garment embedder (``cond_stage_model.transformer`` a CLIP
+    vision model, ``mapper.resblocks.0``, ``final_ln``), ``proj_out``, ``learnable_vector`` and the schedule's
+    buffers (``betas``, ``alphas_cumprod``; never read)."""
+    import math
+
+    import yaml
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    state, params = tiny_stableviton_state(zero_warps=zero_warps, seed=seed)
+    generator = torch.Generator().manual_seed(seed + 11)
+
+    def random(shape: tuple[int, ...], name: str) -> torch.Tensor:
+        values = torch.randn(shape, generator=generator)
+        if name.endswith(".weight") and len(shape) == 1:
+            return 1 + 0.1 * values
+        return values / math.sqrt(max(math.prod(shape[1:]), 1)) * 0.5
+
+    state.update({f"first_stage_model.{k}": random(shape, k) for k, shape in ldm_vae_layout(TINY_VAE).items()})
+    width, context = 64, params["context_dim"]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 12)
+        vision = CLIPVisionModel(CLIPVisionConfig(hidden_size=width, intermediate_size=37, num_hidden_layers=1,
+                                                  num_attention_heads=1, image_size=32, patch_size=8))
+    state.update({f"cond_stage_model.transformer.vision_model.{k.removeprefix('vision_model.')}": v
+                  for k, v in vision.state_dict().items()})  # the published keys (transformers 4's names)
+    mapper = {"ln_1.weight": (width,), "ln_1.bias": (width,), "ln_2.weight": (width,), "ln_2.bias": (width,),
+              "attn.c_qkv.weight": (3 * width, width), "attn.c_qkv.bias": (3 * width,),
+              "attn.c_proj.weight": (width, width), "attn.c_proj.bias": (width,),
+              "mlp.c_fc.weight": (4 * width, width), "mlp.c_fc.bias": (4 * width,),
+              "mlp.c_proj.weight": (width, 4 * width), "mlp.c_proj.bias": (width,)}
+    state.update({f"cond_stage_model.mapper.resblocks.0.{k}": random(shape, k) for k, shape in mapper.items()})
+    state["cond_stage_model.final_ln.weight"] = random((width,), "final_ln.weight")
+    state["cond_stage_model.final_ln.bias"] = torch.zeros(width)
+    state["proj_out.weight"], state["proj_out.bias"] = random((context, width), "w"), torch.zeros(context)
+    state["learnable_vector"] = torch.randn(1, 1, context, generator=generator)
+    state["betas"] = torch.linspace(0.00085**0.5, 0.012**0.5, 1000) ** 2
+    state["alphas_cumprod"] = torch.cumprod(1 - state["betas"], 0)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, folder / "VITONHD.safetensors")
+    config = {"model": {"target": "cldm.cldm.ControlLDM", "params": {
+        "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000, "scale_factor": 0.18215, "img_H": 32,
+        "unet_config": {"target": "cldm.warping_cldm_network.StableVITON", "params": params},
+        "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL",
+                               "params": {"embed_dim": 4, "ddconfig": TINY_VAE}},
+        "cond_stage_config": {"target": "ldm.modules.image_encoders.modules.FrozenCLIPImageEmbedder"}}}}
+    (folder / "VITONHD.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
 def build_tiny_ladi_vton(folder: Path, seed: int = 0) -> Path:
     """LaDI-VTON's layout, every weight random: an SD-2-inpainting-shaped pipeline (``build_tiny_sd``'s VAE and
     scheduler; a text encoder reading 80 tokens of a character vocabulary with the ``$`` marker),

@@ -42,9 +42,9 @@ def backend_report() -> list[tuple[str, str, str]]:
     rows.append(("marching cubes", "scikit-image", _importable("skimage")[1]))
     ok_diff, why_diff = _importable("diffusers")
     rows.append(("diffusion model", "diffusers fp16 on CUDA" if cuda else "diffusers fp32 on CPU", why_diff))
-    from dreamsmith.tryon.garments import MODEL_KINDS, MODEL_LICENCES
+    from dreamsmith.tryon.garments import MODEL_LICENCES, TRYON_MODELS
 
     licences = ", ".join(f"{kind} {licence}" for kind, licence in MODEL_LICENCES.items())
-    rows.append(("try-on models (tryon)", "decal (embedded); " + ", ".join(f"{k}:DIR" for k in MODEL_KINDS),
+    rows.append(("try-on models (tryon)", "decal (embedded); " + ", ".join(TRYON_MODELS[1:]),
                  f"non-commercial licences ({licences}): research use only; weights never shipped, bring your own"))
     return rows

@@ -3,7 +3,9 @@
 A garment is an RGBA image whose alpha is the garment (a product photo cut out). Each garment goes to
 one region of the mesh, in order: ``upper`` and ``lower`` are the halves of the mesh's bounding box by
 height, ``full`` the whole mesh, anything else a region expression of :mod:`dreamsmith.regions`
-(``y>0.1 & z>0``, ``box(...)``). Every refusal is one line.
+(``y>0.1 & z>0``, ``box(...)``). On a mesh that carries a body-part labelling
+(:mod:`dreamsmith.tryon.body_parts`) ``upper`` and ``lower`` are a top's and trousers' parts and
+``part:NAME[+NAME...]`` names parts. Every refusal is one line.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import numpy as np
 
 from dreamsmith.errors import DreamsmithError
 from dreamsmith.regions import HalfSpace, Region, parse_expression
+from dreamsmith.tryon.body_parts import ATTRIBUTE, GARMENT_PARTS, BodyParts, PartRegion, parse_parts
 
 NAMED_REGIONS = ("upper", "lower", "full")
-MODEL_KINDS = ("idm-vton", "ladi-vton")
-"""Try-on models ``--model KIND:DIR`` runs (StableVITON's blocks load, but its LDM VAE and image encoder
-do not yet)."""
-TRYON_MODELS = ("decal", *(f"{kind}:DIR" for kind in MODEL_KINDS))
+PART_PREFIX = "part:"
+MODEL_PATHS = {"idm-vton": "DIR", "ladi-vton": "DIR", "stableviton": "CKPT"}
+"""Try-on models ``--model KIND:PATH`` runs, and what PATH is (a model folder; StableVITON's checkpoint file or a
+folder holding it and its .yaml)."""
+MODEL_KINDS = tuple(MODEL_PATHS)
+TRYON_MODELS = ("decal", *(f"{kind}:{path}" for kind, path in MODEL_PATHS.items()))
 """Texture sources ``--model`` names: the embedded decal, or a model kind and its folder."""
 MODEL_LICENCES = {"idm-vton": "CC BY-NC-SA 4.0", "stableviton": "CC BY-NC-SA 4.0", "ladi-vton": "CC BY-NC 4.0"}
 """The published try-on models' licences: all non-commercial, so none is shipped or downloaded."""
@@ -84,24 +89,36 @@ def check_regions(choices: list[str], n_garments: int) -> list[str]:
             f"{n_garments} garments for {len(choices)} region(s): give one --region per garment, in order "
             f"(e.g. --region upper --region lower); two garments cannot share one region")
     for choice in choices:
-        if choice.lower() not in NAMED_REGIONS:
+        if choice.lower().startswith(PART_PREFIX):
+            parse_parts(choice)
+        elif choice.lower() not in NAMED_REGIONS:
             region_half_spaces(choice, np.zeros((2, 3)))
     seen = [choice.lower().replace(" ", "") for choice in choices]
     for index, choice in enumerate(seen):
         if choice in seen[:index]:
             raise DreamsmithError(f"two garments for one region ({choices[index]!r}): each garment needs its own "
                                   "--region")
-    return [choice.lower() if choice.lower() in NAMED_REGIONS else choice for choice in choices]
+    return [choice.lower() if choice.lower() in NAMED_REGIONS or choice.lower().startswith(PART_PREFIX) else choice
+            for choice in choices]
 
 
-def mesh_regions(choices: list[str], garments: list[Garment], vertices: np.ndarray, faces: np.ndarray) -> list[Region]:
+def mesh_regions(choices: list[str], garments: list[Garment], vertices: np.ndarray, faces: np.ndarray,
+                 body: BodyParts | None = None) -> list[Region | PartRegion]:
     """The regions of ``choices`` on this mesh, named after their garments; a region that holds no triangle (no
-    face's centroid inside it) is refused."""
+    face's centroid inside it) is refused. On a mesh with a body-part labelling ``body``, ``upper`` and ``lower``
+    are its parts (:data:`~dreamsmith.tryon.body_parts.GARMENT_PARTS`) and ``part:NAMES`` may be used."""
     bounds = np.stack([vertices.min(0), vertices.max(0)])
     centroids = vertices[faces].mean(axis=1)
-    regions = []
+    regions: list[Region | PartRegion] = []
     for choice, garment in zip(choices, garments, strict=True):
-        region = Region(region_half_spaces(choice, bounds), garment.path.name, choice)
+        if choice.startswith(PART_PREFIX) and body is None:
+            raise DreamsmithError(f"--region {choice} needs a mesh with a body-part labelling (a GLB whose vertices "
+                                  f"carry {ATTRIBUTE}); this one has none: use upper, lower, full or an expression")
+        if body is not None and (choice.startswith(PART_PREFIX) or choice in GARMENT_PARTS):
+            parts = parse_parts(choice) if choice.startswith(PART_PREFIX) else GARMENT_PARTS[choice]
+            region: Region | PartRegion = PartRegion(body, parts, garment.path.name, choice)
+        else:
+            region = Region(region_half_spaces(choice, bounds), garment.path.name, choice)
         if not region.contains(centroids).any():
             low, high = (np.round(corner, 3).tolist() for corner in bounds)
             raise DreamsmithError(f"--region {choice} covers no triangle of the mesh (its bounding box is {low} to "
@@ -111,13 +128,17 @@ def mesh_regions(choices: list[str], garments: list[Garment], vertices: np.ndarr
 
 
 def check_model(model: str) -> tuple[str, Path | None]:
-    """``(kind, folder)`` of ``--model``: ``decal`` (no folder) or ``KIND:DIR`` with an existing folder."""
+    """``(kind, path)`` of ``--model``: ``decal`` (no path) or ``KIND:PATH`` with an existing folder (or, for
+    StableVITON, file)."""
     if model == "decal":
         return "decal", None
     kind, colon, folder = model.partition(":")
     if kind in MODEL_KINDS and colon and folder:
-        if not Path(folder).is_dir():
-            raise DreamsmithError(f"--model {model}: {folder} is not a folder; pass the {kind} model folder "
-                                  f"(its weights are {MODEL_LICENCES[kind]}, non-commercial: fetch them yourself)")
+        exists = Path(folder).exists() if MODEL_PATHS[kind] == "CKPT" else Path(folder).is_dir()
+        if not exists:
+            what = "checkpoint (or a folder holding it)" if MODEL_PATHS[kind] == "CKPT" else "model folder"
+            raise DreamsmithError(f"--model {model}: {folder} does not exist or is not a folder; pass the {kind} "
+                                  f"{what} (its weights are {MODEL_LICENCES[kind]}, non-commercial: fetch them "
+                                  "yourself)")
         return kind, Path(folder)
     raise DreamsmithError(f"unknown try-on model {model!r}; expected one of {', '.join(TRYON_MODELS)}")

@@ -10,7 +10,8 @@ and SDXL's ``vae``, ``text_encoder(_2)``, ``tokenizer(_2)`` and ``scheduler``. L
 :mod:`dreamsmith.tryon.reference_attention`); no code of the original is used.
 
 As a texture source the person photo is a render of the mesh, the mask its region, and the pose image is
-rendered exactly from the mesh (its normals, as a mesh carries no DensePose labelling), not estimated.
+rendered exactly from the mesh, not estimated: its DensePose-style part image where the mesh carries a body-part
+labelling (:mod:`dreamsmith.tryon.body_parts`), else its normals.
 Several garments: their image tokens and GarmentNet tokens are concatenated.
 """
 

@@ -18,12 +18,18 @@ from torch import Tensor
 from dreamsmith.tryon.garments import Garment
 from dreamsmith.tryon.source import SourceResult, ViewBatch
 
+BLANK = 0.5
+"""What the inpainted region of the person image becomes before it is encoded: mid grey, 0 in the models'
+[-1, 1] (diffusers' inpainting pipelines multiply the [-1, 1] image by the kept mask; StableVITON's agnostic
+images are 128 there)."""
+
 
 @dataclass
 class InpaintInputs:
     """One chunk of views at the model's size: ``person [B, H, W, 3]``, ``mask [B, 1, h, w]`` (latent size, 1 to
-    inpaint), ``masked [B, C, h, w]`` the latents of the person with the region blanked, ``pose [B, 3, H, W]``
-    and ``dressed [B, 3, H, W]`` (the region's garment laid on the view, 0 elsewhere; None when unused)."""
+    inpaint), ``masked [B, C, h, w]`` the latents of the person with the region blanked (to ``BLANK``),
+    ``pose [B, 3, H, W]`` and ``dressed [B, 3, H, W]`` (the region's garment laid on the view, 0 elsewhere; None
+    when unused)."""
 
     person: Tensor
     mask: Tensor
@@ -99,7 +105,8 @@ class InpaintingSource:
         prior = self.prior
         person = self.model_tensor(rgb.permute(0, 3, 1, 2))
         small_mask = self.model_tensor(mask, mode="nearest")
-        masked = self.latents_of(person * (small_mask < 0.5))
+        keep = (small_mask < 0.5).to(person)
+        masked = self.latents_of(person * keep + BLANK * (1 - keep))
         inputs = InpaintInputs(person.permute(0, 2, 3, 1), F.interpolate(small_mask, size=masked.shape[-2:],
                                                                           mode="nearest"),
                                masked, self.model_tensor(pose), None if dressed is None else self.model_tensor(dressed))

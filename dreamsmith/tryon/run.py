@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from dreamsmith.engine.config import RunConfig
 from dreamsmith.engine.device import resolve_device
@@ -28,11 +29,14 @@ from dreamsmith.engine.run import Progress, generate
 from dreamsmith.engine.run_dir import RunDir, write_json
 from dreamsmith.engine.stages import TextureRepresentation
 from dreamsmith.exporters.bake import fill_gutters
+from dreamsmith.tryon.body_parts import read_body_parts
 from dreamsmith.tryon.garments import Garment, check_model, mesh_regions
 from dreamsmith.tryon.projection import Projection, project
 from dreamsmith.tryon.source import SourceResult, TextureSource, ViewBatch, render_views, view_cameras
 
 VIEW_RESOLUTION = 384
+SEAM_BAND = 1
+"""Texels on either side of a view seam that the fill pass repaints with the unseen ones (0: unseen only)."""
 """Pixels along each side of the views the source edits (finer than the texels, so little is blurred)."""
 
 
@@ -60,6 +64,10 @@ def make_source(model: str, garments: list[Garment], regions: list[Any], vertice
         from dreamsmith.tryon.ladi_vton import LaDIVTON, LaDIVTONSource
 
         return LaDIVTONSource(LaDIVTON.load(folder, device, allow_pickle), garments, decal, steps=steps, seed=seed)
+    if kind == "stableviton":
+        from dreamsmith.tryon.stableviton_source import StableVITONModel, StableVITONSource
+
+        return StableVITONSource(StableVITONModel.load(folder, device, allow_pickle), garments, steps=steps, seed=seed)
     return decal
 
 
@@ -82,12 +90,18 @@ def dress(mesh_path: Path, garments: list[Garment], choices: list[str], model: s
         representation.paint_from(mesh)
     else:
         notes.append(f"{mesh_path} has no colours: the body starts from uv_texture.init_color")
-    regions = mesh_regions(choices, garments, laid_out.vertices, laid_out.faces)
+    body = read_body_parts(mesh_path)
+    if body is not None:
+        notes.append(f"{mesh_path} carries a body-part labelling ({len(np.unique(body.labels[body.labels > 0]))} "
+                     "parts): regions and the pose image follow it")
+    regions = mesh_regions(choices, garments, laid_out.vertices, laid_out.faces, body)
     source = make_source(model, garments, regions, laid_out.vertices, device, config.seed, source_steps,
                          config.allow_pickle)
     cameras = view_cameras(laid_out, VIEW_RESOLUTION).to(device)
     views = render_views(representation.vertices, representation.faces, representation.uvs, representation.texture,
                          cameras, regions)
+    if body is not None:
+        views.pose = body.pose_image(views.points, views.opacity)
     result = source.edit(views)
     projection = project(laid_out, representation.texture.image(), views, result)
     representation.texture.logits.copy_(torch.logit(projection.texture.clamp(1e-4, 1 - 1e-4)))
@@ -113,13 +127,36 @@ def dress(mesh_path: Path, garments: list[Garment], choices: list[str], model: s
     return TryonSource(representation, record, views, result, counts)
 
 
-def fill_mask(projection: Projection, regions: list[Any]) -> torch.Tensor:
-    """``[S, S]`` the texels guidance paints: covered, inside a garment's region, seen by no view; a gutter
-    texel follows the covered texel nearest it."""
+def view_seams(projection: Projection, band: int) -> torch.Tensor:
+    """``[S, S]`` seen texels within ``band`` texels of a view seam: a texel whose most head-on view differs from
+    that of a grid neighbour lying next to it on the surface (within twice the median neighbour spacing, so
+    neighbours across a UV chart boundary do not count)."""
+    seen, best, points = projection.seen, projection.best_view, projection.points
+    seams = torch.zeros_like(seen)
+    if band < 1:
+        return seams
+    pairs = []
+    for dim in (0, 1):
+        both = seen.narrow(dim, 1, seen.shape[dim] - 1) & seen.narrow(dim, 0, seen.shape[dim] - 1)
+        gap = (points.narrow(dim, 1, seen.shape[dim] - 1) - points.narrow(dim, 0, seen.shape[dim] - 1)).norm(dim=-1)
+        differ = best.narrow(dim, 1, seen.shape[dim] - 1) != best.narrow(dim, 0, seen.shape[dim] - 1)
+        pairs.append((dim, both, gap, differ))
+    spacing = torch.cat([gap[both] for _, both, gap, _ in pairs]).median() if seen.any() else torch.tensor(0.0)
+    for dim, both, gap, differ in pairs:
+        edge = both & differ & (gap <= 2 * spacing)
+        seams.narrow(dim, 1, seen.shape[dim] - 1).logical_or_(edge)
+        seams.narrow(dim, 0, seen.shape[dim] - 1).logical_or_(edge)
+    grown = F.max_pool2d(seams[None, None].float(), 2 * band - 1, stride=1, padding=band - 1)[0, 0] > 0
+    return grown & seen
+
+
+def fill_mask(projection: Projection, regions: list[Any], band: int = SEAM_BAND) -> torch.Tensor:
+    """``[S, S]`` the texels guidance paints: covered and inside a garment's region, seen by no view or within
+    ``band`` texels of a view seam (:func:`view_seams`); a gutter texel follows the covered texel nearest it."""
     inside = torch.zeros_like(projection.covered)
     for region in regions:
         inside |= region.contains(projection.points)
-    fill = projection.covered & inside & ~projection.seen
+    fill = projection.covered & inside & (~projection.seen | view_seams(projection, band))
     spread = fill_gutters(fill.cpu().numpy()[..., None].astype(np.float32), projection.covered.cpu().numpy())
     return torch.from_numpy(spread[..., 0] > 0.5).to(fill.device)
 

@@ -16,7 +16,7 @@ pre-hooks of the decoder's resnets; no code of the original is used.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -68,8 +68,8 @@ class GarmentWarp(nn.Module):
         nn.init.zeros_(self.zero_conv.weight)
         nn.init.zeros_(self.zero_conv.bias)
 
-    def forward(self, h: Tensor, garment: Tensor) -> Tensor:
-        tokens = garment.flatten(2).transpose(1, 2)
+    def forward(self, h: Tensor, tokens: Tensor) -> Tensor:
+        """``h [B, channels, H, W]`` plus the block's answer to garment ``tokens [B, N, context]``."""
         return h + self.zero_conv(self.transformer(h, encoder_hidden_states=tokens).sample)
 
 
@@ -106,11 +106,14 @@ class StableVITON(nn.Module):
         self.unet, self.encoder, self.warps = unet, encoder, warps
 
     @classmethod
-    def from_ldm_state(cls, state: Mapping[str, Tensor], params: Mapping[str, Any] = PARAMS) -> StableVITON:
-        """Build and load from the published checkpoint's tensors; every key of the three parts is placed."""
+    def from_ldm_state(cls, state: Mapping[str, Tensor], params: Mapping[str, Any] = PARAMS,
+                       sample_size: int | None = None) -> StableVITON:
+        """Build and load from the published checkpoint's tensors; every key of the three parts is placed.
+        ``sample_size``: the latent size the UNet runs at (default the config's ``image_size``)."""
         from diffusers import UNet2DConditionModel
 
         config = _diffusers_config(params)
+        config["sample_size"] = sample_size or config["sample_size"]
         base = {k.removeprefix(BASE): v for k, v in state.items() if k.startswith(BASE)}
         warp_keys = {k: v for k, v in base.items() if k.startswith((WARP, ZERO))}
         unet = UNet2DConditionModel.from_config(config)
@@ -130,9 +133,16 @@ class StableVITON(nn.Module):
         warps = nn.ModuleList()
         linear = bool(params.get("use_linear_in_transformer", False))
         for i in range(count):
-            channels = warp_keys[f"{ZERO}{i}.weight"].shape[0]
-            context = warp_keys[f"{WARP}{i}.transformer_blocks.0.attn2.to_k.weight"].shape[1]
-            warp = GarmentWarp(channels, context, _heads(params, channels), linear)
+            needed = (f"{ZERO}{i}.weight", f"{WARP}{i}.transformer_blocks.0.attn2.to_k.weight")
+            if any(key not in warp_keys for key in needed):
+                missing = key_list([BASE + k for k in needed if k not in warp_keys], "missing")
+                raise ModelLoadError(f"garment warp {i} is incomplete: {missing}")
+            channels = warp_keys[needed[0]].shape[0]
+            warp = GarmentWarp(channels, warp_keys[needed[1]].shape[1], _heads(params, channels), linear)
+            own = {f"{WARP}{i}.{k}": v for k, v in warp.transformer.state_dict().items()}
+            own.update({f"{ZERO}{i}.{k}": v for k, v in warp.zero_conv.state_dict().items()})
+            _check_keys(own, {k: v for k, v in warp_keys.items() if k.startswith((f"{WARP}{i}.", f"{ZERO}{i}."))},
+                        f"garment warp {i}")
             warp.transformer.load_state_dict({k.removeprefix(f"{WARP}{i}."): v for k, v in warp_keys.items()
                                               if k.startswith(f"{WARP}{i}.")})
             warp.zero_conv.load_state_dict({k.removeprefix(f"{ZERO}{i}."): v for k, v in warp_keys.items()
@@ -145,6 +155,16 @@ class StableVITON(nn.Module):
         are skipped, then the rest from the deepest to the first."""
         skipped = int(self.unet.config.layers_per_block) + 1
         return list(reversed(features[:-1][: len(features) - 1 - skipped]))
+
+    def garment_tokens(self, sample: Tensor, timestep: Tensor, context: Tensor,
+                       garment_latents: Sequence[Tensor]) -> list[Tensor]:
+        """Each warp's garment tokens ``[B, N, C]``: the encoder's features of every garment (latents
+        ``[B, 4, h, w]`` each) flattened and, for several garments, concatenated (one garment's tokens are
+        exactly StableVITON's; the same garment twice reads as once, up to rounding)."""
+        per_garment = [self.garment_features(self.encoder(sample, latents, timestep, context))
+                       for latents in garment_latents]
+        return [torch.cat([feature.flatten(2).transpose(1, 2) for feature in features], dim=1)
+                for features in zip(*per_garment, strict=True)]
 
     @contextlib.contextmanager
     def warps_active(self, garments: list[Tensor]) -> Iterator[None]:
@@ -170,21 +190,36 @@ class StableVITON(nn.Module):
             for handle in handles:
                 handle.remove()
 
-    def forward(self, sample: Tensor, timestep: Tensor, context: Tensor, garment_latents: Tensor) -> Tensor:
-        """The try-on prediction for ``sample [B, 13, h, w]`` with the garment's latents ``[B, 4, h, w]``
-        and the cross-attention ``context`` (the garment's CLIP image embedding in StableVITON)."""
-        features = self.garment_features(self.encoder(sample, garment_latents, timestep, context))
-        with self.warps_active(features):
+    def forward(self, sample: Tensor, timestep: Tensor, context: Tensor,
+                garment_latents: Tensor | Sequence[Tensor]) -> Tensor:
+        """The try-on prediction for ``sample [B, 13, h, w]`` with the garment's latents ``[B, 4, h, w]`` (or a
+        list of several garments') and the cross-attention ``context`` (the garments' image embeddings)."""
+        garments = [garment_latents] if isinstance(garment_latents, Tensor) else list(garment_latents)
+        with self.warps_active(self.garment_tokens(sample, timestep, context, garments)):
             return self.unet(sample, timestep, encoder_hidden_states=context).sample
 
 
 def _load(module: nn.Module, state: dict[str, Tensor], unplaced: list[str], where: str,
           encoder_only: bool = False) -> None:
     if unplaced:
-        raise ModelLoadError(f"{len(unplaced)} {where} keys have no place in the UNet, e.g. {unplaced[:2]}")
+        raise ModelLoadError(f"{where} keys with no place in the UNet: {key_list(unplaced, 'unexpected')}")
     missing, unexpected = module.load_state_dict(state, strict=False)
     if encoder_only:
         missing = [k for k in missing if not k.startswith(("up_blocks.", "conv_norm_out.", "conv_out."))]
     if missing or unexpected:
-        raise ModelLoadError(f"{where} does not fit the architecture ({len(missing)} missing, e.g. {missing[:1]}; "
-                             f"{len(unexpected)} unexpected, e.g. {unexpected[:1]})")
+        raise ModelLoadError(f"{where} does not fit the architecture: {key_list(missing, 'missing')}; "
+                             f"{key_list(unexpected, 'unexpected')}")
+
+
+def _check_keys(own: Mapping[str, Tensor], given: Mapping[str, Tensor], where: str) -> None:
+    missing = [BASE + k for k in own if k not in given]
+    unexpected = [BASE + k for k in given if k not in own]
+    if missing or unexpected:
+        raise ModelLoadError(f"{where} does not fit its layout: {key_list(missing, 'missing')}; "
+                             f"{key_list(unexpected, 'unexpected')}")
+
+
+def key_list(keys: Sequence[str], what: str, shown: int = 4) -> str:
+    """``"2 missing: a, b"`` (the first ``shown`` keys named, then how many more)."""
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return f"{len(keys)} {what}" + (f": {', '.join(keys[:shown])}{more}" if keys else "")
