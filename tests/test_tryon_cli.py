@@ -88,7 +88,7 @@ def test_tryon_refuses_bad_input_in_one_line_and_leaves_the_mesh_untouched(tmp_p
     cases = [
         ((mesh, str(tmp_path / "opaque.png")), "has no alpha channel"),
         ((mesh, str(tmp_path / "blank.png")), "blank alpha channel"),
-        ((mesh, str(tmp_path / "notes.png")), "cannot be read"),
+        ((mesh, str(tmp_path / "notes.png")), "is not a readable image"),
         ((mesh, str(tmp_path / "missing.png")), "does not exist"),
         ((mesh, stripes, "--region", "y>5"), "covers no triangle"),
         ((mesh, stripes, "--region", "y>>5"), "cannot read 'y>>5'"),

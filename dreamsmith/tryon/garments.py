@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dreamsmith.errors import DreamsmithError
+from dreamsmith.image_files import read_rgba
 from dreamsmith.regions import HalfSpace, Region, parse_expression
 from dreamsmith.tryon.body_parts import ATTRIBUTE, GARMENT_PARTS, BodyParts, PartRegion, parse_parts
 
@@ -42,21 +43,12 @@ class Garment:
 
 
 def read_garment(path: Path) -> Garment:
-    """The RGBA image at ``path``; refused in one line: missing, unreadable, without alpha, blank alpha."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        raise DreamsmithError(f"garment image {path} does not exist; pass a PNG with an alpha channel")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            mode, bands = image.mode, image.getbands()
-            if "A" not in bands and "transparency" not in image.info:
-                raise DreamsmithError(f"garment image {path} has no alpha channel ({mode}); save it as an RGBA PNG "
-                                      "whose alpha is the garment (transparent around it)")
-            rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as error:
-        raise DreamsmithError(f"garment image {path} cannot be read ({str(error)[:100]}); pass a PNG") from None
+    """The RGBA image at ``path``; refused in one line: missing, unreadable, too small or large (the checks of
+    every image a user gives, ``image_files``), without alpha, blank alpha."""
+    rgba, has_alpha = read_rgba(path, "garment image")
+    if not has_alpha:
+        raise DreamsmithError(f"garment image {path} has no alpha channel; save it as an RGBA PNG whose alpha is the "
+                              "garment (transparent around it)")
     if (rgba[..., 3] > 0.5).mean() < MIN_GARMENT_FRACTION:
         raise DreamsmithError(f"garment image {path} has a blank alpha channel (no garment pixel is opaque); its "
                               "alpha must cover the garment")
