@@ -125,5 +125,17 @@ def projection_from_state_dict(state: dict[str, Tensor], head_dim: int = 64) -> 
         keys = ", ".join(sorted(state)[:4])
         raise ValueError(f"image_proj holds neither the plain (proj, norm) nor the plus (latents, proj_in, layers) "
                          f"layout (keys: {keys}, ...)")
+    check_keys(set(module.state_dict()), set(state), "image_proj")
     module.load_state_dict(state, strict=True)
     return module
+
+
+def check_keys(expected: set[str], given: set[str], part: str) -> None:
+    """A ``ValueError`` naming (one line) the keys of ``part`` a state dict lacks or has beyond ``expected``."""
+    missing, unexpected = sorted(expected - given), sorted(given - expected)
+    if missing or unexpected:
+        raise ValueError(f"{part} does not fit its layout: missing {_some(missing)}; unexpected {_some(unexpected)}")
+
+
+def _some(keys: list[str]) -> str:
+    return (", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")) if keys else "none"

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from dreamsmith.errors import ConfigError, ModelLoadError
 from dreamsmith.guidance.image_encoders import ImageEncoder
-from dreamsmith.guidance.image_projection import projection_from_state_dict
+from dreamsmith.guidance.image_projection import check_keys, projection_from_state_dict
 from dreamsmith.guidance.ip_adapter import IPAdapter, IPAdapterLayer, cross_attention_layers
 from dreamsmith.guidance.loading import PICKLE_SUFFIXES, read_checkpoint
 
@@ -74,6 +74,11 @@ def build_ip_adapter(state: dict[str, dict[str, Tensor]], unet: torch.nn.Module,
     if numbers != sorted(layer_names, key=int):
         raise ConfigError(f"{name} is for another base model: it adapts {len(numbers)} cross-attention layers "
                           f"(numbers {_span(numbers)}), the model has {len(layer_names)} ({_span(list(layer_names))})")
+    expected = {f"{number}.{kind}_ip.weight" for number in numbers for kind in ("to_k", "to_v")}
+    try:
+        check_keys(expected, set(state["ip_adapter"]), "ip_adapter")
+    except ValueError as error:
+        raise ModelLoadError(f"{name}: {error}") from None
     modules = dict(unet.named_modules())
     layers = {}
     for number in numbers:
