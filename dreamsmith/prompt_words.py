@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 from dreamsmith.errors import ConfigError
 
@@ -27,3 +28,18 @@ def check_reweight(prompt: str, weights: dict[str, float]) -> None:
             raise ConfigError(
                 f"--reweight '{word}' is not a word of the prompt '{prompt}'; choose one of {', '.join(words)}"
             )
+
+
+def trigger_pattern(trigger: str) -> re.Pattern[str]:
+    """A class word (group 1) followed by the trigger word (PhotoMaker's ``"a man img"``), as whole words."""
+    return re.compile(rf"(\S+)\s+{re.escape(trigger)}(?![^\s,.;:!?])")
+
+
+def has_trigger(prompt: str, trigger: str) -> bool:
+    """Whether ``prompt`` holds the trigger word after a class word."""
+    return trigger_pattern(trigger).search(prompt) is not None
+
+
+def without_trigger(prompt: str, trigger: str, copies: int) -> str:
+    """``prompt`` with "CLASS TRIGGER" written as ``copies`` copies of CLASS (PhotoMaker's token edit, in words)."""
+    return trigger_pattern(trigger).sub(lambda match: " ".join([match.group(1)] * copies), prompt)

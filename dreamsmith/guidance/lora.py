@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -168,16 +168,22 @@ def load_lora_file(unet: torch.nn.Module, path: Path, name: str | None = None) -
         example = foreign[0] if foreign else "no keys"
         raise ConfigError(f"{path} is not a UNet LoRA in the diffusers/peft layout (e.g. {example!r}); "
                           "text-encoder and other layouts are not supported")
+    return install_lora(unet, state, name or path.stem, str(path), lambda rank: _saved_alpha(path, rank))
+
+
+def install_lora(unet: torch.nn.Module, state: dict[str, torch.Tensor], name: str, source: str,
+                 alpha: Callable[[int], float] = float) -> str:
+    """Install ``state`` (peft keys ``<module>.lora_A.weight``/``lora_B``, one rank) as the frozen adapter ``name``
+    with α = ``alpha(rank)``; ``source`` names it in errors. Returns the name."""
     modules = sorted({key.split(".lora_")[0] for key in state})
     ranks = {state[f"{module}.lora_A.weight"].shape[0] for module in modules if f"{module}.lora_A.weight" in state}
     if len(ranks) != 1:
-        raise ConfigError(f"{path}: expected one LoRA rank for every module, found {sorted(ranks)}")
-    name = name or path.stem
+        raise ConfigError(f"{source}: expected one LoRA rank for every module, found {sorted(ranks)}")
     rank = ranks.pop()
     try:
-        add_lora(unet, name, rank=rank, alpha=_saved_alpha(path, rank), target_modules=modules)
+        add_lora(unet, name, rank=rank, alpha=alpha(rank), target_modules=modules)
     except (ValueError, AttributeError) as error:
-        raise ConfigError(f"{path} does not fit this model ({error})") from None
+        raise ConfigError(f"{source} does not fit this model ({error})") from None
     load_lora_state_dict(unet, name, state)
     for parameter in (p for n, p in unet.named_parameters() if f".{name}." in n and "lora_" in n):
         parameter.requires_grad_(False)

@@ -7,7 +7,7 @@ A frozen :class:`DiffusionPrior` (made by :func:`dreamsmith.guidance.loading.loa
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -96,6 +96,7 @@ class DiffusionPrior:
             self.latent_channels = int(vae.config.latent_channels)
         self.known_prompts: list[str] | None = self.metadata.get("known_prompts")
         self.prompt_images: dict[str, str] = {}  # <image:REF> -> its tokens (multimodal_prompt.add_image_words)
+        self.prompt_rewrites: dict[str, Callable[[str], str]] = {}  # e.g. PhotoMaker's trigger word, by name
         self.camera_conditioning: str | None = self.metadata.get("camera_conditioning")
         if self.camera_conditioning not in (None, *CAMERA_CONDITIONINGS):
             raise ModelLoadError(
@@ -133,8 +134,15 @@ class DiffusionPrior:
 
     def prompt_tokens(self, prompt: str) -> tuple[int, int]:
         """(tokens in ``prompt`` with the special ones, tokens the encoder reads)."""
+        return len(self.tokenizer(self.prompt_text(prompt), truncation=False).input_ids), self.max_prompt_tokens()
+
+    def prompt_text(self, prompt: str) -> str:
+        """The text the tokenizer reads for ``prompt``: its image placeholders written as their words, then the
+        conditioners' rewrites (:mod:`dreamsmith.guidance.photomaker` removes its trigger word)."""
         prompt = substitute_images(prompt, self.prompt_images)
-        return len(self.tokenizer(prompt, truncation=False).input_ids), self.max_prompt_tokens()
+        for rewrite in self.prompt_rewrites.values():
+            prompt = rewrite(prompt)
+        return prompt
 
     def encode_prompts(self, prompts: list[str], enable_grad: bool = False) -> Tensor:
         """Text embeddings ``[B, L, D]`` (the encoder's last hidden state), padded to the tokenizer's
@@ -147,7 +155,7 @@ class DiffusionPrior:
 
     def _encode_prompts(self, prompts: list[str]) -> Tensor:
         max_length = self.max_prompt_tokens()
-        texts = [substitute_images(prompt, self.prompt_images) for prompt in prompts]
+        texts = [self.prompt_text(prompt) for prompt in prompts]
         tokens = self.tokenizer(texts, padding="max_length", max_length=max_length, truncation=True,
                                 return_tensors="pt")
         config = self.text_encoder.config

@@ -71,9 +71,9 @@ class SDXLPrior(DiffusionPrior):
     def encode_prompts(self, prompts: list[str]) -> Tensor:
         """``[B, L + 1, D]``: the encoders' penultimate hidden states side by side, then the pooled row."""
         max_length = self.max_prompt_tokens()
-        hidden = []
+        hidden, texts = [], [self.prompt_text(prompt) for prompt in prompts]
         for tokenizer, encoder in self.encoders:
-            ids = tokenizer(list(prompts), padding="max_length", max_length=max_length, truncation=True,
+            ids = tokenizer(texts, padding="max_length", max_length=max_length, truncation=True,
                             return_tensors="pt").input_ids.to(self.device)
             output = encoder(input_ids=ids, output_hidden_states=True)
             hidden.append(output.hidden_states[-2])
