@@ -84,6 +84,11 @@ SelfGuidanceWeightOption = Annotated[float, typer.Option(help="Strength v of all
 ImageOption = Annotated[Path | None, typer.Option("--image", help="A reference image (PNG/JPEG) the asset should look like (IP-Adapter image prompt); PROMPT becomes optional.")]
 ImageScaleOption = Annotated[float, typer.Option(help="Weight of the --image prompt's attention (0: ignored).")]
 IPAdapterOption = Annotated[str | None, typer.Option("--ip-adapter", help="The IP-Adapter for --image: a published checkpoint (ip-adapter_sd15.safetensors, its image_encoder/ beside it) or a folder; default: the embedded model's own.")]
+InstantIDOption = Annotated[str | None, typer.Option("--instantid", help="InstantID identity: InstantX/InstantID's ip-adapter.bin (ControlNetModel/ beside it) or their folder; needs --face-embedding.")]
+FaceEmbeddingOption = Annotated[Path | None, typer.Option("--face-embedding", help="The face's 512-wide ArcFace embedding (.npy or .safetensors) for --instantid.")]
+IDScaleOption = Annotated[float, typer.Option(help="Weight of --instantid's ID tokens and IdentityNet (0: ignored).")]
+PhotoMakerOption = Annotated[Path | None, typer.Option("--photomaker", help="PhotoMaker identity: photomaker-v1.bin; the prompt names the person as CLASS img (\"a photo of a man img\").")]
+IDImageOption = Annotated[list[Path] | None, typer.Option("--id-image", help="A photo of the person for --photomaker (repeatable).")]
 StyleReferenceOption = Annotated[Path | None, typer.Option("--style-reference", help="An image, or a finished run directory, whose style every self-attention shares (StyleAligned).")]
 AdapterOption = Annotated[list[Path] | None, typer.Option("--adapter", help="A personalization adapter folder (from `dreamsmith personalize`, or diffusers-layout learned_embeds/LoRA files); repeatable, each a named adapter; sets guidance.conditioners.")]
 AdapterScaleOption = Annotated[float, typer.Option(help="Strength of the --adapter LoRAs (0: the base model; their tokens stay defined).")]
@@ -140,12 +145,18 @@ def generate(
     image_scale: ImageScaleOption = 1.0,
     ip_adapter: IPAdapterOption = None,
     style_reference: StyleReferenceOption = None,
+    instantid: InstantIDOption = None,
+    face_embedding: FaceEmbeddingOption = None,
+    id_scale: IDScaleOption = 0.8,
+    photomaker: PhotoMakerOption = None,
+    id_image: IDImageOption = None,
     adapter: AdapterOption = None,
     adapter_scale: AdapterScaleOption = 1.0,
     adapter_reward: AdapterRewardOption = 0.0,
 ) -> None:
     """Optimize a 3D asset for PROMPT (and/or --image) and write it, with previews and a report, to the run directory."""
-    images = ImagePrompts(image, image_scale, ip_adapter, style_reference)
+    images = ImagePrompts(image, image_scale, ip_adapter, style_reference, instantid, face_embedding, id_scale,
+                          photomaker, tuple(id_image or ()))
     overrides = overrides or []
     if image is not None and OVERRIDE.match(prompt):  # no prompt: the first argument is already an override
         prompt, overrides = "", [prompt, *overrides]
@@ -315,14 +326,28 @@ class ImagePrompts:
     scale: float = 1.0
     adapter: str | None = None
     style_reference: Path | None = None
+    instantid: str | None = None
+    face_embedding: Path | None = None
+    id_scale: float = 0.8
+    photomaker: Path | None = None
+    id_images: tuple[Path, ...] = ()
 
-    def specs(self, model: str | None) -> list[dict[str, Any]]:
+    def specs(self, model: str | None, prompt: str = "") -> list[dict[str, Any]]:
         """Their ``guidance.conditioners`` entries, checked without torch."""
+        from dreamsmith.engine.identity_prompts import instantid_spec, photomaker_spec
         from dreamsmith.engine.image_prompts import image_prompt_spec, style_spec
 
         if self.image is None and self.adapter is not None:
             raise DreamsmithError("--ip-adapter needs --image, the reference image it reads")
+        if self.face_embedding is not None and self.instantid is None:
+            raise DreamsmithError("--face-embedding needs --instantid, the adapter that reads it")
+        if self.id_images and self.photomaker is None:
+            raise DreamsmithError("--id-image needs --photomaker, the adapter that reads it")
         specs = [] if self.image is None else [image_prompt_spec(self.image, self.scale, self.adapter, model)]
+        if self.instantid is not None:
+            specs.append(instantid_spec(self.instantid, self.face_embedding, self.id_scale, model))
+        if self.photomaker is not None:
+            specs.append(photomaker_spec(self.photomaker, list(self.id_images), prompt, model))
         return specs + ([] if self.style_reference is None else [style_spec(self.style_reference)])
 
 
@@ -406,7 +431,7 @@ def _run_command(prompt: str, overrides: list[str], preset: str | None, model: s
         if not prompt.strip() and images.image is None:
             raise DreamsmithError("the prompt is empty; say what to make: a PROMPT (e.g. dreamsmith generate "
                                   "\"a red cube\") or --image REF.png")
-        specs = [*self_guidance_specs(prompt, list(self_guidance), self_guidance_weight), *images.specs(model),
+        specs = [*self_guidance_specs(prompt, list(self_guidance), self_guidance_weight), *images.specs(model, prompt),
                  *adapters]
         conditioners = conditioners_override(list(controls), list(regions), base_ratio, specs)
         _machine_settings(threads, memory_budget)

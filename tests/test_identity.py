@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from identity_states import FACE_DIM, instantid_folder, instantid_state, photomaker_state
+from identity_states import FACE_DIM, instantid_folder, instantid_state
 from ip_adapter_states import save_safetensors
 
 from dreamsmith.errors import ConfigError, DreamsmithError, ModelLoadError
@@ -148,3 +148,21 @@ def test_face_embedding_files(tmp_path, face):
         with pytest.raises(DreamsmithError, match=message) as error:
             read_face_embedding(tmp_path / name)
         assert "\n" not in str(error.value)
+
+
+def test_config_entries_are_checked_when_the_config_resolves(tmp_path, face):
+    from dreamsmith.guidance.conditioner_registry import conditioner_options
+
+    np.save(tmp_path / "face.npy", face)
+    spec = {"name": "instantid", "path": "ip-adapter.bin", "face_embedding": str(tmp_path / "face.npy")}
+    _, options = conditioner_options(spec, "guidance.conditioners.0")
+    assert options.landmarks == [v for point in DEFAULT_LANDMARKS for v in point]
+    _, options = conditioner_options({**spec, "landmarks": list(range(15))}, "guidance.conditioners.0")
+    assert options.landmarks == [float(v) for v in range(15)]
+    for bad, message in [({"landmarks": [0.0] * 14}, "needs 15 numbers"),
+                         ({"face_embedding": str(tmp_path / "none.npy")}, "face_embedding' .*none.npy does not exist"),
+                         ({"scale": -1}, "scale")]:
+        with pytest.raises(ConfigError, match=message):
+            conditioner_options({**spec, **bad}, "guidance.conditioners.0")
+    with pytest.raises(ConfigError, match="needs at least one photo"):
+        conditioner_options({"name": "photomaker", "path": "photomaker-v1.bin"}, "guidance.conditioners.0")

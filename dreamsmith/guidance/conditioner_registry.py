@@ -6,6 +6,7 @@ before any model loads; the factory builds the conditioner for a loaded prior wh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Annotated, Any, Literal
 from dreamsmith.configs import Range, build, nearest
 from dreamsmith.errors import ConfigError, DreamsmithError
 from dreamsmith.guidance.conditioners import Conditioner, ControlNetConditioner
+from dreamsmith.guidance.face_keypoints import DEFAULT_LANDMARKS
 from dreamsmith.guidance.uni_controlnet import PUBLISHED_SLOTS
 from dreamsmith.image_files import check_image
 from dreamsmith.regions import parse_region
@@ -200,6 +202,61 @@ class MultimodalPromptOptions:
             _check_image_option(image, f"{path}.images.{index}", "multimodal_prompt")
 
 
+@dataclass
+class InstantIDOptions:
+    """Identity from a face embedding (InstantID, Wang et al. 2024): ID tokens into decoupled cross-attention plus
+    IdentityNet on the keypoints of 3D face landmarks, both only in views that see the face."""
+
+    path: str = ""
+    """InstantX/InstantID's ip-adapter.bin (or a .safetensors conversion), IdentityNet in ControlNetModel/ beside it."""
+    face_embedding: str = ""
+    """The face's 512-wide ArcFace embedding, .npy or .safetensors (made with the user's own face tool)."""
+    scale: Annotated[float, Range(0.0, None)] = 0.8
+    """Weight of the ID tokens' attention (0 with controlnet_scale 0: the base model exactly)."""
+    controlnet_scale: Annotated[float, Range(0.0, None)] = 0.8
+    """IdentityNet's conditioning scale (0: IdentityNet is not loaded)."""
+    controlnet: str = ""
+    """IdentityNet's folder (default: ControlNetModel/ beside the adapter, as published)."""
+    landmarks: list[float] = field(default_factory=lambda: [v for point in DEFAULT_LANDMARKS for v in point])
+    """The face on the asset: 15 numbers, x y z of the left eye, right eye, nose tip, left and right mouth corner
+    (as seen from the front); the default is a face on the +z side of a unit-sized asset."""
+
+    def check(self, path: str) -> None:
+        from dreamsmith.face_embedding import read_face_embedding
+
+        if not self.face_embedding:
+            raise ConfigError(f"'{path}.face_embedding' is required for the instantid conditioner")
+        try:
+            read_face_embedding(self.face_embedding, f"'{path}.face_embedding'")
+        except DreamsmithError as error:
+            raise ConfigError(str(error)) from None
+        if len(self.landmarks) != 15 or not all(math.isfinite(v) for v in self.landmarks):
+            raise ConfigError(f"'{path}.landmarks' needs 15 numbers (x y z of 5 face landmarks), got "
+                              f"{len(self.landmarks)}")
+
+
+@dataclass
+class PhotoMakerOptions:
+    """Identity from photos fused into the class word's prompt embeddings (PhotoMaker v1, Li et al. 2024)."""
+
+    path: str = ""
+    """photomaker-v1.bin (or a .safetensors conversion): id_encoder and lora_weights."""
+    images: list[str] = field(default_factory=list)
+    """Photos of the person (one class-token copy each)."""
+    trigger_word: str = "img"
+    """The word after the class word that marks it ("a photo of a man img")."""
+    style_strength: Annotated[float, Range(0.0, 1.0)] = 0.2
+    """The part of the denoising trajectory (from t = T) that sees the plain prompt (start_merge_step)."""
+    lora_scale: Annotated[float, Range(0.0, None)] = 1.0
+    """Strength of the checkpoint's LoRA."""
+
+    def check(self, path: str) -> None:
+        if not self.images:
+            raise ConfigError(f"'{path}.images' needs at least one photo for the photomaker conditioner")
+        for index, image in enumerate(self.images):
+            _check_image_option(image, f"{path}.images.{index}", "photomaker")
+
+
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
@@ -303,6 +360,23 @@ def _multimodal_prompt(options: MultimodalPromptOptions, prior: Any, allow_pickl
     return Conditioner()  # the words are the prompt's; the model call is unchanged
 
 
+def _instantid(options: InstantIDOptions, prior: Any, allow_pickle: bool, prompt: str) -> Conditioner:
+    from dreamsmith.face_embedding import read_face_embedding
+    from dreamsmith.guidance.instantid import load_instantid
+
+    return load_instantid(options.path, read_face_embedding(options.face_embedding), prior, options.landmarks,
+                          options.scale, options.controlnet_scale, options.controlnet or None, allow_pickle)
+
+
+def _photomaker(options: PhotoMakerOptions, prior: Any, allow_pickle: bool, prompt: str) -> Conditioner:
+    from dreamsmith.guidance.photomaker import load_photomaker
+    from dreamsmith.image_files import read_image
+
+    images = [read_image(image, "a PhotoMaker ID image") for image in options.images]
+    return load_photomaker(options.path, images, prior, prompt, options.trigger_word, options.style_strength,
+                           options.lora_scale, allow_pickle)
+
+
 CONDITIONERS: dict[str, tuple[type, Callable[[Any, Any, bool, str], Conditioner]]] = {
     "controlnet": (ControlNetOptions, _controlnet),
     "uni_controlnet": (UniControlNetOptions, _uni_controlnet),
@@ -313,6 +387,8 @@ CONDITIONERS: dict[str, tuple[type, Callable[[Any, Any, bool, str], Conditioner]
     "ip_adapter": (IPAdapterOptions, _ip_adapter),
     "style_aligned": (StyleAlignedOptions, _style_aligned),
     "multimodal_prompt": (MultimodalPromptOptions, _multimodal_prompt),
+    "instantid": (InstantIDOptions, _instantid),
+    "photomaker": (PhotoMakerOptions, _photomaker),
 }
 
 
