@@ -166,3 +166,26 @@ def test_config_entries_are_checked_when_the_config_resolves(tmp_path, face):
             conditioner_options({**spec, **bad}, "guidance.conditioners.0")
     with pytest.raises(ConfigError, match="needs at least one photo"):
         conditioner_options({"name": "photomaker", "path": "photomaker-v1.bin"}, "guidance.conditioners.0")
+
+
+def test_instantid_on_an_sdxl_shaped_model(tmp_path, tiny_sdxl_dir, face, inputs):
+    """InstantID's own family: IdentityNet also reads SDXL's pooled text and time ids (as the published pipeline
+    passes them), but not the text tokens."""
+    z, t, _ = inputs
+    prior = load_prior(tiny_sdxl_dir)
+    folder = instantid_folder(tmp_path / "InstantID", prior.unet, tiny_sdxl_dir)
+    conditioner = load_instantid(folder, face, prior, LANDMARKS, allow_pickle=True)
+    assert conditioner.image_tokens.shape == (1, 16, 64)
+    packed = prior.encode_prompts(["a red cube", "a blue sphere"])
+    views = cameras([0.0, 180.0])
+    base = prior.predict_noise(z, t, packed, cameras=views)
+    out = prior.predict_noise(z, t, packed, cameras=views, conditioners=[conditioner],
+                              context=ConditionContext(cameras=views))
+    assert (out[0] - base[0]).abs().max() > 1e-4 and torch.equal(out[1], base[1])
+    hidden, kwargs = prior.text_condition(packed)
+    context = ConditionContext(cameras=views, image_size=prior.image_size, timesteps=t,
+                               added_cond_kwargs=kwargs["added_cond_kwargs"])
+    with torch.no_grad():
+        first = conditioner.unet_kwargs(z, t, hidden, context)["mid_block_additional_residual"]
+        other = conditioner.unet_kwargs(z, t, torch.randn_like(hidden), context)["mid_block_additional_residual"]
+    assert torch.equal(first, other) and first[0].abs().max() > 0

@@ -54,7 +54,8 @@ class ConditionContext:
     source_image: ``[B_call, H, W, 3]`` images a branch is conditioned on (InstructPix2Pix's source
     render), with source_mask ``[B_call]`` True where a sample has one. The prior fills in the rest for
     each call: image_size: the pixel size the model expects; class_labels: the UNet's class labels for
-    this call (camera conditioning), or None; timesteps: ``[B_call]`` the call's integer t.
+    this call (camera conditioning), or None; timesteps: ``[B_call]`` the call's integer t; added_cond_kwargs:
+    what an SDXL UNet reads beside the text tokens (pooled text, time ids), for ControlNets of the same family.
     """
 
     render: RenderOutput | None = None
@@ -66,6 +67,7 @@ class ConditionContext:
     source_image: Tensor | None = None
     source_mask: Tensor | None = None
     timesteps: Tensor | None = None
+    added_cond_kwargs: dict[str, Tensor] | None = None
 
     def branch_mask(self, label: str, device: torch.device | None = None) -> Tensor:
         """``[B_call]`` True for the samples of branch ``label``."""

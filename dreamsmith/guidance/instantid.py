@@ -6,7 +6,8 @@
   so :func:`~dreamsmith.guidance.ip_adapter_loading.build_ip_adapter` loads it. The unconditional branch gets the
   resampled zero embedding, as the published pipeline does.
 - **IdentityNet**: a ControlNet on the keypoint image (:mod:`dreamsmith.guidance.face_keypoints`, drawn from the
-  asset's 3D landmarks in each view) whose cross-attention context is the ID tokens, not the text.
+  asset's 3D landmarks in each view) whose cross-attention context is the ID tokens, not the text (on SDXL it
+  still reads the pooled text and time ids through ``added_cond_kwargs``, as the published pipeline passes them).
 
 Both are gated per view: where the face is not visible (its landmarks face away from the camera) the sample gets
 neither, so it sees the base model. Both scales 0: nothing is installed, the base model bit for bit.
@@ -67,7 +68,7 @@ class InstantIDConditioner(IPAdapterConditioner):
         weight = self.controlnet_scale * tile_to_batch(visible.float(), batch).to(z_t.device)
         down, mid = net(z_t.to(net.dtype), t, encoder_hidden_states=self.tokens_for(context, batch).to(net.dtype),
                         controlnet_cond=images, conditioning_scale=1.0, class_labels=context.class_labels,
-                        return_dict=False)
+                        added_cond_kwargs=context.added_cond_kwargs, return_dict=False)
         return {"down_block_additional_residuals": tuple(d * weight.view(-1, 1, 1, 1).to(d) for d in down),
                 "mid_block_additional_residual": mid * weight.view(-1, 1, 1, 1).to(mid)}
 

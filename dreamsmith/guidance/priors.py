@@ -282,6 +282,7 @@ class DiffusionPrior:
             image_size=self.image_size,
             class_labels=class_labels,
             timesteps=t,
+            added_cond_kwargs=text_kwargs.get("added_cond_kwargs"),
         )
         input_grad = any(c.wants_input_grad(context) for c in conditioners)
         leaf = sample.detach().requires_grad_(True) if input_grad else sample  # z_t, for ∇_{z_t} of energies
