@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import ControlNetModel
+from identity_states import instantid_state, photomaker_state
 from ip_adapter_states import plain_state, save_safetensors, tiny_clip_vision
 from PIL import Image
 from safetensors.torch import save_file
@@ -117,7 +118,7 @@ class TestGuidanceContract:
 
     def test_every_conditioner_kind_at_scale_zero_is_exact(self, guidance_name, model_dir, tmp_path):
         kinds = {"controlnet", "lora", "regions", "self_guidance", "uni_controlnet", "ip_adapter", "style_aligned",
-                 "adapter"}
+                 "adapter", "instantid", "photomaker"}
         assert set(CONDITIONERS) == kinds, "add an off case for the new conditioner kind"
         prior = load_prior(model_dir)
         controlnet = ControlNetModel.from_unet(prior.unet)
@@ -138,6 +139,12 @@ class TestGuidanceContract:
         image = str(tmp_path / "orange.png")
         (tmp_path / "subject").mkdir()  # a personalization adapter folder holding the same LoRA
         shutil.copy(tmp_path / "style.safetensors", tmp_path / "subject" / "pytorch_lora_weights.safetensors")
+        face = tmp_path / "face.npy"
+        np.save(face, np.random.default_rng(0).standard_normal(512).astype(np.float32))
+        instantid = save_safetensors(instantid_state(prior.unet), tmp_path / "instantid" / "ip-adapter.safetensors")
+        photomaker = tmp_path / "photomaker.safetensors"
+        save_file({f"{part}.{k}": v.contiguous() for part, sub in photomaker_state(prior.unet).items()
+                   for k, v in sub.items()}, photomaker)
         # each kind: its spec, the options that turn it off exactly, and those that turn it on
         specs = {
             "controlnet": ({"name": "controlnet", "model": str(tmp_path / "controlnet"), "source": "depth"},
@@ -155,6 +162,12 @@ class TestGuidanceContract:
             "ip_adapter": ({"name": "ip_adapter", "path": str(adapter), "image": image},
                            {"scale": 0.0}, {"scale": 1.0}),
             "style_aligned": ({"name": "style_aligned", "image": image}, {"scale": 0.0}, {"scale": 1.0}),
+            "instantid": ({"name": "instantid", "path": str(instantid), "face_embedding": str(face),
+                           "controlnet": str(tmp_path / "controlnet")},
+                          {"scale": 0.0, "controlnet_scale": 0.0}, {"scale": 0.8, "controlnet_scale": 0.8}),
+            # the prompt has no trigger word: its embeddings are unchanged, only the LoRA acts
+            "photomaker": ({"name": "photomaker", "path": str(photomaker), "images": [image]},
+                           {"lora_scale": 0.0}, {"lora_scale": 1.0}),
         }
         bare = gradient(make(guidance_name, prior), seed=5)[0]
         for kind, (spec, off, on) in specs.items():
