@@ -78,3 +78,19 @@ def test_an_instantid_run_end_to_end(files, tiny_sd_dir, tiny_sd_prior, tmp_path
     pickled = cli("generate", "a head", "--instantid", str(adapter), "--face-embedding", str(files / "face.npy"),
                   "--model", str(tiny_sd_dir), "--steps", "2", "--out", str(tmp_path / "no"), "--quiet", *SMALL)
     assert pickled.returncode == 1 and "pickled checkpoint" in pickled.stderr and "Traceback" not in pickled.stderr
+
+
+def test_a_photomaker_run_end_to_end_on_an_sdxl_shaped_model(files, tiny_sdxl_dir, tmp_path):
+    from identity_states import photomaker_state
+    from ip_adapter_states import save_safetensors
+
+    from dreamsmith.guidance.loading import load_prior
+
+    checkpoint = save_safetensors(photomaker_state(load_prior(tiny_sdxl_dir).unet), tmp_path / "photomaker.safetensors")
+    out = tmp_path / "run"
+    result = cli("generate", "a photo of a m img", "--photomaker", str(checkpoint), "--id-image",
+                 str(files / "me.png"), "--id-image", str(files / "me.png"), "--model", str(tiny_sdxl_dir), "--steps",
+                 "2", "--out", str(out), "--quiet", *SMALL)
+    assert result.returncode == 0, result.stderr
+    spec, = yaml.safe_load((out / "config.yaml").read_text())["stages"][0]["guidance"]["conditioners"]
+    assert spec["name"] == "photomaker" and len(spec["images"]) == 2
