@@ -9,7 +9,9 @@ encoders are causal, so a class token's embedding does not depend on what follow
 computed once and hold for every view-dependent suffix. As published, the fused prompt is used only after
 ``start_merge_step`` (the first ``style_strength`` of the denoising trajectory sees the plain prompt): here, for
 samples with t < (1 − style_strength) · T, in the fully conditioned branch. The LoRA of the checkpoint is a named
-adapter (:mod:`dreamsmith.guidance.lora`) active in the calls this conditioner is passed to.
+adapter (:mod:`dreamsmith.guidance.lora`) active in the calls this conditioner is passed to. One difference from
+the published pipeline: its plain prompt drops the trigger word (the class word once), while here the plain rows
+hold the class word once per ID image, as the fused rows do (the same text with one photo).
 
 Published layout (``photomaker-v1.bin``): ``{"id_encoder": {vision_model.*, visual_projection.weight,
 visual_projection_2.weight, fuse_module.{mlp1,mlp2}.{layernorm,fc1,fc2}.*, fuse_module.layer_norm.*},
