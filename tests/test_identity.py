@@ -189,3 +189,29 @@ def test_instantid_on_an_sdxl_shaped_model(tmp_path, tiny_sdxl_dir, face, inputs
         first = conditioner.unet_kwargs(z, t, hidden, context)["mid_block_additional_residual"]
         other = conditioner.unet_kwargs(z, t, torch.randn_like(hidden), context)["mid_block_additional_residual"]
     assert torch.equal(first, other) and first[0].abs().max() > 0
+
+
+def test_id_tokens_equal_diffusers_ip_adapter_on_instantids_weights(tiny_sd_dir, tiny_sd_prior, face, inputs):
+    """The ID-token half is IP-Adapter Plus's attention: diffusers' own implementation, fed the face embedding as
+    its image embedding, is the oracle (IdentityNet off, no cameras: every sample sees the face)."""
+    import copy
+
+    from diffusers import UNet2DConditionModel
+
+    from dreamsmith.guidance.instantid import InstantIDConditioner
+    from dreamsmith.guidance.ip_adapter_loading import build_ip_adapter
+
+    z, t, text = inputs
+    state = instantid_state(tiny_sd_prior.unet, seed=4)
+    reference = UNet2DConditionModel.from_pretrained(tiny_sd_dir / "unet")
+    reference._load_ip_adapter_weights(copy.deepcopy(state))
+    embeds = torch.as_tensor(face)[None, None].repeat(2, 1, 1)
+    with torch.no_grad():
+        expected = reference(z, t, encoder_hidden_states=text, added_cond_kwargs={"image_embeds": [embeds[:, None]]}
+                             ).sample
+        adapter = build_ip_adapter(state, tiny_sd_prior.unet)
+        tokens = adapter.image_proj(embeds[:1])
+    assert tokens.shape == (1, 16, 32)
+    conditioner = InstantIDConditioner(adapter, tokens, tokens, LANDMARKS, None, scale=1.0)
+    ours = tiny_sd_prior.predict_noise(z, t, text, conditioners=[conditioner])
+    torch.testing.assert_close(ours, expected, atol=2e-6, rtol=0)
