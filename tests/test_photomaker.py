@@ -118,3 +118,23 @@ def test_bad_checkpoints_and_prompts_are_refused_in_one_line(tmp_path, prior, ch
     for prompt, message in [("a m img and a m img", "2 times"), ("a photo img", "not one word")]:
         with pytest.raises(ConfigError, match=message):
             load_photomaker(checkpoint, FACES[:1], prior, prompt, allow_pickle=True)
+
+
+def test_its_lora_equals_diffusers_loading_the_same_published_keys(prior, checkpoint, tiny_sdxl_dir):
+    """diffusers' ``load_lora_weights`` (what the published pipeline calls) reads the attention-processor keys
+    itself: the oracle for the key conversion and the LoRA scale."""
+    from diffusers import StableDiffusionXLPipeline
+
+    state = torch.load(checkpoint, weights_only=True)
+    conditioner = load_photomaker(checkpoint, FACES[:1], prior, "a m", allow_pickle=True)
+    pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir)
+    pipeline.load_lora_weights(state["lora_weights"], adapter_name="photomaker")
+    generator = torch.Generator().manual_seed(2)
+    z, t = torch.randn(2, 4, 4, 4, generator=generator), torch.tensor([300, 600])
+    packed = prior.encode_prompts(["a m", "a m"])
+    hidden, kwargs = prior.text_condition(packed)
+    with torch.no_grad():
+        expected = pipeline.unet(z, t, encoder_hidden_states=hidden, **kwargs).sample
+    ours = prior.predict_noise(z, t, packed, conditioners=[conditioner])
+    torch.testing.assert_close(ours, expected, atol=2e-6, rtol=0)
+    assert (ours - prior.predict_noise(z, t, packed)).abs().max() > 1e-4
