@@ -224,3 +224,35 @@ def test_two_subjects_make_an_asset_end_to_end(files, tiny_sd_dir, tiny_sd_prior
     assert spec["name"] == "multi_subject" and spec["scale"] == 0.7 and spec["path"] == str(checkpoint.parent)
     assert spec["subjects"] == [f"box(-0.5,-0.5,-0.5,0,0.5,0.5): {files / 'orange.png'}=dog",
                                 f"x>0: {files / 'blue.png'}"]
+
+
+def test_loads_for_sdxl_with_phrases_and_refuses_another_base_model(tiny_sd_prior, tiny_sdxl_dir, tmp_path):
+    from dreamsmith.errors import ConfigError
+    from dreamsmith.guidance.loading import load_prior
+    from dreamsmith.guidance.ms_diffusion_loading import subject_prompt
+    from dreamsmith.regions import parse_subject
+
+    prior = load_prior(tiny_sdxl_dir)  # the published weights' base: cross-attention over both encoders (64 wide)
+    checkpoint = save_ms_safetensors(ms_state(prior.unet, seed=5), tmp_path / "xl" / "ms_adapter.safetensors")
+    tiny_clip_vision(checkpoint.parent / "image_encoder")
+    subjects = [parse_subject("x<0: a.png=a dog"), parse_subject("x>0: b.png")]
+    images = [np.full((16, 16, 3), 0.8, np.float32), np.full((16, 16, 3), 0.2, np.float32)]
+    built = subject_prompt(checkpoint, subjects, images, prior, scale=0.6)
+    assert built.grounded.tolist() == [True, False] and built.hidden_states.shape[0] == 2
+    assert built.phrase_embeds[1].abs().max() == 0 and built.phrase_embeds[0].abs().max() > 0
+    generator = torch.Generator().manual_seed(6)
+    z, t = torch.randn(2, 4, 4, 4, generator=generator), torch.tensor([400, 400])
+    packed = prior.encode_prompts(["a dog and a cat", "a dog and a cat"])
+    context = ConditionContext(cameras=front_cameras())
+    base = prior.predict_noise(z, t, packed)
+    assert (prior.predict_noise(z, t, packed, conditioners=[built], context=context) - base).abs().max() > 1e-3
+    built.scale = 0.0
+    assert torch.equal(prior.predict_noise(z, t, packed, conditioners=[built], context=context), base)
+    other = save_ms_safetensors(ms_state(tiny_sd_prior.unet), tmp_path / "sd" / "ms_adapter.safetensors")
+    tiny_clip_vision(other.parent / "image_encoder")
+    with pytest.raises(ConfigError, match="another base model: its image tokens are 32 wide"):
+        subject_prompt(other, subjects, images, prior)
+    wide = save_ms_safetensors(ms_state(prior.unet, phrase_dim=48), tmp_path / "wide" / "ms_adapter.safetensors")
+    tiny_clip_vision(wide.parent / "image_encoder")
+    with pytest.raises(ConfigError, match="reads 48-wide phrase embeddings, the model's text encoder gives 32"):
+        subject_prompt(wide, subjects, images, prior)
