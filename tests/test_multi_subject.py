@@ -256,3 +256,37 @@ def test_loads_for_sdxl_with_phrases_and_refuses_another_base_model(tiny_sd_prio
     tiny_clip_vision(wide.parent / "image_encoder")
     with pytest.raises(ConfigError, match="reads 48-wide phrase embeddings, the model's text encoder gives 32"):
         subject_prompt(wide, subjects, images, prior)
+
+
+def published_masked_attention(query, key, value, boxes, tokens_per_subject, dummies):
+    """MS-Diffusion's MaskedIPAttnProcessor2_0 image branch, restated: dummy tokens for queries outside every box,
+    each subject's tokens for the queries in its box (a -10000 bias elsewhere), background probabilities zeroed."""
+    length = query.shape[2]
+    side = int(length ** 0.5)
+    start, end = torch.floor(boxes[..., :2] * side), torch.ceil(boxes[..., 2:] * side)
+    index = torch.arange(side)
+    box_masks, background = [], torch.ones(boxes.shape[0], length)
+    for s in range(boxes.shape[1]):
+        x = ((index >= start[:, s, :1]) & (index < end[:, s, :1])).float()
+        y = ((index >= start[:, s, 1:]) & (index < end[:, s, 1:])).float()
+        box = torch.bmm(y.unsqueeze(2), x.unsqueeze(1)).reshape(boxes.shape[0], -1)
+        box_masks.append(box)
+        background = torch.clamp(background - box, min=0)
+    allowed = torch.cat([background.unsqueeze(-1).repeat_interleave(dummies, -1),
+                         torch.stack(box_masks, -1).repeat_interleave(tokens_per_subject, -1)], -1)
+    scores = query @ key.transpose(-1, -2) * query.shape[-1] ** -0.5 + ((1 - allowed) * -10000.0)[:, None]
+    probs = torch.where(background.bool()[:, None, :, None], 0.0, scores.softmax(-1))
+    out = probs @ value
+    return out.transpose(1, 2).reshape(out.shape[0], length, -1)
+
+
+def test_layout_attention_equals_the_published_processor_whose_dummy_tokens_never_reach_the_output():
+    generator = torch.Generator().manual_seed(8)
+    query = torch.randn(2, 2, 16, 4, generator=generator)
+    key, value = (torch.randn(2, 2, 4 + 2 * 3, 4, generator=generator) for _ in range(2))  # 4 dummies, 2 × 3
+    boxes = torch.tensor([[[0.0, 0.0, 0.6, 0.5], [0.4, 0.3, 1.0, 0.9]], [[0.1, 0.1, 0.2, 0.2], [0.0, 0.0, 0.0, 0.0]]])
+    hook = LayoutCrossAttention({}, torch.zeros(2, 6, 1), boxes, (4, 4), 1.0)
+    ours = hook.image_attention(query, key[:, :, 4:], value[:, :, 4:])
+    expected = published_masked_attention(query, key, value, boxes, 3, 4)
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=0)
+    assert expected.abs().amax(-1).gt(0).sum() > 8  # overlapping boxes, a small box, an empty one: not all zero
