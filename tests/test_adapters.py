@@ -276,6 +276,19 @@ def test_an_adapters_word_counts_as_one_token_of_the_prompt():
     assert "8 tokens" in long_prompt_warning("a red red red <sks> sphere", prior, ["<sks>"])
 
 
+def test_a_multi_vector_tokens_words_count_as_its_vectors(tmp_path):
+    """A [3, D] token is three words of the adapter and three tokens of the prompt's length."""
+    from dreamsmith.engine.presets import resolve_model
+    from dreamsmith.engine.run import long_prompt_warning
+
+    save_file({"<tok>": torch.zeros(3, 32), "<one>": torch.zeros(32)}, str(tmp_path / EMBEDS_FILE))
+    words = adapter_tokens(tmp_path)
+    assert words == ["<one>", "<tok>", "<tok>_1", "<tok>_2"]
+    prior = load_prior(resolve_model("embedded:toyworld"))  # reads 6 tokens
+    assert long_prompt_warning("a <one> sphere", prior, words) is None
+    assert "7 tokens" in long_prompt_warning("a <tok> sphere", prior, words)
+
+
 def test_a_third_party_lora_of_another_width_is_refused_in_one_line(trained, tiny_sd_dir, tmp_path):
     """No adapter.json to compare fingerprints: the tensor shapes tell."""
     from safetensors.torch import load_file
