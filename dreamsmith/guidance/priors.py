@@ -24,6 +24,7 @@ from dreamsmith.guidance.conditioners import (
 from dreamsmith.guidance.math import alpha_sigma, eps_from_v
 from dreamsmith.guidance.multiview import MultiViewConditioner, model_conditioners
 from dreamsmith.guidance.mvdream_camera import mvdream_camera_labels
+from dreamsmith.guidance.textual_inversion import expand_tokens
 from dreamsmith.prompt_images import substitute_images
 from dreamsmith.renderers.cameras import Cameras
 
@@ -96,6 +97,7 @@ class DiffusionPrior:
             self.latent_channels = int(vae.config.latent_channels)
         self.known_prompts: list[str] | None = self.metadata.get("known_prompts")
         self.prompt_images: dict[str, str] = {}  # <image:REF> -> its tokens (multimodal_prompt.add_image_words)
+        self.token_expansions: dict[str, str] = {}  # multi-vector token -> its words (textual_inversion)
         self.camera_conditioning: str | None = self.metadata.get("camera_conditioning")
         if self.camera_conditioning not in (None, *CAMERA_CONDITIONINGS):
             raise ModelLoadError(
@@ -133,7 +135,7 @@ class DiffusionPrior:
 
     def prompt_tokens(self, prompt: str) -> tuple[int, int]:
         """(tokens in ``prompt`` with the special ones, tokens the encoder reads)."""
-        prompt = substitute_images(prompt, self.prompt_images)
+        prompt = expand_tokens(substitute_images(prompt, self.prompt_images), self.token_expansions)
         return len(self.tokenizer(prompt, truncation=False).input_ids), self.max_prompt_tokens()
 
     def encode_prompts(self, prompts: list[str], enable_grad: bool = False) -> Tensor:
@@ -147,7 +149,8 @@ class DiffusionPrior:
 
     def _encode_prompts(self, prompts: list[str]) -> Tensor:
         max_length = self.max_prompt_tokens()
-        texts = [substitute_images(prompt, self.prompt_images) for prompt in prompts]
+        texts = [expand_tokens(substitute_images(prompt, self.prompt_images), self.token_expansions)
+                 for prompt in prompts]
         tokens = self.tokenizer(texts, padding="max_length", max_length=max_length, truncation=True,
                                 return_tensors="pt")
         config = self.text_encoder.config
