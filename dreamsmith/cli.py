@@ -84,6 +84,9 @@ SelfGuidanceWeightOption = Annotated[float, typer.Option(help="Strength v of all
 ImageOption = Annotated[Path | None, typer.Option("--image", help="A reference image (PNG/JPEG) the asset should look like (IP-Adapter image prompt); PROMPT becomes optional.")]
 ImageScaleOption = Annotated[float, typer.Option(help="Weight of the --image prompt's attention (0: ignored).")]
 IPAdapterOption = Annotated[str | None, typer.Option("--ip-adapter", help="The IP-Adapter for --image: a published checkpoint (ip-adapter_sd15.safetensors, its image_encoder/ beside it) or a folder; default: the embedded model's own.")]
+SubjectOption = Annotated[list[str] | None, typer.Option("--subject", help="\"EXPRESSION: IMAGE[=PHRASE]\" (repeatable): a subject image confined to a 3D box of the asset, e.g. \"box(-0.5,0,-0.5,0,0.5,0.5): dog.png=a dog\" (MS-Diffusion's multi-subject layout; needs --ms-adapter).")]
+SubjectScaleOption = Annotated[float, typer.Option(help="Weight of the --subject images' attention (0: ignored).")]
+MSAdapterOption = Annotated[str | None, typer.Option("--ms-adapter", help="The MS-Diffusion checkpoint for --subject (ms_adapter.bin with --allow-pickle, or .safetensors; its image_encoder/ beside it) or its folder.")]
 InstantIDOption = Annotated[str | None, typer.Option("--instantid", help="InstantID identity: InstantX/InstantID's ip-adapter.bin (ControlNetModel/ beside it) or their folder; needs --face-embedding.")]
 FaceEmbeddingOption = Annotated[Path | None, typer.Option("--face-embedding", help="The face's 512-wide ArcFace embedding (.npy or .safetensors) for --instantid.")]
 IDScaleOption = Annotated[float, typer.Option(help="Weight of --instantid's ID tokens and IdentityNet (0: ignored).")]
@@ -145,6 +148,9 @@ def generate(
     image_scale: ImageScaleOption = 1.0,
     ip_adapter: IPAdapterOption = None,
     style_reference: StyleReferenceOption = None,
+    subject: SubjectOption = None,
+    subject_scale: SubjectScaleOption = 0.6,
+    ms_adapter: MSAdapterOption = None,
     instantid: InstantIDOption = None,
     face_embedding: FaceEmbeddingOption = None,
     id_scale: IDScaleOption = 0.8,
@@ -155,8 +161,9 @@ def generate(
     adapter_reward: AdapterRewardOption = 0.0,
 ) -> None:
     """Optimize a 3D asset for PROMPT (and/or --image) and write it, with previews and a report, to the run directory."""
-    images = ImagePrompts(image, image_scale, ip_adapter, style_reference, instantid, face_embedding, id_scale,
-                          photomaker, tuple(id_image or ()))
+    images = ImagePrompts(image, image_scale, ip_adapter, style_reference, tuple(subject or ()), subject_scale,
+                          ms_adapter, instantid=instantid, face_embedding=face_embedding, id_scale=id_scale,
+                          photomaker=photomaker, id_images=tuple(id_image or ()))
     overrides = overrides or []
     if image is not None and OVERRIDE.match(prompt):  # no prompt: the first argument is already an override
         prompt, overrides = "", [prompt, *overrides]
@@ -320,12 +327,16 @@ OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 @dataclass(frozen=True)
 class ImagePrompts:
-    """``--image``, ``--image-scale``, ``--ip-adapter`` and ``--style-reference`` of `generate`."""
+    """``--image``, ``--image-scale``, ``--ip-adapter``, ``--style-reference`` and ``--subject``, ``--subject-scale``,
+    ``--ms-adapter`` of `generate`."""
 
     image: Path | None = None
     scale: float = 1.0
     adapter: str | None = None
     style_reference: Path | None = None
+    subjects: tuple[str, ...] = ()
+    subject_scale: float = 0.6
+    ms_adapter: str | None = None
     instantid: str | None = None
     face_embedding: Path | None = None
     id_scale: float = 0.8
@@ -335,15 +346,19 @@ class ImagePrompts:
     def specs(self, model: str | None, prompt: str = "") -> list[dict[str, Any]]:
         """Their ``guidance.conditioners`` entries, checked without torch."""
         from dreamsmith.engine.identity_prompts import instantid_spec, photomaker_spec
-        from dreamsmith.engine.image_prompts import image_prompt_spec, style_spec
+        from dreamsmith.engine.image_prompts import image_prompt_spec, style_spec, subject_spec
 
         if self.image is None and self.adapter is not None:
             raise DreamsmithError("--ip-adapter needs --image, the reference image it reads")
+        if not self.subjects and self.ms_adapter is not None:
+            raise DreamsmithError("--ms-adapter needs --subject, the subject images it reads")
         if self.face_embedding is not None and self.instantid is None:
             raise DreamsmithError("--face-embedding needs --instantid, the adapter that reads it")
         if self.id_images and self.photomaker is None:
             raise DreamsmithError("--id-image needs --photomaker, the adapter that reads it")
         specs = [] if self.image is None else [image_prompt_spec(self.image, self.scale, self.adapter, model)]
+        if self.subjects:
+            specs.append(subject_spec(list(self.subjects), self.subject_scale, self.ms_adapter))
         if self.instantid is not None:
             specs.append(instantid_spec(self.instantid, self.face_embedding, self.id_scale, model))
         if self.photomaker is not None:

@@ -88,3 +88,47 @@ def _parse_term(term: str, spec: str) -> list[HalfSpace]:
                 for above, value in ((True, lower[axis]), (False, upper[axis]))]
     raise DreamsmithError(f"region {spec!r}: cannot read {term!r}; a region is AXIS>NUMBER, AXIS<NUMBER or "
                           f"box(x0,y0,z0,x1,y1,z1), joined by &, e.g. {EXAMPLE}")
+
+
+SCENE_EXTENT = 0.5
+"""The asset lies inside the cube [-0.5, 0.5]³ (the sphere of radius 0.5 of DESIGN.md, with its corners)."""
+SUBJECT_EXAMPLE = '"box(-0.5,0,-0.5,0,0.5,0.5): dog.png" or "y>0.2: hat.png=a hat"'
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A subject image confined to a 3D box (MS-Diffusion's multi-subject layout, in 3D): ``lower`` and ``upper``
+    corners in world coordinates, inside the scene; ``phrase`` the words naming it ('' : none)."""
+
+    lower: tuple[float, float, float]
+    upper: tuple[float, float, float]
+    image: str
+    phrase: str
+    expression: str
+
+
+def region_box(half_spaces: tuple[HalfSpace, ...], spec: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The corners of the axis-aligned box a region's half-spaces cut out of the scene cube; a DreamsmithError in
+    one line when that box is empty (the region lies outside the scene)."""
+    lower, upper = [-SCENE_EXTENT] * 3, [SCENE_EXTENT] * 3
+    for half_space in half_spaces:
+        if half_space.above:
+            lower[half_space.axis] = max(lower[half_space.axis], half_space.offset)
+        else:
+            upper[half_space.axis] = min(upper[half_space.axis], half_space.offset)
+    if any(low >= high for low, high in zip(lower, upper, strict=True)):
+        raise DreamsmithError(f"subject {spec!r}: its box lies outside the scene, the cube from "
+                              f"{-SCENE_EXTENT} to {SCENE_EXTENT} on every axis")
+    return tuple(lower), tuple(upper)
+
+
+def parse_subject(spec: str) -> Subject:
+    """The :class:`Subject` of ``"EXPRESSION: IMAGE[=PHRASE]"`` (the image is not read here); a DreamsmithError in
+    one line when it does not parse."""
+    expression, colon, rest = spec.partition(":")
+    image, _, phrase = rest.partition("=")
+    expression, image, phrase = expression.strip(), image.strip(), phrase.strip()
+    if not colon or not expression or not image:
+        raise DreamsmithError(f"subject {spec!r} is not 'EXPRESSION: IMAGE[=PHRASE]', e.g. {SUBJECT_EXAMPLE}")
+    lower, upper = region_box(parse_expression(expression, spec), spec)
+    return Subject(lower, upper, image, phrase, expression)

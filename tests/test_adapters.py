@@ -137,6 +137,29 @@ def test_third_party_files_without_adapter_json_load(tiny_sd_dir, tmp_path):
     assert torch.allclose(ours, donor_eps.sample, atol=1e-6)  # same weights, alpha/rank read from the metadata
 
 
+def test_a_multi_vector_token_encodes_as_diffusers_load_textual_inversion(tiny_sd_dir, tmp_path):
+    """A [3, D] embedding (diffusers' textual_inversion --num_vectors 3): three words, the prompt's token written
+    as all of them; the same prompt embeddings as diffusers' own loader gives its pipeline."""
+    from diffusers import StableDiffusionPipeline
+
+    file = tmp_path / EMBEDS_FILE
+    save_file({"<cat-toy>": torch.randn(3, 32, generator=torch.Generator().manual_seed(4))}, str(file))
+    prior = load_prior(tiny_sd_dir)
+    plain = prior.encode_prompts(["a red cube"])
+    assert load_embeddings(prior, file) == ["<cat-toy>"]
+    assert load_embeddings(prior, file) == ["<cat-toy>"]  # a second stage loading the same adapter
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny_sd_dir)
+    pipeline.load_textual_inversion(str(file))
+    for prompt in ("a <cat-toy> cube", "<cat-toy>, a <cat-toy>", "a red cube"):
+        expected, _ = pipeline.encode_prompt(prompt, "cpu", 1, False)
+        assert torch.equal(prior.encode_prompts([prompt]), expected), prompt
+    assert torch.equal(prior.encode_prompts(["a red cube"]), plain)
+    assert prior.prompt_tokens("a <cat-toy>")[0] == prior.prompt_tokens("a a a a")[0]  # 3 words + "a" + 2 specials
+    save_file({"<bad>": torch.zeros(2, 3, 32)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ConfigError, match=r"has shape \[2, 3, 32\]; a token's embedding is \[D\] or \[n, D\]"):
+        load_embeddings(prior, tmp_path / "bad.safetensors")
+
+
 def test_adapter_for_another_base_model_is_refused(trained, tiny_sd_dir, tmp_path):
     out, _ = trained
     other = tmp_path / "other"
@@ -251,6 +274,19 @@ def test_an_adapters_word_counts_as_one_token_of_the_prompt():
     assert "7 tokens" in long_prompt_warning("a <sks> sphere", prior)
     assert long_prompt_warning("a <sks> sphere", prior, ["<sks>"]) is None
     assert "8 tokens" in long_prompt_warning("a red red red <sks> sphere", prior, ["<sks>"])
+
+
+def test_a_multi_vector_tokens_words_count_as_its_vectors(tmp_path):
+    """A [3, D] token is three words of the adapter and three tokens of the prompt's length."""
+    from dreamsmith.engine.presets import resolve_model
+    from dreamsmith.engine.run import long_prompt_warning
+
+    save_file({"<tok>": torch.zeros(3, 32), "<one>": torch.zeros(32)}, str(tmp_path / EMBEDS_FILE))
+    words = adapter_tokens(tmp_path)
+    assert words == ["<one>", "<tok>", "<tok>_1", "<tok>_2"]
+    prior = load_prior(resolve_model("embedded:toyworld"))  # reads 6 tokens
+    assert long_prompt_warning("a <one> sphere", prior, words) is None
+    assert "7 tokens" in long_prompt_warning("a <tok> sphere", prior, words)
 
 
 def test_a_third_party_lora_of_another_width_is_refused_in_one_line(trained, tiny_sd_dir, tmp_path):

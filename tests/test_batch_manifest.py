@@ -63,7 +63,7 @@ def test_every_bad_row_is_reported_with_its_line_and_the_good_rows_remain(tmp_pa
         {"prompt": "a gray cube", "texture_size": 300},                        # 6 not a power of two
         {"prompt": "a gray torus", "sed": 3},                                  # 7 misspelt field
         {"prompt": "a white cube", "steps": "many"},                           # 8 not a number
-        {"prompt": "a white cone", "adapters": ["my-lora"]},                   # 9 unsupported adapters
+        {"prompt": "a white cone", "adapters": ["my-lora"]},                   # 9 missing adapter folder
         {"prompt": "a gray sphere", "style_reference": "ref.png"},             # 10 missing style reference
         {"prompt": "a gray cone", "mesh": "base.obj"},                         # 11 unsupported mesh input
         {"seed": 3},                                                           # 12 no prompt
@@ -83,7 +83,7 @@ def test_every_bad_row_is_reported_with_its_line_and_the_good_rows_remain(tmp_pa
     assert "--texture-size 300" in problems[6]
     assert "unknown field 'sed'; did you mean 'seed'?" in problems[7]
     assert "'steps' must be a whole number" in problems[8]
-    assert "'adapters' is not supported yet" in problems[9]
+    assert f"'adapters' folder {tmp_path / 'my-lora'} does not exist" in problems[9]
     assert f"'style_reference' {tmp_path / 'ref.png'} does not exist" in problems[10]
     assert "'mesh' is not supported yet" in problems[11]
     assert "no prompt" in problems[12]
@@ -139,3 +139,55 @@ def test_a_job_without_a_style_reference_keeps_the_fingerprint_older_ledgers_hol
     (tmp_path / "m.yaml").write_text("- {prompt: a red cube, seed: 1}\n")
     job = load_manifest(tmp_path / "m.yaml").jobs[0]
     assert "style_reference" not in json.loads(job.fingerprint())
+    assert "adapters" not in json.loads(job.fingerprint())
+
+
+def test_a_rows_adapters_join_the_defaults_the_style_and_batch_adapter_in_one_conditioner_list(tmp_path):
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from dreamsmith.engine.batch.manifest import JobSpec
+
+    for name in ("pink", "style", "extra"):
+        (tmp_path / "adapters" / name).mkdir(parents=True)
+    Image.new("RGB", (24, 24), (240, 128, 25)).save(tmp_path / "orange.png")
+    folder = {name: str((tmp_path / "adapters" / name).resolve()) for name in ("pink", "style", "extra")}
+    (tmp_path / "m.yaml").write_text(
+        "defaults:\n  adapters: [adapters/pink]\njobs:\n"
+        "  - prompt: a red cube\n"
+        "  - prompt: a blue cone\n    style_reference: orange.png\n"
+        "    adapters: ['adapters/style:0.5', {path: adapters/extra, scale: 0.2, reward_scale: 1}]\n")
+    (tmp_path / "m.csv").write_text("prompt,adapters\na red cube,adapters/pink;adapters/style:0.5\n")
+    cube, cone = load_manifest(tmp_path / "m.yaml").jobs
+    assert cube.adapters == ({"path": folder["pink"], "scale": 1.0, "reward_scale": 0.0},)
+    from_csv, = load_manifest(tmp_path / "m.csv").jobs
+    assert [(a["path"], a["scale"]) for a in from_csv.adapters] == [(folder["pink"], 1.0), (folder["style"], 0.5)]
+    cli_adapter = 'guidance.conditioners=[{"name": "adapter", "path": "/elsewhere", "scale": 1.0, "reward_scale": 0}]'
+    cone = replace(cone, overrides=(*cone.overrides, cli_adapter))  # what `batch --adapter` appends
+    assert JobSpec.from_dict(cone.to_dict()) == cone  # through the ledger and to a worker
+    specs = job_config(cone).stages[0].guidance["conditioners"]
+    assert [(spec["name"], spec.get("path"), spec.get("scale")) for spec in specs] == [
+        ("adapter", folder["pink"], 1.0), ("adapter", folder["style"], 0.5), ("adapter", folder["extra"], 0.2),
+        ("style_aligned", None, None), ("adapter", "/elsewhere", 1.0)]
+    assert specs[2]["reward_scale"] == 1.0
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ("{prompt: a red cube, adapters: [none]}", "'adapters' folder {tmp}/none does not exist"),
+    ("{prompt: a red cube, adapters: ['pink:x2']}", "'adapters' folder {tmp}/pink:x2 does not exist"),
+    ("{prompt: a red cube, adapters: [{path: pink, scale: big}]}", "'adapters' scale of pink must be a number"),
+    ("{prompt: a red cube, adapters: [{path: pink, weight: 2}]}", "unknown key 'weight'; use path, scale"),
+    ("{prompt: a red cube, adapters: pink.2}", "'adapters' folder {tmp}/pink.2 does not exist"),
+    ("{prompt: a red cube, adapters: {pink: 1}}", "'adapters' must be a list of adapter folders"),
+    ("{prompt: a red cube, adapters: [pink], overrides: ['guidance.conditioners=[]']}",
+     "remove the row's guidance.conditioners override or the adapters"),
+])
+def test_bad_adapters_are_refused_by_line_before_anything_runs(tmp_path, row, message):
+    (tmp_path / "pink").mkdir()
+    (tmp_path / "m.yaml").write_text(f"- {{prompt: a blue cone}}\n- {row}\n")
+    manifest = load_manifest(tmp_path / "m.yaml")
+    assert [job.line for job in manifest.jobs] == [1]
+    text = manifest.describe_problems()
+    assert text.startswith(f"{tmp_path / 'm.yaml'}:2: ") and message.format(tmp=tmp_path) in text
+    assert len(text.splitlines()) == 1

@@ -15,6 +15,7 @@ import torch
 from diffusers import ControlNetModel
 from identity_states import instantid_state, photomaker_state
 from ip_adapter_states import plain_state, save_safetensors, tiny_clip_vision
+from ms_diffusion_states import ms_state, save_ms_safetensors
 from PIL import Image
 from safetensors.torch import save_file
 from test_generate import SMALL, assert_clean_failure, run_cli
@@ -118,8 +119,10 @@ class TestGuidanceContract:
 
     def test_every_conditioner_kind_at_scale_zero_is_exact(self, guidance_name, model_dir, tmp_path):
         kinds = {"controlnet", "lora", "regions", "self_guidance", "uni_controlnet", "ip_adapter", "style_aligned",
-                 "adapter", "instantid", "photomaker"}
-        assert set(CONDITIONERS) == kinds, "add an off case for the new conditioner kind"
+                 "adapter", "multi_subject", "instantid", "photomaker"}
+        # multimodal_prompt has no off switch: a prompt without images encoding exactly as before is its
+        # invariant (test_multimodal_prompt.py)
+        assert set(CONDITIONERS) - {"multimodal_prompt"} == kinds, "add an off case for the new conditioner kind"
         prior = load_prior(model_dir)
         controlnet = ControlNetModel.from_unet(prior.unet)
         with torch.no_grad():  # non-zero everywhere, so only the scale keeps it out
@@ -134,6 +137,7 @@ class TestGuidanceContract:
                   tmp_path / "style.safetensors")
         write_uni_checkpoint(tmp_path / "uni.safetensors", dict(prior.unet.config))
         adapter = save_safetensors(plain_state(prior.unet), tmp_path / "ip-adapter.safetensors")
+        subjects = save_ms_safetensors(ms_state(prior.unet), tmp_path / "ms_adapter.safetensors")
         tiny_clip_vision(tmp_path / "image_encoder")
         Image.fromarray(np.full((24, 24, 3), (240, 128, 25), np.uint8)).save(tmp_path / "orange.png")
         image = str(tmp_path / "orange.png")
@@ -162,6 +166,9 @@ class TestGuidanceContract:
             "ip_adapter": ({"name": "ip_adapter", "path": str(adapter), "image": image},
                            {"scale": 0.0}, {"scale": 1.0}),
             "style_aligned": ({"name": "style_aligned", "image": image}, {"scale": 0.0}, {"scale": 1.0}),
+            "multi_subject": ({"name": "multi_subject", "path": str(subjects),
+                               "subjects": [f"box(-0.5,-0.5,-0.5,0.5,0.5,0.5): {image}=hamburger"]},
+                              {"scale": 0.0}, {"scale": 1.0}),
             "instantid": ({"name": "instantid", "path": str(instantid), "face_embedding": str(face),
                            "controlnet": str(tmp_path / "controlnet")},
                           {"scale": 0.0, "controlnet_scale": 0.0}, {"scale": 0.8, "controlnet_scale": 0.8}),

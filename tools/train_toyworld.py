@@ -45,6 +45,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -301,6 +302,28 @@ def load_training_state(path: Path, modules: dict[str, torch.nn.Module], optimiz
     return step, log
 
 
+def training_loop(step: int, log: dict, args: argparse.Namespace, optimizer: torch.optim.Optimizer,
+                  generator: torch.Generator, state_path: Path, modules: dict[str, torch.nn.Module],
+                  train_step: Callable[[int], float], export: Callable[[int], None]) -> dict:
+    """The trainers' loop from ``step`` to ``args.steps``: the learning-rate schedule, ``train_step(step)`` (one
+    optimizer step, returning its loss), the log, and every ``--checkpoint-every`` steps (and at the end) the
+    training state saved and ``export(step)``. ``--time-only`` returns before the last checkpoint."""
+    t_loop = time.time() - log["train_seconds"]
+    while step < args.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * lr_factor(step, args.warmup, args.steps)
+        loss = train_step(step)
+        step += 1
+        record_step(log, step, loss, t_loop, args)
+        if args.time_only and step >= args.steps:
+            return log
+        if step % args.checkpoint_every == 0 or step == args.steps:
+            log["steps_done"] = step
+            save_training_state(state_path, modules, optimizer, generator, step, log)
+            export(step)
+    return log
+
+
 def command_line(argv: list[str] | None) -> str:
     """The command that ran this tool, for its training log and model card."""
     return "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
@@ -518,10 +541,8 @@ def main(argv: list[str] | None = None) -> dict:
     attention_hooks = [MultiViewAttention(views)] if views > 1 else []
     unet.train()
     text_encoder.train(not args.freeze_text_encoder)
-    t_loop = time.time() - log["train_seconds"]
-    while step < args.steps:
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * lr_factor(step, args.warmup, args.steps)
+
+    def train_step(step: int) -> float:
         if args.edit_pairs:
             inputs, ids, camera = edit_training_batch(data, tokenizer, args.batch_size, generator, args.camera_rays,
                                                       args.edit_dropout, args.camera_dropout)
@@ -549,18 +570,15 @@ def main(argv: list[str] | None = None) -> dict:
         ema_update(ema_unet, unet, decay)
         if not args.freeze_text_encoder:
             ema_update(ema_text_encoder, text_encoder, decay)
-        step += 1
-        record_step(log, step, loss.item(), t_loop, args)
-        if args.time_only and step >= args.steps:
-            return log
-        if step % args.checkpoint_every == 0 or step == args.steps:
-            log["steps_done"] = step
-            save_training_state(state_path, modules, optimizer, generator, step, log)
-            export_model(args.out, ema_unet, ema_text_encoder, tokenizer, scheduler, args.resolution, log,
-                         elevation_range, views, base, own_text=not args.freeze_text_encoder,
-                         image_channels=image_channels)
-            print(f"checkpoint at step {step} -> {args.out}", flush=True)
-    return log
+        return loss.item()
+
+    def export(step: int) -> None:
+        export_model(args.out, ema_unet, ema_text_encoder, tokenizer, scheduler, args.resolution, log,
+                     elevation_range, views, base, own_text=not args.freeze_text_encoder,
+                     image_channels=image_channels)
+        print(f"checkpoint at step {step} -> {args.out}", flush=True)
+
+    return training_loop(step, log, args, optimizer, generator, state_path, modules, train_step, export)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,7 @@ from train_toyworld import (  # noqa: E402
     add_run_arguments,
     command_line,
     load_training_state,
-    lr_factor,
-    record_step,
-    save_training_state,
+    training_loop,
 )
 
 from dreamsmith.guidance.aligner import ImageAligner  # noqa: E402
@@ -252,34 +250,29 @@ def main(argv: list[str] | None = None) -> dict:
     if args.resume and state_path.exists():
         step, log = load_training_state(state_path, modules, optimizer, generator, command, data_seconds)
     aligner.train()
-    t_loop = time.time() - log["train_seconds"]
-    while step < args.steps:
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * lr_factor(step, args.warmup, args.steps)
+
+    def train_step(step: int) -> float:
         index = torch.randint(len(data), (args.batch_size,), generator=generator)
         states = aligned_states(prior, aligner, features[index], ids, marker)
         loss = F.mse_loss(states, targets[data.caption_index[index]])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        step += 1
-        record_step(log, step, loss.item(), t_loop, args)
-        if args.time_only and step >= args.steps:
-            return log
-        if step % args.checkpoint_every == 0 or step == args.steps:
-            log["steps_done"] = step
-            save_training_state(state_path, modules, optimizer, generator, step, log)
-            if step == args.steps:
-                shipped = copy.deepcopy(aligner).eval().half().float()  # the fp16 weights the folder holds
-                log["eval"] = measure(prior, encoder, shipped, ids, marker, args.eval_views, args.seed)
-                draw_loss(log["losses"], what=LOSS).save(args.out.parent / "aligner_loss.png")
-                print("held out:", json.dumps(log["eval"]["held_out"]), flush=True)
-                print("train:", json.dumps(log["eval"]["train"]), flush=True)
-            export_aligner(args.out, aligner, log)
-            if step == args.steps:
-                write_card_section(args.out.parent)
-            print(f"checkpoint at step {step} -> {args.out}", flush=True)
-    return log
+        return loss.item()
+
+    def export(step: int) -> None:
+        if step == args.steps:
+            shipped = copy.deepcopy(aligner).eval().half().float()  # the fp16 weights the folder holds
+            log["eval"] = measure(prior, encoder, shipped, ids, marker, args.eval_views, args.seed)
+            draw_loss(log["losses"], what=LOSS).save(args.out.parent / "aligner_loss.png")
+            print("held out:", json.dumps(log["eval"]["held_out"]), flush=True)
+            print("train:", json.dumps(log["eval"]["train"]), flush=True)
+        export_aligner(args.out, aligner, log)
+        if step == args.steps:
+            write_card_section(args.out.parent)
+        print(f"checkpoint at step {step} -> {args.out}", flush=True)
+
+    return training_loop(step, log, args, optimizer, generator, state_path, modules, train_step, export)
 
 
 if __name__ == "__main__":

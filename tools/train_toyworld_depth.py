@@ -41,11 +41,9 @@ from train_toyworld import (  # noqa: E402
     command_line,
     ema_update,
     load_training_state,
-    lr_factor,
-    record_step,
-    save_training_state,
     swap_articles,
     swap_in,
+    training_loop,
 )
 
 from dreamsmith.toyworld.data import ToyworldDataset, generate_toyworld_dataset  # noqa: E402
@@ -152,10 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.resume and state_path.exists():
         step, log = load_training_state(state_path, modules, optimizer, generator, command, data_seconds)
     controlnet.train()
-    t_loop = time.time() - log["train_seconds"]
-    while step < args.steps:
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * lr_factor(step, args.warmup, args.steps)
+
+    def train_step(step: int) -> float:
         inputs, control, ids, camera = depth_batch(data, tokenizer, args.batch_size, generator, args.text_dropout,
                                                    args.camera_dropout, with_rays)
         images, rays = inputs[:, :3], inputs[:, 3:]
@@ -175,16 +171,13 @@ def main(argv: list[str] | None = None) -> dict:
         torch.nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
         optimizer.step()
         ema_update(ema, controlnet, min(args.ema_decay, (1 + step) / (10 + step)))
-        step += 1
-        record_step(log, step, loss.item(), t_loop, args)
-        if args.time_only and step >= args.steps:
-            return log
-        if step % args.checkpoint_every == 0 or step == args.steps:
-            log["steps_done"] = step
-            save_training_state(state_path, modules, optimizer, generator, step, log)
-            export_controlnet(args.out, ema, args.base, log)
-            print(f"checkpoint at step {step} -> {args.out}", flush=True)
-    return log
+        return loss.item()
+
+    def export(step: int) -> None:
+        export_controlnet(args.out, ema, args.base, log)
+        print(f"checkpoint at step {step} -> {args.out}", flush=True)
+
+    return training_loop(step, log, args, optimizer, generator, state_path, modules, train_step, export)
 
 
 if __name__ == "__main__":

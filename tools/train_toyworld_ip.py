@@ -37,10 +37,8 @@ from train_toyworld import (  # noqa: E402
     ema_update,
     load_training_state,
     loss_weights,
-    lr_factor,
-    record_step,
-    save_training_state,
     swap_in,
+    training_loop,
 )
 
 from dreamsmith.guidance.attention import hooks_active  # noqa: E402
@@ -154,10 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     rays = prior.ray_channels > 0
     by_caption = [(data.caption_index == i).nonzero().squeeze(-1) for i in range(int(data.caption_index.max()) + 1)]
     trained.train()
-    t_loop = time.time() - log["train_seconds"]
-    while step < args.steps:
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * lr_factor(step, args.warmup, args.steps)
+
+    def train_step(step: int) -> float:
         target, reference = pairs(data, by_caption, args.batch_size, generator)
         images = data.images[target].permute(0, 3, 1, 2).float() / 127.5 - 1
         reference_rgb = data.images[reference].float() / 255
@@ -185,16 +181,13 @@ def main(argv: list[str] | None = None) -> dict:
         torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
         optimizer.step()
         ema_update(ema, trained, min(args.ema_decay, (1 + step) / (10 + step)))
-        step += 1
-        record_step(log, step, loss.item(), t_loop, args)
-        if args.time_only and step >= args.steps:
-            return log
-        if step % args.checkpoint_every == 0 or step == args.steps:
-            log["steps_done"] = step
-            save_training_state(state_path, modules, optimizer, generator, step, log)
-            export_adapter(args.out, ema["adapter"], ema["encoder"], log)
-            print(f"checkpoint at step {step} -> {args.out}", flush=True)
-    return log
+        return loss.item()
+
+    def export(step: int) -> None:
+        export_adapter(args.out, ema["adapter"], ema["encoder"], log)
+        print(f"checkpoint at step {step} -> {args.out}", flush=True)
+
+    return training_loop(step, log, args, optimizer, generator, state_path, modules, train_step, export)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from dreamsmith.engine.presets import EMBEDDED_PREFIX, resolve_model
 from dreamsmith.errors import DreamsmithError
 from dreamsmith.image_files import check_image
 from dreamsmith.prompt_images import check_prompt_images, has_images
+from dreamsmith.regions import parse_subject
 
 EMBEDDED_ADAPTERS = {"embedded:toyworld": "embedded:toyworld-ip"}
 """The image adapter shipped for each embedded model (used when ``--image`` comes without ``--ip-adapter``)."""
@@ -40,6 +41,25 @@ def image_prompt_spec(image: Path, scale: float, adapter: str | None, model: str
     if not path.exists():
         raise DreamsmithError(f"--ip-adapter {path} does not exist; pass an ip-adapter .safetensors file or its folder")
     return {"name": "ip_adapter", "path": str(path.resolve()), "image": str(image.resolve()), "scale": scale}
+
+
+def subject_spec(subjects: list[str], scale: float, adapter: str | None) -> dict[str, Any]:
+    """The ``multi_subject`` conditioner entry of ``--subject "EXPRESSION: IMAGE[=PHRASE]" ... --subject-scale S
+    --ms-adapter PATH``: each box inside the scene, each image readable (its path made absolute)."""
+    if scale < 0:
+        raise DreamsmithError(f"--subject-scale must be >= 0, got {scale}")
+    entries = []
+    for text in subjects:
+        subject = parse_subject(text)
+        image = check_image(subject.image, "--subject image").resolve()
+        entries.append(f"{subject.expression}: {image}" + (f"={subject.phrase}" if subject.phrase else ""))
+    if adapter is None:
+        raise DreamsmithError("--subject needs --ms-adapter with an MS-Diffusion checkpoint (doge1516/MS-Diffusion's "
+                              "ms_adapter.bin, for Stable Diffusion XL)")
+    path = Path(adapter).expanduser()
+    if not path.exists():
+        raise DreamsmithError(f"--ms-adapter {path} does not exist; pass an MS-Diffusion checkpoint or its folder")
+    return {"name": "multi_subject", "path": str(path.resolve()), "subjects": entries, "scale": scale}
 
 
 def style_reference_image(reference: Path, what: str = "--style-reference") -> Path:

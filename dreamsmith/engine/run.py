@@ -247,8 +247,9 @@ def stage_words(stage_config: Any) -> list[str]:
 
 def long_prompt_warning(prompt: str, prior: Any, new_words: list[str] = (), image_words: int = 0) -> str | None:
     """A warning when the prompt is longer than the model's text encoder reads, else None. ``new_words``
-    (an adapter's tokens, not in the tokenizer until the stage loads it) count one token each, each of the
-    prompt's ``<image:PATH>`` placeholders ``image_words`` tokens (its aligned words)."""
+    (an adapter's tokens, not in the tokenizer until the stage loads it) count one token each, a token of n
+    vectors (``<tok>`` with ``<tok>_1`` ... among them) n; each of the prompt's ``<image:PATH>`` placeholders
+    ``image_words`` tokens (its aligned words)."""
     count = getattr(prior, "prompt_tokens", None)
     if count is None:
         return None
@@ -256,10 +257,18 @@ def long_prompt_warning(prompt: str, prior: Any, new_words: list[str] = (), imag
     words = text_words(prompt)
     plain = [word for word in words if word not in new_words]
     used, limit = count(" ".join(plain))
-    used += len(words) - len(plain) + images * image_words
+    used += sum(_vector_count(word, new_words) for word in words if word in new_words) + images * image_words
     if used <= limit:
         return None
     return f"warning: the prompt is {used} tokens long; the model reads only the first {limit}"
+
+
+def _vector_count(token: str, words: list[str]) -> int:
+    """1 + how many of diffusers' ``token_1``, ``token_2``, ... follow ``token`` among ``words``."""
+    index = 1
+    while f"{token}_{index}" in words:
+        index += 1
+    return index
 
 
 def _resume_state(run_dir: RunDir, config: RunConfig) -> dict[str, Any]:

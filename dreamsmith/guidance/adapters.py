@@ -23,7 +23,7 @@ from typing import Any
 from dreamsmith.errors import ConfigError
 from dreamsmith.guidance.conditioners import Conditioner
 from dreamsmith.guidance.lora import LORA_FILE
-from dreamsmith.guidance.textual_inversion import EMBEDS_FILE
+from dreamsmith.guidance.textual_inversion import EMBEDS_FILE, vector_tokens
 
 ADAPTER_FILE = "adapter.json"
 METHODS = ("textual-inversion", "dreambooth", "lora", "dco")
@@ -98,7 +98,8 @@ def adapter_files(folder: Path | str) -> tuple[AdapterInfo, Path | None, Path | 
 
 
 def adapter_tokens(folder: Path | str) -> list[str]:
-    """The words an adapter adds to the vocabulary (read from its files, no model needed)."""
+    """The words an adapter adds to the vocabulary (read from its files, no model needed): a token of n vectors
+    as its n words (``<tok>``, ``<tok>_1``, ...)."""
     from safetensors import SafetensorError, safe_open
 
     info, embeds, _ = adapter_files(folder)
@@ -106,9 +107,15 @@ def adapter_tokens(folder: Path | str) -> list[str]:
         return [info.token] if info.token else []
     try:
         with safe_open(str(embeds), framework="pt") as handle:
-            return list(handle.keys())
+            shapes = {token: handle.get_slice(token).get_shape() for token in handle.keys()}  # noqa: SIM118
+        return [word for token, shape in shapes.items() for word in vector_tokens(token, _vectors(shape))]
     except (OSError, SafetensorError) as error:
         raise ConfigError(f"cannot read the embeddings {embeds}: {error}") from None
+
+
+def _vectors(shape: list[int]) -> int:
+    """How many vectors an embedding of ``shape`` holds (``[D]``: one, ``[n, D]``: n)."""
+    return shape[0] if len(shape) == 2 else 1
 
 
 def check_base_model(info: AdapterInfo, folder: Path, prior: Any) -> None:

@@ -18,7 +18,7 @@ from dreamsmith.guidance.conditioners import Conditioner, ControlNetConditioner
 from dreamsmith.guidance.face_keypoints import DEFAULT_LANDMARKS
 from dreamsmith.guidance.uni_controlnet import PUBLISHED_SLOTS
 from dreamsmith.image_files import check_image
-from dreamsmith.regions import parse_region
+from dreamsmith.regions import parse_region, parse_subject
 from dreamsmith.self_guidance_terms import check_self_guidance_words, parse_self_guidance
 
 
@@ -159,6 +159,28 @@ class IPAdapterOptions:
 
     def check(self, path: str) -> None:
         _check_image_option(self.image, f"{path}.image", "ip_adapter")
+
+
+@dataclass
+class MultiSubjectOptions:
+    """Several subject images, each confined to a 3D box of the asset (MS-Diffusion's layout-guided attention)."""
+
+    path: str = ""
+    """The MS-Diffusion checkpoint (ms_adapter.bin, read with allow_pickle, or a .safetensors conversion) or its
+    folder, its image encoder in image_encoder/ beside it."""
+    subjects: list[str] = field(default_factory=list)
+    """'EXPRESSION: IMAGE[=PHRASE]' entries, e.g. 'box(-0.5,0,-0.5,0,0.5,0.5): dog.png=a dog' (PHRASE: the words
+    naming the subject, which ground its tokens; without it the learned queries are used)."""
+    scale: Annotated[float, Range(0.0, None)] = 0.6
+    """λ, the weight of the subjects' image attention (0: the base model exactly; 0.6 as published)."""
+    image_encoder: str = ""
+    """The adapter's image encoder folder (default: image_encoder/ beside the checkpoint)."""
+
+    def check(self, path: str) -> None:
+        _check_entries(self.subjects, f"{path}.subjects", parse_subject, "'EXPRESSION: IMAGE[=PHRASE]'",
+                       "'box(-0.5,0,-0.5,0,0.5,0.5): dog.png'")
+        for index, spec in enumerate(self.subjects):
+            _check_image_option(parse_subject(spec).image, f"{path}.subjects.{index}", "multi_subject")
 
 
 @dataclass
@@ -340,6 +362,15 @@ def _ip_adapter(options: IPAdapterOptions, prior: Any, allow_pickle: bool, promp
                         options.image_encoder or None, allow_pickle)
 
 
+def _multi_subject(options: MultiSubjectOptions, prior: Any, allow_pickle: bool, prompt: str) -> Conditioner:
+    from dreamsmith.guidance.ms_diffusion_loading import subject_prompt
+    from dreamsmith.image_files import read_image
+
+    subjects = [parse_subject(spec) for spec in options.subjects]
+    return subject_prompt(options.path, subjects, [read_image(subject.image) for subject in subjects], prior,
+                          options.scale, options.image_encoder or None, allow_pickle)
+
+
 def _style_aligned(options: StyleAlignedOptions, prior: Any, allow_pickle: bool, prompt: str) -> Conditioner:
     import torch
 
@@ -385,6 +416,7 @@ CONDITIONERS: dict[str, tuple[type, Callable[[Any, Any, bool, str], Conditioner]
     "regions": (RegionsOptions, _regions),
     "self_guidance": (SelfGuidanceOptions, _self_guidance),
     "ip_adapter": (IPAdapterOptions, _ip_adapter),
+    "multi_subject": (MultiSubjectOptions, _multi_subject),
     "style_aligned": (StyleAlignedOptions, _style_aligned),
     "multimodal_prompt": (MultimodalPromptOptions, _multimodal_prompt),
     "instantid": (InstantIDOptions, _instantid),

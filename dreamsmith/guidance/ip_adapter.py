@@ -92,8 +92,11 @@ class DecoupledCrossAttention(AttentionHook):
         batch, heads, _, head_dim = query.shape
         key = layer.to_k_ip(tokens).view(batch, -1, heads, head_dim).transpose(1, 2)
         value = layer.to_v_ip(tokens).view(batch, -1, heads, head_dim).transpose(1, 2)
-        image = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
-        return hidden_states + self.scale * merge_heads(image).to(query.dtype)
+        return hidden_states + self.scale * self.image_attention(query, key, value).to(query.dtype)
+
+    def image_attention(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        """``[B, L, heads · d]``: the queries' attention over the image tokens' keys and values."""
+        return merge_heads(F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False))
 
 
 class IPAdapterConditioner(Conditioner):

@@ -10,6 +10,7 @@ widths against the UNet and the image encoder, so an adapter for another base mo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +57,14 @@ def read_adapter_state(path: Path, allow_pickle: bool = False) -> dict[str, dict
     return state
 
 
-def build_ip_adapter(state: dict[str, dict[str, Tensor]], unet: torch.nn.Module,
-                     name: str = "the IP-Adapter") -> IPAdapter:
+def build_ip_adapter(state: dict[str, dict[str, Tensor]], unet: torch.nn.Module, name: str = "the IP-Adapter",
+                     projection: Callable[[dict[str, Tensor]], torch.nn.Module] = projection_from_state_dict
+                     ) -> IPAdapter:
     """The :class:`IPAdapter` of ``state`` for ``unet``, its layers matched to the UNet's cross-attention layers
-    by published number; a ``ConfigError`` when it was made for another base model."""
+    by published number; a ``ConfigError`` when it was made for another base model. ``projection`` builds the
+    ``image_proj`` module from its state dict (MS-Diffusion's grounding resampler is another)."""
     try:
-        image_proj = projection_from_state_dict(state["image_proj"])
+        image_proj = projection(state["image_proj"])
     except (ValueError, RuntimeError, KeyError) as error:
         raise ModelLoadError(f"{name}: {error}") from None
     width = _token_width(image_proj)

@@ -24,6 +24,7 @@ from dreamsmith.guidance.conditioners import (
 from dreamsmith.guidance.math import alpha_sigma, eps_from_v
 from dreamsmith.guidance.multiview import MultiViewConditioner, model_conditioners
 from dreamsmith.guidance.mvdream_camera import mvdream_camera_labels
+from dreamsmith.guidance.textual_inversion import expand_tokens
 from dreamsmith.prompt_images import substitute_images
 from dreamsmith.renderers.cameras import Cameras
 
@@ -96,6 +97,7 @@ class DiffusionPrior:
             self.latent_channels = int(vae.config.latent_channels)
         self.known_prompts: list[str] | None = self.metadata.get("known_prompts")
         self.prompt_images: dict[str, str] = {}  # <image:REF> -> its tokens (multimodal_prompt.add_image_words)
+        self.token_expansions: dict[str, str] = {}  # multi-vector token -> its words (textual_inversion)
         self.prompt_rewrites: dict[str, Callable[[str], str]] = {}  # e.g. PhotoMaker's trigger word, by name
         self.camera_conditioning: str | None = self.metadata.get("camera_conditioning")
         if self.camera_conditioning not in (None, *CAMERA_CONDITIONINGS):
@@ -137,9 +139,10 @@ class DiffusionPrior:
         return len(self.tokenizer(self.prompt_text(prompt), truncation=False).input_ids), self.max_prompt_tokens()
 
     def prompt_text(self, prompt: str) -> str:
-        """The text the tokenizer reads for ``prompt``: its image placeholders written as their words, then the
-        conditioners' rewrites (:mod:`dreamsmith.guidance.photomaker` removes its trigger word)."""
-        prompt = substitute_images(prompt, self.prompt_images)
+        """The text the tokenizer reads for ``prompt``: its image placeholders written as their words, multi-vector
+        tokens as theirs, then the conditioners' rewrites (:mod:`dreamsmith.guidance.photomaker` removes its trigger
+        word)."""
+        prompt = expand_tokens(substitute_images(prompt, self.prompt_images), self.token_expansions)
         for rewrite in self.prompt_rewrites.values():
             prompt = rewrite(prompt)
         return prompt

@@ -36,14 +36,18 @@ def region_masks(render: RenderOutput, cameras: Cameras, regions: Sequence[Regio
     return torch.stack([region.contains(points) & foreground for region in regions], dim=1).to(render.depth)
 
 
-def masks_at(masks: Tensor, length: int) -> Tensor:
-    """Masks ``[B, R, H, W]`` averaged onto a layer's ``length = h * w`` tokens (same aspect): ``[B, h*w, R]``."""
-    height, width = masks.shape[-2:]
+def token_grid(length: int, height: int, width: int) -> tuple[int, int]:
+    """``(rows, cols)`` of a layer's ``length = rows * cols`` tokens laid out as an image of aspect height:width."""
     rows = round(math.sqrt(length * height / width))
     cols = length // rows
     if rows * cols != length:
         raise ValueError(f"cannot lay {length} attention tokens out as an image of aspect {height}:{width}")
-    resized = F.interpolate(masks, size=(rows, cols), mode="area")
+    return rows, cols
+
+
+def masks_at(masks: Tensor, length: int) -> Tensor:
+    """Masks ``[B, R, H, W]`` averaged onto a layer's ``length = h * w`` tokens (same aspect): ``[B, h*w, R]``."""
+    resized = F.interpolate(masks, size=token_grid(length, *masks.shape[-2:]), mode="area")
     return resized.flatten(2).transpose(1, 2)
 
 

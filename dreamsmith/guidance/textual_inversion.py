@@ -2,7 +2,10 @@
 
 A token is added to the prior's tokenizer as a single unsplittable word and gets a new row of the text
 encoder's input embedding. Files use diffusers' ``learned_embeds.safetensors`` layout (``{token: [D]}``,
-what ``load_textual_inversion`` reads and ``examples/textual_inversion`` writes).
+what ``load_textual_inversion`` reads and ``examples/textual_inversion`` writes). A token of n > 1 vectors
+(``{token: [n, D]}``, what that script writes with ``--num_vectors n``) becomes n words ``token``,
+``token_1``, ... ``token_{n-1}``, and a prompt's ``token`` is written as all of them before it is tokenized
+(diffusers' ``maybe_convert_prompt``; ``DiffusionPrior.token_expansions``).
 """
 
 from __future__ import annotations
@@ -84,8 +87,21 @@ def save_embeddings(path: Path, embeddings: dict[str, Tensor]) -> None:
     save_file({token: value.contiguous() for token, value in embeddings.items()}, str(path))
 
 
+def vector_tokens(token: str, count: int) -> list[str]:
+    """The words of a token's ``count`` vectors, as diffusers names them: ``token``, ``token_1``, ..."""
+    return [token] + [f"{token}_{index}" for index in range(1, count)]
+
+
+def expand_tokens(prompt: str, expansions: dict[str, str]) -> str:
+    """``prompt`` with each multi-vector token written as its words (diffusers' ``maybe_convert_prompt``: a plain
+    text replacement)."""
+    for token, words in expansions.items():
+        prompt = prompt.replace(token, words)
+    return prompt
+
+
 def read_embeddings(path: Path) -> dict[str, Tensor]:
-    """``{token: [D]}`` from a diffusers-layout file (``[1, D]`` rows are accepted); one-line errors."""
+    """``{token: [n, D]}`` from a diffusers-layout file (a ``[D]`` value is one vector); one-line errors."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -97,28 +113,33 @@ def read_embeddings(path: Path) -> dict[str, Tensor]:
         raise ConfigError(f"{path} holds no token embeddings")
     embeddings = {}
     for token, value in tensors.items():
-        if value.dim() == 2 and value.shape[0] == 1:
-            value = value[0]
-        if value.dim() != 1:
-            raise ConfigError(f"{path}: the embedding of {token!r} has shape {list(value.shape)}; only one vector "
-                              "per token ([D] or [1, D]) is supported")
+        if value.dim() == 1:
+            value = value[None]
+        if value.dim() != 2 or value.shape[0] == 0:
+            raise ConfigError(f"{path}: the embedding of {token!r} has shape {list(value.shape)}; a token's "
+                              "embedding is [D] or [n, D] (n vectors)")
         embeddings[token] = value
     return embeddings
 
 
 def load_embeddings(prior: Any, path: Path) -> list[str]:
-    """Add the tokens of a ``learned_embeds.safetensors`` file to the prior; returns them. A token the prior
-    already has with this very embedding (the same adapter loaded for a second stage) is kept as it is."""
+    """Add the tokens of a ``learned_embeds.safetensors`` file to the prior (a token of n vectors as its n words,
+    see the module doc); returns the file's tokens. A word the prior already has with this very embedding (the
+    same adapter loaded for a second stage) is kept as it is."""
     loaded = []
-    for token, value in read_embeddings(path).items():
-        index = token_id(prior, token)
-        if index is not None:
-            current = input_embeddings(prior).weight[index].detach().float().cpu()
-            if current.shape != value.shape or not torch.equal(current, value.float()):
-                raise ConfigError(f"{path}: the token {token!r} is already a word of the model with another "
-                                  "meaning; rename it in the file or load only one adapter that defines it")
-        else:
-            add_token(prior, token, value)
+    for token, vectors in read_embeddings(path).items():
+        words = vector_tokens(token, len(vectors))
+        for word, value in zip(words, vectors, strict=True):
+            index = token_id(prior, word)
+            if index is not None:
+                current = input_embeddings(prior).weight[index].detach().float().cpu()
+                if current.shape != value.shape or not torch.equal(current, value.float()):
+                    raise ConfigError(f"{path}: the token {word!r} is already a word of the model with another "
+                                      "meaning; rename it in the file or load only one adapter that defines it")
+            else:
+                add_token(prior, word, value)
+        if len(words) > 1:
+            prior.token_expansions[token] = " ".join(words)
         loaded.append(token)
     return loaded
 

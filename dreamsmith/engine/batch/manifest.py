@@ -4,7 +4,7 @@
 Defaults are a ``defaults`` mapping: a YAML manifest's top-level key (beside ``jobs``), a JSONL
 manifest's first line ``{"defaults": {...}}``, or a CSV manifest's leading ``#`` comment lines
 (``# defaults:`` then ``#   preset: toy`` ...). A row's fields override the defaults; its
-``overrides`` are appended to the defaults' ``overrides``.
+``overrides`` are appended to the defaults' ``overrides``, and its ``adapters`` to the defaults' ``adapters``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -29,13 +30,15 @@ from dreamsmith.paths import safe_name
 UNSUPPORTED = {
     "image": "image prompts",
     "mesh": "mesh inputs",
-    "adapters": "adapters (LoRA, DreamBooth, textual inversion)",
 }
 """Row fields a manifest may name but the engine cannot run yet: each is refused by row."""
 
 
-LATER_FIELDS = ("style_reference",)
+LATER_FIELDS = ("style_reference", "adapters")
 """Job fields added after the ledger's first version."""
+
+
+CONDITIONERS_OVERRIDE = "guidance.conditioners="
 
 
 @dataclass(frozen=True)
@@ -72,15 +75,27 @@ class JobSpec:
     style_reference: str | None = None
     """An image or a finished run directory whose style the asset shares (StyleAligned); relative paths are read
     from the manifest's folder. Give a whole manifest one style through its defaults."""
+    adapters: tuple[dict[str, Any], ...] | None = None
+    """Personalization adapter folders (`dreamsmith personalize`), each 'FOLDER', 'FOLDER:SCALE' or a mapping
+    {path: FOLDER, scale: S, reward_scale: W}; relative folders are read from the manifest's folder. The row's
+    come after the defaults' (and before `batch --adapter`'s)."""
 
     def config_overrides(self) -> list[str]:
-        """The row's overrides followed by its export settings as ``export.*`` overrides."""
+        """The row's overrides followed by its export settings as ``export.*`` overrides; its adapters and style
+        reference join the conditioners an earlier ``guidance.conditioners`` override (`batch --adapter`) sets."""
         export = {"formats": list(self.formats) if self.formats else None, "max_triangles": self.max_triangles,
                   "texture_size": self.texture_size, "profile": self.profile, "lods": self.lods}
-        style = [] if self.style_reference is None else [
-            "guidance.conditioners=" + json.dumps([{"name": "style_aligned", "image": self.style_reference}])]
-        return [*self.overrides, *style, *(f"export.{key}={json.dumps(value)}" for key, value in export.items()
-                                           if value is not None)]
+        own = [{"name": "adapter", **adapter} for adapter in self.adapters or ()]
+        if self.style_reference is not None:
+            own.append({"name": "style_aligned", "image": self.style_reference})
+        overrides = list(self.overrides)
+        if own:
+            given = [text for text in overrides if text.startswith(CONDITIONERS_OVERRIDE)]
+            overrides = [text for text in overrides if not text.startswith(CONDITIONERS_OVERRIDE)]
+            earlier = [spec for text in given for spec in yaml.safe_load(text[len(CONDITIONERS_OVERRIDE):]) or []]
+            overrides.append(CONDITIONERS_OVERRIDE + json.dumps([*own, *earlier]))
+        return [*overrides, *(f"export.{key}={json.dumps(value)}" for key, value in export.items()
+                              if value is not None)]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types (what the ledger stores and workers receive)."""
@@ -89,7 +104,7 @@ class JobSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:
         data = dict(data)
-        for name in ("overrides", "formats"):
+        for name in ("overrides", "formats", "adapters"):
             if data.get(name) is not None:
                 data[name] = tuple(data[name])
         return cls(**data)
@@ -280,6 +295,7 @@ def _job(line: int, defaults: dict[str, Any], row: Any, folder: Path = Path()) -
         raise BatchError(problem)
     merged = {**defaults, **row}
     merged["overrides"] = [*_overrides(defaults.get("overrides")), *_overrides(row.get("overrides"))]
+    adapters = [*_adapters(defaults.get("adapters"), folder), *_adapters(row.get("adapters"), folder)]
     prompt = merged.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise BatchError("the row has no prompt; say what to make, e.g. \"a wooden barrel\"")
@@ -292,6 +308,11 @@ def _job(line: int, defaults: dict[str, Any], row: Any, folder: Path = Path()) -
             values[name] = str(merged[name])
     if merged.get("style_reference") is not None:
         values["style_reference"] = _style_reference(merged["style_reference"], folder, values["overrides"])
+    if adapters:
+        if any(text.startswith(CONDITIONERS_OVERRIDE) for text in values["overrides"]):
+            raise BatchError("'adapters' set guidance.conditioners; remove the row's guidance.conditioners override "
+                             "or the adapters")
+        values["adapters"] = tuple(adapters)
     if merged.get("formats") is not None:
         formats = merged["formats"]
         items = re.split(r"[\s,;|]+", formats) if isinstance(formats, str) else formats
@@ -315,6 +336,48 @@ def _style_reference(value: Any, folder: Path, overrides: tuple[str, ...]) -> st
         return str(style_reference_image(folder / str(value), "'style_reference'"))
     except DreamsmithError as error:
         raise BatchError(str(error)) from None
+
+
+def _adapters(value: Any, folder: Path) -> list[dict[str, Any]]:
+    """``adapters`` entries as ``{path, scale, reward_scale}`` with absolute, existing folders (a string cell holds
+    entries separated by spaces, commas or semicolons)."""
+    if value is None:
+        return []
+    items = re.split(r"[\s,;]+", value.strip()) if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise BatchError("'adapters' must be a list of adapter folders ('FOLDER', 'FOLDER:SCALE' or "
+                         "{path: FOLDER, scale: S})")
+    return [_adapter(item, folder) for item in items if item != ""]
+
+
+def _adapter(item: Any, folder: Path) -> dict[str, Any]:
+    if isinstance(item, str):
+        path, _, scale = item.rpartition(":") if re.search(r":[-+.\d]+$", item) else (item, "", None)
+        item = {"path": path} if scale is None else {"path": path, "scale": scale}
+    if not isinstance(item, dict) or not isinstance(item.get("path"), str) or not item["path"]:
+        raise BatchError(f"'adapters' entry {item!r} is not 'FOLDER', 'FOLDER:SCALE' or {{path: FOLDER, scale: S}}")
+    unknown = sorted(set(item) - {"path", "scale", "reward_scale"})
+    if unknown:
+        raise BatchError(f"'adapters' entry {item['path']}: unknown key '{unknown[0]}'; use path, scale, "
+                         "reward_scale")
+    path = (folder / item["path"]).expanduser()
+    if not path.is_dir():
+        raise BatchError(f"'adapters' folder {path} does not exist; pass a folder written by `dreamsmith "
+                         "personalize` (relative folders are read from the manifest's folder)")
+    entry: dict[str, Any] = {"path": str(path.resolve())}
+    for key, default in (("scale", 1.0), ("reward_scale", 0.0)):
+        entry[key] = _number(f"'adapters' {key} of {item['path']}", item.get(key, default))
+    return entry
+
+
+def _number(what: str, value: Any) -> float:
+    try:
+        number = float(value) if not isinstance(value, bool) else float("nan")
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not math.isfinite(number):
+        raise BatchError(f"{what} must be a number, got {value!r}")
+    return number
 
 
 def _integer(name: str, value: Any) -> int:
