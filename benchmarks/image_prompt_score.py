@@ -5,8 +5,10 @@ JSON object.
    pink cube (a colour no caption names) -> `generate --image REF` with no prompt; beside it the text-prompted run
    of the same caption (none for the pink cube). Per run: silhouette and volume IoU against the shape, colour
    error against the object's colour, wall time.
-2. Style: 4 shape-only prompts ("a sphere", ...) with and without `--style-reference` an orange render (of a
-   capsule, a shape none of the prompts names): colour error against orange across the batch.
+2. Style: 4 prompts that name no colour of their own ("a gray sphere", ...: the embedded prior refuses shape-only
+   prompts, which are not among its captions, and its 2D samples of "a sphere" draw any shape) with and without
+   `--style-reference` an orange render (of a capsule, a shape none of the prompts names): colour error against
+   orange across the batch.
 
 Everything lands in --out (reference images, runs, results.json); a second call skips what is done. Each toy
 generation takes two to four minutes on one CPU thread.
@@ -32,7 +34,7 @@ from dreamsmith.engine.image_prompts import image_prompt_spec, style_spec  # noq
 from dreamsmith.toyworld import world as tw  # noqa: E402
 
 PINK = (1.0, 0.41, 0.71)
-STYLE_PROMPTS = ("a sphere", "a cube", "a cylinder", "a torus")
+STYLE_PROMPTS = ("a gray sphere", "a gray cube", "a gray cylinder", "a gray torus")
 REFERENCE_AZIMUTH_DEG = 30.0
 
 
@@ -74,7 +76,7 @@ def image_to_3d(root: Path, subjects: list[tuple[str, str, tuple[float, float, f
 
 
 def style(root: Path, args: argparse.Namespace, results: dict[str, Any], save) -> None:
-    """``results["style"]``: each shape-only prompt's colour error to orange with and without the reference."""
+    """``results["style"]``: each colourless prompt's colour error to orange with and without the reference."""
     orange = tw.COLOURS["orange"]
     image = reference(root, "orange-capsule", "capsule", orange, args.resolution)
     rows = results.setdefault("style", {})
