@@ -327,8 +327,9 @@ OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 @dataclass(frozen=True)
 class ImagePrompts:
-    """``--image``, ``--image-scale``, ``--ip-adapter``, ``--style-reference`` and ``--subject``, ``--subject-scale``,
-    ``--ms-adapter`` of `generate`."""
+    """The image-prompt options of `generate`: ``--image``/``--image-scale``/``--ip-adapter``, ``--style-reference``,
+    ``--subject``/``--subject-scale``/``--ms-adapter``, ``--instantid``/``--face-embedding``/``--id-scale`` and
+    ``--photomaker``/``--id-image``."""
 
     image: Path | None = None
     scale: float = 1.0
