@@ -1,5 +1,7 @@
 """SDS gradients recorded before the distillation core was written (``tests/data/sds_reference.pt``):
-the core must reproduce them bit for bit on the tiny random models and on the embedded prior.
+the core must reproduce them on the tiny random models and on the embedded prior, to float32 rounding (bit for bit
+until the libraries' kernels changed: diffusers 0.42 / transformers 5.25 move them by at most 1.3e-5 of their
+largest entry, the same at the commit the recording was last checked against).
 
 Re-record (only when the SDS math is meant to change): ``python tests/test_guidance_reference.py``; when
 the shipped embedded prior is retrained (its weights changed, not the math), re-record its case alone:
@@ -64,10 +66,11 @@ def prior_for(name: str, request: pytest.FixtureRequest):
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_sds_reproduces_its_recorded_gradients_bit_for_bit(name, request):
+def test_sds_reproduces_its_recorded_gradients(name, request):
     torch.set_num_threads(1)
     expected = torch.load(REFERENCE, weights_only=True)[name]
-    assert torch.equal(sds_gradient(prior_for(name, request), name), expected)
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(sds_gradient(prior_for(name, request), name), expected, rtol=0.0, atol=1e-4 * scale)
 
 
 def _record(only: list[str]) -> None:
