@@ -114,6 +114,22 @@ def default_encoder_folder(path: Path) -> Path:
     return path.parent / "image_encoder"
 
 
+def adapter_encoder(adapter: Any, file: Path, image_encoder: str | Path | None, prior: Any, allow_pickle: bool,
+                    name: str, where: str) -> ImageEncoder:
+    """The image encoder of the adapter in ``file`` (``image_encoder``, else the published layout's folder beside
+    it), loaded for ``prior`` and checked against what the adapter reads; a missing folder is one line naming
+    ``where`` the published one lives."""
+    from dreamsmith.guidance.image_encoders import load_image_encoder
+
+    encoder_folder = Path(image_encoder) if image_encoder else default_encoder_folder(file)
+    if not encoder_folder.is_dir():
+        raise ModelLoadError(f"{name} needs its image encoder: {encoder_folder} does not exist; pass "
+                             f"image_encoder=FOLDER ({where})")
+    encoder = load_image_encoder(encoder_folder, prior.device, prior.dtype, allow_pickle)
+    check_encoder(adapter, encoder, name)
+    return encoder
+
+
 def _token_width(image_proj: Any) -> int:
     norm = image_proj.norm if hasattr(image_proj, "norm") else image_proj.norm_out
     return int(norm.normalized_shape[0])
@@ -127,19 +143,14 @@ def image_prompt(path: str | Path, image: Any, prior: Any, scale: float = 1.0, i
                  allow_pickle: bool = False) -> Any:
     """The :class:`~dreamsmith.guidance.ip_adapter.IPAdapterConditioner` of the adapter at ``path`` for
     ``prior``, prompting with ``image`` (``[H, W, 3]`` in [0, 1]), its tokens and the zero image's computed once."""
-    from dreamsmith.guidance.image_encoders import load_image_encoder
     from dreamsmith.guidance.ip_adapter import IPAdapterConditioner
 
     file = adapter_file(path)
     name = f"the IP-Adapter {file}"
     adapter = build_ip_adapter(read_adapter_state(file, allow_pickle), prior.unet, name)
     adapter = adapter.to(device=prior.device, dtype=prior.dtype)
-    encoder_folder = Path(image_encoder) if image_encoder else default_encoder_folder(file)
-    if not encoder_folder.is_dir():
-        raise ModelLoadError(f"{name} needs its image encoder: {encoder_folder} does not exist; pass "
-                             "image_encoder=FOLDER (h94/IP-Adapter: models/image_encoder)")
-    encoder = load_image_encoder(encoder_folder, prior.device, prior.dtype, allow_pickle)
-    check_encoder(adapter, encoder, name)
+    encoder = adapter_encoder(adapter, file, image_encoder, prior, allow_pickle, name,
+                              "h94/IP-Adapter: models/image_encoder")
     rgb = torch.as_tensor(image, dtype=torch.float32)[None]
     hidden = adapter.reads_hidden_states
     with torch.no_grad():

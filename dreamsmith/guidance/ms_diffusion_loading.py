@@ -20,7 +20,7 @@ from torch import Tensor
 from dreamsmith.errors import ModelLoadError
 from dreamsmith.guidance.grounding_resampler import check_keys, grounding_resampler_from_state_dict
 from dreamsmith.guidance.ip_adapter import IPAdapter
-from dreamsmith.guidance.ip_adapter_loading import adapter_file, build_ip_adapter, default_encoder_folder
+from dreamsmith.guidance.ip_adapter_loading import adapter_file, build_ip_adapter
 from dreamsmith.guidance.loading import PICKLE_SUFFIXES, read_checkpoint
 from dreamsmith.regions import Subject
 
@@ -81,20 +81,15 @@ def subject_prompt(path: str | Path, subjects: Sequence[Subject], images: Sequen
     """The :class:`~dreamsmith.guidance.multi_subject.MultiSubjectConditioner` of the MS-Diffusion checkpoint at
     ``path`` for ``prior``: each subject's image (``[H, W, 3]`` in [0, 1]) encoded once, its phrase embedded once."""
     from dreamsmith.errors import ConfigError
-    from dreamsmith.guidance.image_encoders import load_image_encoder
-    from dreamsmith.guidance.ip_adapter_loading import check_encoder
+    from dreamsmith.guidance.ip_adapter_loading import adapter_encoder
     from dreamsmith.guidance.multi_subject import MultiSubjectConditioner
 
     file = adapter_file(path)
     name = f"the MS-Diffusion adapter {file}"
     adapter = build_ms_adapter(read_ms_state(file, allow_pickle), prior.unet, name)
     adapter = adapter.to(device=prior.device, dtype=prior.dtype)
-    encoder_folder = Path(image_encoder) if image_encoder else default_encoder_folder(file)
-    if not encoder_folder.is_dir():
-        raise ModelLoadError(f"{name} needs its image encoder: {encoder_folder} does not exist; pass "
-                             "image_encoder=FOLDER (MS-Diffusion reads CLIP ViT-bigG's penultimate hidden states)")
-    encoder = load_image_encoder(encoder_folder, prior.device, prior.dtype, allow_pickle)
-    check_encoder(adapter, encoder, name)
+    encoder = adapter_encoder(adapter, file, image_encoder, prior, allow_pickle, name,
+                              "MS-Diffusion reads CLIP ViT-bigG's penultimate hidden states")
     phrases = [subject.phrase for subject in subjects]
     phrase_dim = adapter.image_proj.phrase_dim
     embeds = phrase_embeddings(prior, phrases) if any(phrases) else torch.zeros(len(phrases), phrase_dim)
