@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import shutil
 import sys
 import time
@@ -34,6 +33,7 @@ from train_toyworld import (  # noqa: E402
     add_run_arguments,
     command_line,
     load_training_state,
+    swap_in,
     training_loop,
 )
 
@@ -133,12 +133,7 @@ def export_aligner(out: Path, aligner: ImageAligner, log: dict) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     aligner.save(tmp)
     (tmp / "train_log.json").write_text(json.dumps(log) + "\n")
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in(tmp, out, card_files=())
 
 
 SECTION = "## Multimodal prompts: the aligner"
