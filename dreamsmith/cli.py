@@ -637,7 +637,6 @@ def main() -> None:
     """Entry point: user mistakes end in one line, not a traceback; SIGTERM stops like Ctrl-C (a run
     defers both to its next step boundary)."""
     _quiet_libraries()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loads
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         app()

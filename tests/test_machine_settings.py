@@ -7,8 +7,9 @@ import os
 import pytest
 
 from dreamsmith.engine import memory
+from dreamsmith.engine import threads as thread_policy
 from dreamsmith.engine.overrides import make_config
-from dreamsmith.engine.threads import apply_thread_policy, free_cores, usable_cores
+from dreamsmith.engine.threads import apply_thread_policy, cores_for_us, follow_load, free_cores, usable_cores
 from dreamsmith.errors import ConfigError
 
 
@@ -54,12 +55,50 @@ def test_thread_policy_takes_the_option_then_the_environment_then_the_free_cores
     threads_before = __import__("torch").get_num_threads()
     try:
         assert apply_thread_policy(2) == 2 and os.environ["OMP_NUM_THREADS"] == "2"
-        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+        assert "OMP_WAIT_POLICY" not in os.environ  # a passive wait costs an idle run 1.7x
         assert apply_thread_policy() == 2  # the environment now says 2
+        assert thread_policy._following is None  # a count the user chose is kept
         monkeypatch.delenv("OMP_NUM_THREADS")
         assert 1 <= apply_thread_policy() <= usable_cores()
+        assert thread_policy._following is not None
         assert 1 <= free_cores() <= usable_cores()
         with pytest.raises(ConfigError, match="--threads"):
             apply_thread_policy(0)
     finally:
+        thread_policy._following = None
         __import__("torch").set_num_threads(threads_before)
+
+
+def counters(wall: float, own: float, idle: int, total: int) -> dict[str, float]:
+    return {"wall": wall, "own": own, "idle": idle, "total": total}
+
+
+def test_cores_for_us_leave_out_only_what_other_processes_use():
+    # 2 CPUs over 10 s at 100 jiffies/s: 2000 jiffies. Both cores busy, 20 CPU-seconds of them ours: all free.
+    assert cores_for_us(counters(0, 0, 0, 0), counters(10, 20, 0, 2000), usable=2, cpus=2) == 2
+    # both cores busy, 10 CPU-seconds ours: another process holds a core
+    assert cores_for_us(counters(0, 0, 0, 0), counters(10, 10, 0, 2000), usable=2, cpus=2) == 1
+    # one core idle, the other ours: nobody else
+    assert cores_for_us(counters(0, 0, 0, 0), counters(10, 10, 1000, 2000), usable=2, cpus=2) == 2
+    # 8 CPUs, 3 busy with others, our affinity allows 4: 4; never fewer than 1
+    assert cores_for_us(counters(0, 0, 0, 0), counters(10, 0, 5000, 8000), usable=4, cpus=8) == 4
+    assert cores_for_us(counters(0, 0, 0, 0), counters(10, 0, 0, 8000), usable=4, cpus=8) == 1
+
+
+def test_follow_load_recounts_at_most_every_interval_and_only_for_a_chosen_count(monkeypatch):
+    torch = __import__("torch")
+    threads_before = torch.get_num_threads()
+    readings = iter([counters(100.0, 0, 0, 0), counters(100.5, 1, 0, 100), counters(103.0, 2.5, 0, 600)])
+    monkeypatch.setattr(thread_policy, "_counters", lambda: next(readings))
+    monkeypatch.setattr(thread_policy, "usable_cores", lambda: 2)
+    monkeypatch.setattr(thread_policy.os, "cpu_count", lambda: 2)
+    try:
+        torch.set_num_threads(2)
+        thread_policy._following = thread_policy._counters()
+        assert follow_load() is None  # 0.5 s later: too soon to recount
+        assert follow_load() == 1 and torch.get_num_threads() == 1  # 3 s: both busy, 2.5 CPU-s ours
+        thread_policy._following = None
+        assert follow_load() is None  # the user's count is never changed
+    finally:
+        thread_policy._following = None
+        torch.set_num_threads(threads_before)

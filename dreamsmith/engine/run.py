@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -24,9 +25,10 @@ from dreamsmith.engine.mesh_input import texture_mesh_notes
 from dreamsmith.engine.models import RunPriors
 from dreamsmith.engine.presets import default_model
 from dreamsmith.engine.previews import preview_grid, write_png
-from dreamsmith.engine.run_dir import RunDir, write_json, write_yaml
+from dreamsmith.engine.run_dir import RunDir, atomic_write, write_json, write_yaml
 from dreamsmith.engine.signals import RunInterrupted, deferred_stop_signals
 from dreamsmith.engine.stage import Stage
+from dreamsmith.engine.threads import follow_load
 from dreamsmith.errors import ConfigError, RunDirError
 from dreamsmith.guidance import GUIDANCES
 from dreamsmith.guidance.conditioner_registry import conditioner_tokens
@@ -164,8 +166,7 @@ def _run(config: RunConfig, run_dir: RunDir, state: dict[str, Any] | None, devic
     assert stage is not None
     progress.message("extracting the surface")
     mesh = export_representation(stage.representation, config, device, run_dir.root, config.export).mesh
-    previews = stage.render_previews()
-    write_png(run_dir.previews / "final.png", preview_grid(previews))
+    write_final_preview(stage, run_dir)
     report = {
         "prompt": config.prompt,
         "preset": config.preset,
@@ -180,6 +181,17 @@ def _run(config: RunConfig, run_dir: RunDir, state: dict[str, Any] | None, devic
     }
     write_json(run_dir.report, report)
     return report
+
+
+def write_final_preview(stage: Stage, run_dir: RunDir) -> None:
+    """previews/final.png: the last stage's preview of its last step when it wrote one (the same
+    deterministic render of the same field), else a new render."""
+    last = run_dir.previews / f"{stage.config.name}_{stage.config.steps:06d}.png"
+    final = run_dir.previews / "final.png"
+    if last.is_file():
+        atomic_write(final, lambda temp: shutil.copyfile(last, temp))
+    else:
+        write_png(final, preview_grid(stage.render_previews()))
 
 
 def _run_stage(
@@ -217,6 +229,7 @@ def _run_stage(
     for step in range(first, stage_config.steps):
         if stop_requested() is not None:
             break
+        follow_load()
         started = time.perf_counter()
         result = stage.step(step, generator)
         report.wall_time_s += time.perf_counter() - started
