@@ -44,7 +44,7 @@ def corner_loop(grid: TorchHashGrid) -> Callable[[torch.Tensor], torch.Tensor]:
         for level, resolution in enumerate(resolutions):
             table = grid.hash_tables[level]
             accumulated = torch.zeros(positions.shape[0], table.shape[1])
-            for index, weight, _ in hashgrid._hashed_corners(positions, resolution, table.shape[0]):
+            for index, weight, _ in hashgrid._level_corners(positions, resolution, table.shape[0]):
                 accumulated = accumulated + table[index] * weight[:, None]
             outputs.append(accumulated)
         return torch.cat(outputs, dim=-1)

@@ -117,3 +117,12 @@ def test_analytic_normals_keep_the_reference_path_for_their_second_derivative():
     density, _, normal = field(points, with_normals=True)
     normal.sum().backward()  # through the normals' own gradient
     assert field.encoding.grid.hash_tables.grad is not None
+
+
+def test_no_points_encode_to_an_empty_batch_on_every_path():
+    grid = TorchHashGrid(HashGridConfig(n_levels=8, log2_hashmap_size=15))
+    for fused in (True, False):
+        grid.fused = fused
+        assert grid(torch.zeros(0, 3)).shape == (0, grid.n_output_dims)
+        with torch.no_grad():
+            assert grid(torch.zeros(0, 3)).shape == (0, grid.n_output_dims)

@@ -59,28 +59,34 @@ gradient scattered, as one element (complex addition adds both features); 1-D ga
 are several times faster than 2-D ones on the CPU."""
 
 
-def _hashed_corners(
+def _level_corners(
     positions: Tensor, resolution: int, table_size: int, derivatives: bool = False
 ) -> Iterator[tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]]:
-    """For one hashed level, per corner (same order as ``corner_indices``) its table index ``[N]``,
-    trilinear weight ``[N]`` and, with ``derivatives``, the weight's partial derivatives along x, y
-    and z (each ``[N]``): the math of ``corner_indices``/``corner_weights`` one corner at a time, so
-    nothing of size ``[N, 8]`` is ever held. Each axis's hashed coordinate and weight, and the (y, z)
-    combinations, are computed once and shared by the corners."""
+    """For one level, per corner (same order as ``corner_indices``) its table index ``[N]``, trilinear
+    weight ``[N]`` and, with ``derivatives``, the weight's partial derivatives along x, y and z (each
+    ``[N]``): the math of ``corner_indices``/``corner_weights`` one corner at a time, so nothing of size
+    ``[N, 8]`` is ever held. A level whose dense grid fits in the table is indexed densely
+    (``x + side * (y + side * z)``, no collisions), the others by the spatial hash. Each axis's
+    coordinate term and weight, and the (y, z) combinations, are computed once and shared by the corners."""
     scaled = positions * resolution
     cell = scaled.floor()
     frac = scaled - cell
     lower = cell.long()
     upper = torch.clamp(lower + 1, max=resolution)
-    hashed = [(lower[:, axis] * _PRIMES[axis], upper[:, axis] * _PRIMES[axis]) for axis in range(3)]
+    dense = (resolution + 1) ** 3 <= table_size
+    strides = (1, resolution + 1, (resolution + 1) ** 2) if dense else _PRIMES
+    combine = torch.add if dense else torch.bitwise_xor
+    terms = [(lower[:, axis] * strides[axis], upper[:, axis] * strides[axis]) for axis in range(3)]
     weights = [(1.0 - frac[:, axis], frac[:, axis]) for axis in range(3)]
     slope = (-float(resolution), float(resolution))  # d weight / d position of the lower, upper corner
-    pairs = {(by, bz): (torch.bitwise_xor(hashed[1][by], hashed[2][bz]), weights[1][by] * weights[2][bz])
+    pairs = {(by, bz): (combine(terms[1][by], terms[2][bz]), weights[1][by] * weights[2][bz])
              for by in (0, 1) for bz in (0, 1)}
     for corner in range(8):
         bx, by, bz = (corner >> 2) & 1, (corner >> 1) & 1, corner & 1
         yz_index, yz_weight = pairs[by, bz]
-        index = torch.bitwise_xor(hashed[0][bx], yz_index).bitwise_and_(table_size - 1)
+        index = combine(terms[0][bx], yz_index)
+        if not dense:
+            index.bitwise_and_(table_size - 1)
         partials = None
         if derivatives:
             wx, wy, wz = weights[0][bx], weights[1][by], weights[2][bz]
@@ -113,12 +119,34 @@ def _scatter_rows(grad_table: Tensor, index: Tensor, rows: Tensor) -> None:
     grad_table.view(row_dtype).view(-1).index_add_(0, index, rows.contiguous().view(row_dtype).view(-1))
 
 
-class _FusedHashedLevels(torch.autograd.Function):
-    """The hashed levels as one autograd function that keeps only the positions: forward accumulates
-    corner by corner, backward recomputes each corner's index and weight, scatters the gradient into
-    the tables and, when the positions need one, accumulates theirs (the features times the weights'
-    derivatives). Differentiable once: a second derivative (analytic normals trained through their
-    own gradient) takes the reference path (``TorchHashGrid.fused_position_gradients``)."""
+def _level_backward(positions: Tensor, rows: Tensor, resolution: int, table_size: int, grad: Tensor,
+                    grad_rows: Tensor | None, grad_positions: Tensor | None) -> None:
+    """One level's backward, corner by corner: ``grad [N, F]`` (the level's output gradient) scattered
+    into ``grad_rows [T, F]`` and, when given, the positions' gradient (the features ``rows`` times the
+    weights' derivatives) added into ``grad_positions [N, 3]``."""
+    need_positions = grad_positions is not None
+    for index, weight, partials in _level_corners(positions, resolution, table_size, derivatives=need_positions):
+        if grad_rows is not None:
+            _scatter_rows(grad_rows, index, grad * weight[:, None])
+        if need_positions:
+            along = (grad * _gather_rows(rows, index)).sum(-1)
+            for axis in range(3):
+                grad_positions[:, axis].addcmul_(along, partials[axis])
+
+
+def _refuse_second_derivative() -> None:
+    if torch.is_grad_enabled():  # create_graph: a second derivative would silently miss this part
+        raise RuntimeError("the fused hash grid is differentiable once; set fused_position_gradients=False "
+                           "on the TorchHashGrid for second derivatives")
+
+
+class _FusedLevels(torch.autograd.Function):
+    """The hashed levels (one table size) as one autograd function that keeps only the positions:
+    forward accumulates corner by corner, backward recomputes each corner's index and weight, scatters
+    the gradient into the tables and, when the positions need one, accumulates theirs (the features
+    times the weights' derivatives). Differentiable once: a second derivative (analytic normals
+    trained through their own gradient) takes the reference path
+    (``TorchHashGrid.fused_position_gradients``)."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, positions: Tensor, tables: Tensor,
@@ -130,16 +158,14 @@ class _FusedHashedLevels(torch.autograd.Function):
         for level, resolution in enumerate(resolutions):
             table = tables[level].contiguous()
             accumulated = torch.zeros(positions.shape[0], n_features, dtype=positions.dtype, device=positions.device)
-            for index, weight, _ in _hashed_corners(positions, resolution, table_size):
+            for index, weight, _ in _level_corners(positions, resolution, table_size):
                 accumulated.addcmul_(_gather_rows(table, index), weight[:, None])
             out[:, level] = accumulated
-        return out.view(positions.shape[0], -1)
+        return out.view(positions.shape[0], n_levels * n_features)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        if torch.is_grad_enabled():  # create_graph: a second derivative would silently miss this part
-            raise RuntimeError("the fused hash grid is differentiable once; set fused_position_gradients=False "
-                               "on the TorchHashGrid for second derivatives")
+        _refuse_second_derivative()
         positions, tables = ctx.saved_tensors
         need_positions, need_tables = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         n_levels, table_size, n_features = tables.shape
@@ -147,27 +173,58 @@ class _FusedHashedLevels(torch.autograd.Function):
         grad_tables = grad.new_zeros(tables.shape) if need_tables else None
         grad_positions = torch.zeros_like(positions) if need_positions else None
         for level, resolution in enumerate(ctx.resolutions):
-            level_grad = grad[:, level]
-            corners = _hashed_corners(positions, resolution, table_size, derivatives=need_positions)
-            for index, weight, partials in corners:
-                if need_tables:
-                    _scatter_rows(grad_tables[level], index, level_grad * weight[:, None])
-                if need_positions:
-                    along = (level_grad * _gather_rows(tables[level], index)).sum(-1)
-                    for axis in range(3):
-                        grad_positions[:, axis].addcmul_(along, partials[axis])
+            _level_backward(positions, tables[level].contiguous(), resolution, table_size, grad[:, level],
+                            None if grad_tables is None else grad_tables[level], grad_positions)
         return grad_positions, grad_tables, None
+
+
+class _DenseLevel(torch.autograd.Function):
+    """One dense level ``[1, F, R+1, R+1, R+1]`` (z, y, x; ``grid_sample``'s layout): forward by
+    ``grid_sample`` (the fastest trilinear forward on a CPU), backward corner by corner like the
+    hashed levels (rows in the dense order ``x + side * (y + side * z)``; about twice as fast as
+    ``grid_sample``'s own backward). Differentiable once, like ``_FusedLevels``."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, positions: Tensor, table: Tensor,
+                resolution: int) -> Tensor:
+        ctx.save_for_backward(positions, table)
+        ctx.resolution = resolution
+        return _grid_sample_level(table, positions)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        _refuse_second_derivative()
+        positions, table = ctx.saved_tensors
+        need_positions, need_table = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        n_features = table.shape[1]
+        rows = table[0].reshape(n_features, -1).t().contiguous() if need_positions else table
+        grad_rows = grad.new_zeros(table[0, 0].numel(), n_features) if need_table else None
+        grad_positions = torch.zeros_like(positions) if need_positions else None
+        _level_backward(positions, rows, ctx.resolution, table[0, 0].numel(), grad.contiguous(), grad_rows,
+                        grad_positions)
+        grad_table = None if grad_rows is None else grad_rows.t().reshape(table.shape)
+        return grad_positions, grad_table, None
+
+
+def _grid_sample_level(table: Tensor, positions: Tensor) -> Tensor:
+    """Trilinear interpolation ``[N, F]`` of a dense level ``[1, F, R+1, R+1, R+1]`` at ``positions``
+    ``[N, 3]`` in [0, 1] (``align_corners``: position 1 is the last grid point)."""
+    grid = (positions * 2.0 - 1.0).view(1, positions.shape[0], 1, 1, 3)
+    sampled = nn.functional.grid_sample(table, grid, mode="bilinear", align_corners=True)
+    return sampled.view(table.shape[1], positions.shape[0]).t()
 
 
 class TorchHashGrid(nn.Module):
     """Pure PyTorch hash grid: ``positions [N, 3] in [0, 1] -> features [N, L * F]``.
 
-    Levels whose dense grid fits in a table are stored densely and interpolated by ``grid_sample``
-    (a fused trilinear kernel, the same math); the finer levels use the spatial hash. Their gathers
-    run corner by corner in ``_FusedHashedLevels`` (memory ``O(N)`` per level, nothing saved for
-    backward but the positions). ``fused=False`` forces the reference path over ``[L, N, 8]``
-    tensors; so do positions that need a gradient when ``fused_position_gradients`` is False (a
-    NeRF with analytic normals, whose training differentiates the encoding twice).
+    Levels whose dense grid fits in a table are stored densely (``grid_sample``'s layout); the finer
+    levels use the spatial hash. The hashed levels run corner by corner in ``_FusedLevels`` (memory
+    ``O(N)`` per level, nothing saved for backward but the positions); the dense levels are
+    interpolated by ``grid_sample`` (a fused trilinear kernel, the same math) with the corner-by-corner
+    backward (``_DenseLevel``). ``fused=False`` forces the reference path (``grid_sample``'s own
+    backward and ``[L, N, 8]`` tensors);
+    so do positions that need a gradient when ``fused_position_gradients`` is False (a NeRF with
+    analytic normals, whose training differentiates the encoding twice).
     """
 
     def __init__(self, config: HashGridConfig, fused: bool = True) -> None:
@@ -200,17 +257,15 @@ class TorchHashGrid(nn.Module):
 
     def forward(self, positions: Tensor) -> Tensor:
         positions = positions.clamp(0.0, 1.0)
-        n_points = positions.shape[0]
+        fused = self.fused and (self.fused_position_gradients or not positions.requires_grad)
         outputs = []
-        if self.dense_resolutions:
-            grid = (positions * 2.0 - 1.0).view(1, n_points, 1, 1, 3)
-            for table in self.dense_grids:
-                sampled = nn.functional.grid_sample(table, grid, mode="bilinear", align_corners=True)
-                outputs.append(sampled.view(-1, n_points).t())  # [N, F]
+        for table, resolution in zip(self.dense_grids, self.dense_resolutions, strict=True):
+            outputs.append(_DenseLevel.apply(positions, table, resolution) if fused
+                           else _grid_sample_level(table, positions))
         if len(self.hashed_resolutions):
-            if self.fused and (self.fused_position_gradients or not positions.requires_grad):
+            if fused:
                 resolutions = self.hashed_resolutions.tolist()
-                outputs.append(_FusedHashedLevels.apply(positions, self.hash_tables, resolutions))
+                outputs.append(_FusedLevels.apply(positions, self.hash_tables, resolutions))
             else:
                 outputs.append(self._hashed(positions))
         return torch.cat(outputs, dim=-1)
@@ -224,9 +279,10 @@ class TorchHashGrid(nn.Module):
         n_levels, n_points = indices.shape[:2]
         level_offset = torch.arange(n_levels, device=positions.device).view(-1, 1, 1) * self.table_size
         table = self.hash_tables.view(-1, self.config.n_features_per_level)
-        features = table.index_select(0, (indices + level_offset).reshape(-1)).view(*indices.shape, -1)
+        n_features = self.config.n_features_per_level
+        features = table.index_select(0, (indices + level_offset).reshape(-1)).view(*indices.shape, n_features)
         encoded = (features * weights[..., None]).sum(2)  # [L, N, F]
-        return encoded.permute(1, 0, 2).reshape(n_points, -1)
+        return encoded.permute(1, 0, 2).reshape(n_points, n_levels * n_features)
 
 
 class TcnnHashGrid(nn.Module):
