@@ -16,7 +16,8 @@ class VolumeRendererConfig:
     n_samples: Annotated[int, Range(1, 1024)] = 64
     """Samples per ray of the dense sampler."""
     prune_threshold: float = 1e-4
-    """Dense sampler: samples whose weight is below this get no gradient (0 disables pruning)."""
+    """Dense sampler: samples whose weight is below this get no gradient, and no normal in shaded renders
+    (0 disables pruning)."""
     render_step_size: float = 0.005
     """Occupancy-grid sampler: marching step (metres)."""
     grid_resolution: int = 64

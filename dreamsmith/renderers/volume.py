@@ -4,8 +4,9 @@ Two samplers give the same image:
 - ``dense`` (any device): stratified samples between the ray's entry and exit of the field's cube,
   weights from nerfacc's batched ``render_weight_from_density``. Samples in cells that a PyTorch
   occupancy grid (:mod:`dreamsmith.renderers.occupancy`) marks empty are never evaluated (density 0:
-  their alpha is below ``skip_alpha``). While training, densities are first evaluated without
-  gradients and only samples with a visible weight are re-evaluated with them; the others keep their
+  their alpha is below ``skip_alpha``). While training, and for shaded renders (whose normals cost
+  3 extra queries), densities are first evaluated without gradients and only samples with a visible
+  weight are re-evaluated with them (and their normals); the others keep their
   (detached) density, so transmittance stays exact, and are left out of the colour sums: a pixel
   changes by less than n_samples x prune_threshold, and backward skips samples that cannot matter.
 - ``occupancy_grid`` (CUDA): nerfacc's ``OccGridEstimator`` marches only through occupied cells
@@ -213,7 +214,9 @@ class VolumeRenderer(nn.Module):
         flat_points = points.reshape(-1, 3)
         candidates = None if self.occupancy is None else self.occupancy.is_occupied(flat_points).nonzero()[:, 0]
         density_all = torch.zeros(n_rays * n_samples, device=origins.device)
-        if torch.is_grad_enabled() and self.config.prune_threshold > 0:
+        # Samples that cannot show (weight below the threshold) are dropped after a density-only pass when
+        # the full evaluation costs more: with gradients, or with the finite-difference normals' 3 extra queries.
+        if self.config.prune_threshold > 0 and (torch.is_grad_enabled() or with_normals):
             with torch.no_grad():
                 if candidates is None:
                     density_all = field.density(flat_points)
