@@ -170,7 +170,10 @@ def make_prior(args: argparse.Namespace, device: torch.device, work_dir: Path) -
     if args.unet == "sd21":
         return sd21_sized_prior(device, work_dir), "sd21-sized (random weights)", args.preset or "dreamfusion"
     if args.model:
-        return load_prior(args.model, device=device), args.model, args.preset or preset_for_model(args.model)
+        from dreamsmith.paths import resolve_model
+
+        prior = load_prior(resolve_model(args.model), device=device)
+        return prior, args.model, args.preset or preset_for_model(args.model)
     folder = _test_builders().build_tiny_sd(work_dir / "tiny-sd")
     return load_prior(folder, device=device), "tiny-sd (random weights)", args.preset or "dreamfusion"
 

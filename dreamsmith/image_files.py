@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from dreamsmith.errors import DreamsmithError
+
+if TYPE_CHECKING:  # numpy loads with the first image read: a usage error answers without it
+    import numpy as np
 
 MIN_SIDE = 8
 MAX_PIXELS = 4096 * 4096
@@ -46,6 +48,7 @@ def check_image(path: str | Path, what: str = "--image") -> Path:
 def read_rgba(path: str | Path, what: str = "--image") -> tuple[np.ndarray, bool]:
     """``[H, W, 4]`` float32 RGBA in [0, 1] of a checked image (opaque where the file has no alpha), and whether
     the file has an alpha channel (or a transparent palette entry)."""
+    import numpy as np
     from PIL import Image
 
     path = check_image(path, what)

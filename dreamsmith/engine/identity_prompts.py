@@ -15,7 +15,6 @@ from typing import Any
 
 from dreamsmith.engine.presets import resolve_model
 from dreamsmith.errors import DreamsmithError
-from dreamsmith.face_embedding import read_face_embedding
 from dreamsmith.image_files import check_image
 
 INSTANTID_WIDTH_KEY = "image_proj.proj_out.weight"
@@ -63,6 +62,8 @@ def instantid_spec(adapter: str, face_embedding: Path | None, scale: float, mode
                               ".safetensors)")
     if scale < 0:
         raise DreamsmithError(f"--id-scale must be >= 0, got {scale}")
+    from dreamsmith.face_embedding import read_face_embedding  # numpy: not loaded for a usage error
+
     read_face_embedding(face_embedding)
     path = Path(resolve_model(adapter)).expanduser()
     file = path / ADAPTER_FILE if path.is_dir() else path

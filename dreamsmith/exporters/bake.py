@@ -18,7 +18,7 @@ from dreamsmith.representations.mesh import Mesh
 AlbedoFn = Callable[[Tensor], Tensor]
 """Albedo of surface points: ``points [N, 3] -> [N, 3]`` sRGB in [0, 1] (e.g. ``NeRFField.albedo``)."""
 
-_CANDIDATES_PER_CHUNK = 1 << 22  # texel tests held in memory at once (~200 MB of temporaries)
+_CANDIDATES_PER_CHUNK = 1 << 18  # texel tests held in memory at once (~12 MB of temporaries)
 
 
 def _texel_hits(uvs: np.ndarray, faces: np.ndarray, size: int, eps: float) -> Iterator[tuple[np.ndarray, ...]]:
@@ -86,7 +86,7 @@ def fill_gutters(image: np.ndarray, covered: np.ndarray) -> np.ndarray:
     gutter), so bilinear filtering and mip-maps at chart borders never mix in a background colour."""
     if covered.all() or not covered.any():
         return image
-    _, (rows, cols) = ndimage.distance_transform_edt(~covered, return_indices=True)
+    rows, cols = ndimage.distance_transform_edt(~covered, return_distances=False, return_indices=True)
     return image[rows, cols]
 
 
