@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dreamsmith.guidance.image_projection import PerceiverAttention, feed_forward
+from dreamsmith.guidance.image_projection import PerceiverAttention, check_keys, feed_forward
 
 FOURIER_FREQUENCIES = 8
 """The published resampler's box embedding: 8 frequencies (its ``fourier_freqs`` default)."""
@@ -91,14 +91,3 @@ def grounding_resampler_from_state_dict(state: dict[str, Tensor], head_dim: int 
     check_keys(set(module.state_dict()), set(state), "image_proj")
     module.load_state_dict(state, strict=True)
     return module
-
-
-def check_keys(expected: set[str], found: set[str], part: str) -> None:
-    """A ``ValueError`` naming, in one line, the keys of ``part`` that are missing and those not expected."""
-    missing, unexpected = sorted(expected - found), sorted(found - expected)
-    if missing or unexpected:
-        def listing(keys: list[str]) -> str:
-            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "") if keys else "none"
-
-        raise ValueError(f"{part} does not match the published layout: missing {listing(missing)}; "
-                         f"unexpected {listing(unexpected)}")

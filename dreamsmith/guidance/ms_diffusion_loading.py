@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from dreamsmith.errors import ModelLoadError
-from dreamsmith.guidance.grounding_resampler import check_keys, grounding_resampler_from_state_dict
+from dreamsmith.guidance.grounding_resampler import grounding_resampler_from_state_dict
+from dreamsmith.guidance.image_projection import check_keys
 from dreamsmith.guidance.ip_adapter import IPAdapter
 from dreamsmith.guidance.ip_adapter_loading import adapter_file, build_ip_adapter
 from dreamsmith.guidance.loading import PICKLE_SUFFIXES, read_checkpoint
